@@ -1,0 +1,219 @@
+# Wire schema of the conmon-rs v1 RPC interface, as served by ringmon.
+#
+# The file ID, the interface name `Conmon` (its ID 0xb737e899dd6633f1 is
+# derived from both), the method ordinals and every field's ordinal and type
+# are wire facts taken from the interface specification; tests/schema_layout.rs
+# checks the compiled layout against the spec's slot tables. Field names do not
+# travel on the wire. Extensions are appended with new ordinals only.
+@0xffaaf7385bc4adad;
+
+interface Conmon {
+  # Server build information; also the liveness probe clients use.
+  version @0 (request: VersionRequest) -> (response: VersionResponse);
+
+  struct VersionRequest {
+    verbose @0 :Bool;
+    metadataOld @1 :Void; # was Data up to 0.8.x (legacy layout)
+    metadata @2 :Metadata;
+  }
+
+  struct VersionResponse {
+    processId @0 :UInt32;
+    version @1 :Text;
+    tag @2 :Text;
+    commit @3 :Text;
+    buildDate @4 :Text;
+    target @5 :Text;
+    rustVersion @6 :Text;
+    cargoVersion @7 :Text;
+    cargoTree @8 :Text;
+    metadata @9 :Void; # was Data up to 0.8.x
+  }
+
+  # Runs `runtime create` and starts monitoring the container.
+  createContainer @1 (request: CreateContainerRequest) -> (response: CreateContainerResponse);
+
+  struct CreateContainerRequest {
+    id @0 :Text;
+    bundlePath @1 :Text;
+    terminal @2 :Bool;
+    stdin @3 :Bool;
+    exitPaths @4 :List(Text);
+    oomExitPaths @5 :List(Text);
+    logDrivers @6 :List(LogDriver);
+    cleanupCmd @7 :List(Text);
+    globalArgs @8 :List(Text);
+    commandArgs @9 :List(Text);
+    metadataOld @10 :Void; # was Data up to 0.8.x
+    metadata @11 :Metadata;
+    envVars @12 :TextTextMap;
+    cgroupManager @13 :CgroupManager;
+    additionalFds @14 :List(UInt64);
+    leakFds @15 :List(UInt64);
+  }
+
+  struct LogDriver {
+    type @0 :Type;
+    path @1 :Text;
+    maxSize @2 :UInt64; # bytes, 0 = unlimited
+
+    enum Type {
+      containerRuntimeInterface @0;
+      json @1;
+      journald @2;
+    }
+  }
+
+  struct CreateContainerResponse {
+    containerPid @0 :UInt32;
+  }
+
+  execSyncContainer @2 (request: ExecSyncContainerRequest) -> (response: ExecSyncContainerResponse);
+
+  struct ExecSyncContainerRequest {
+    id @0 :Text;
+    timeoutSec @1 :UInt64;
+    command @2 :List(Text);
+    terminal @3 :Bool;
+    metadataOld @4 :Void; # was Data up to 0.8.x
+    metadata @5 :Metadata;
+    envVars @6 :TextTextMap;
+    cgroupManager @7 :CgroupManager;
+  }
+
+  struct ExecSyncContainerResponse {
+    exitCode @0 :Int32;
+    stdout @1 :Data;
+    stderr @2 :Data;
+    timedOut @3 :Bool;
+  }
+
+  attachContainer @3 (request: AttachRequest) -> (response: AttachResponse);
+
+  struct AttachRequest {
+    id @0 :Text;
+    socketPath @1 :Text;
+    execSessionId @2 :Text;
+    stopAfterStdinEof @3 :Bool;
+    metadataOld @4 :Void; # was Data up to 0.8.x
+    metadata @5 :Metadata;
+  }
+
+  struct AttachResponse {}
+
+  reopenLogContainer @4 (request: ReopenLogRequest) -> (response: ReopenLogResponse);
+
+  struct ReopenLogRequest {
+    id @0 :Text;
+    metadataOld @1 :Void; # was Data up to 0.8.x
+    metadata @2 :Metadata;
+  }
+
+  struct ReopenLogResponse {}
+
+  setWindowSizeContainer @5 (request: SetWindowSizeRequest) -> (response: SetWindowSizeResponse);
+
+  struct SetWindowSizeRequest {
+    id @0 :Text;
+    width @1 :UInt16;
+    height @2 :UInt16;
+    metadataOld @3 :Void; # was Data up to 0.8.x
+    metadata @4 :Metadata;
+  }
+
+  struct SetWindowSizeResponse {}
+
+  createNamespaces @6 (request: CreateNamespacesRequest) -> (response: CreateNamespacesResponse);
+
+  struct CreateNamespacesRequest {
+    metadataOld @0 :Void; # was Data up to 0.8.x
+    namespaces @1 :List(Namespace);
+    uidMappings @2 :List(Text);
+    gidMappings @3 :List(Text);
+    basePath @4 :Text;
+    podId @5 :Text;
+    metadata @6 :Metadata;
+  }
+
+  struct CreateNamespacesResponse {
+    namespaces @0 :List(NamespaceResponse);
+  }
+
+  struct NamespaceResponse {
+    type @0 :Namespace;
+    path @1 :Text;
+  }
+
+  enum Namespace {
+    ipc @0;
+    net @1;
+    pid @2;
+    user @3;
+    uts @4;
+  }
+
+  startFdSocket @7 (request: StartFdSocketRequest) -> (response: StartFdSocketResponse);
+
+  struct StartFdSocketRequest {
+    metadata @0 :Metadata;
+  }
+
+  struct StartFdSocketResponse {
+    path @0 :Text;
+  }
+
+  serveExecContainer @8 (request: ServeExecContainerRequest) -> (response: ServeExecContainerResponse);
+
+  struct ServeExecContainerRequest {
+    metadata @0 :Metadata;
+    id @1 :Text;
+    command @2 :List(Text);
+    tty @3 :Bool;
+    stdin @4 :Bool;
+    stdout @5 :Bool;
+    stderr @6 :Bool;
+    cgroupManager @7 :CgroupManager;
+  }
+
+  struct ServeExecContainerResponse {
+    url @0 :Text;
+  }
+
+  serveAttachContainer @9 (request: ServeAttachContainerRequest) -> (response: ServeAttachContainerResponse);
+
+  struct ServeAttachContainerRequest {
+    metadata @0 :Metadata;
+    id @1 :Text;
+    stdin @2 :Bool;
+    stdout @3 :Bool;
+    stderr @4 :Bool;
+  }
+
+  struct ServeAttachContainerResponse {
+    url @0 :Text;
+  }
+
+  servePortForwardContainer @10 (request: ServePortForwardContainerRequest) -> (response: ServePortForwardContainerResponse);
+
+  struct ServePortForwardContainerRequest {
+    metadata @0 :Metadata;
+    netNsPath @1 :Text;
+  }
+
+  struct ServePortForwardContainerResponse {
+    url @0 :Text;
+  }
+
+  enum CgroupManager {
+    systemd @0;
+    cgroupfs @1;
+  }
+
+  struct TextTextMapEntry {
+    key @0 :Text;
+    value @1 :Text;
+  }
+
+  using TextTextMap = List(TextTextMapEntry);
+  using Metadata = TextTextMap;
+}

@@ -1,0 +1,3 @@
+//! Container registry, lifecycle, exit and OOM policy, runtime argv building.
+
+pub mod oom;

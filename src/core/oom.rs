@@ -1,0 +1,1 @@
+//! OOM detection for a container cgroup (v1 and v2).

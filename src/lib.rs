@@ -1,0 +1,23 @@
+//! ringmon: a conmon-rs wire-compatible container monitor.
+//!
+//! Layers, each using only the ones below it (see `docs/architecture.md`):
+//! `control` (capnp-rpc server) → `rpc` (wire translation) → `core`
+//! (registry, lifecycle, exit policy) → `engine` (stdio forwarding workers)
+//! → `log` (pure encoders and log writers) → `sys` (every syscall wrapper and
+//! all `unsafe`).
+
+pub mod cli;
+pub mod client;
+pub mod control;
+pub mod core;
+pub mod engine;
+pub mod log;
+pub mod rpc;
+pub mod sys;
+pub mod version;
+
+/// Generated wire types for `rpc/conmon.capnp`.
+#[allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
+pub mod conmon_capnp {
+    include!(concat!(env!("OUT_DIR"), "/conmon_capnp.rs"));
+}
