@@ -1,1 +1,207 @@
-//! Command line.
+//! Command line and environment, compatible with conmon-rs's `conmonrs`
+//! (spec §1.1) plus ringmon's own engine flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::BackendChoice;
+
+/// Verbosity of `--version` / `--version-json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VersionVerbosity {
+    Default,
+    Full,
+}
+
+/// Level of the server's own logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Off,
+}
+
+/// Where the server's own logs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ServerLogDriver {
+    None,
+    Stdout,
+    Systemd,
+}
+
+/// `--io-backend` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoBackend {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<IoBackend> for BackendChoice {
+    fn from(b: IoBackend) -> Self {
+        match b {
+            IoBackend::Auto => BackendChoice::Auto,
+            IoBackend::Uring => BackendChoice::Uring,
+            IoBackend::Epoll => BackendChoice::Epoll,
+        }
+    }
+}
+
+/// ringmon: a conmon-rs compatible container monitor.
+#[derive(Debug, Parser)]
+#[command(name = "ringmon", disable_version_flag = true)]
+pub struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long, env = "CONMON_VERSION", num_args = 0..=1, default_missing_value = "default", value_enum)]
+    pub version: Option<VersionVerbosity>,
+
+    /// Print the version as JSON and exit.
+    #[arg(short = 'j', long = "version-json", visible_alias = "vj", env = "CONMON_VERSION_JSON", num_args = 0..=1, default_missing_value = "default", value_enum)]
+    pub version_json: Option<VersionVerbosity>,
+
+    /// Server log level.
+    #[arg(
+        short = 'l',
+        long,
+        env = "CONMON_LOG_LEVEL",
+        default_value = "info",
+        value_enum
+    )]
+    pub log_level: LogLevel,
+
+    /// Where the server's own logs go.
+    #[arg(
+        short = 'd',
+        long,
+        env = "CONMON_LOG_DRIVER",
+        default_value = "systemd",
+        value_enum
+    )]
+    pub log_driver: ServerLogDriver,
+
+    /// OCI runtime binary (runc, crun).
+    #[arg(short = 'r', long, env = "CONMON_RUNTIME", default_value = " ")]
+    pub runtime: PathBuf,
+
+    /// Directory for the server's socket, pidfile and per-exec files.
+    #[arg(long, env = "CONMON_RUNTIME_DIR", default_value = " ")]
+    pub runtime_dir: PathBuf,
+
+    /// Passed to the runtime as `--root=PATH`.
+    #[arg(long, env = "CONMON_RUNTIME_ROOT")]
+    pub runtime_root: Option<PathBuf>,
+
+    /// Do not fork into the background (no pidfile is written).
+    #[arg(long, env = "CONMON_SKIP_FORK")]
+    pub skip_fork: bool,
+
+    /// Accepted for compatibility; ringmon exports no OpenTelemetry traces.
+    #[arg(short = 'e', long, env = "CONMON_ENABLE_TRACING")]
+    pub enable_tracing: bool,
+
+    /// Accepted for compatibility (OTLP endpoint).
+    #[arg(
+        short = 't',
+        long,
+        env = "CONMON_TRACING_ENDPOINT",
+        default_value = "http://127.0.0.1:4317"
+    )]
+    pub tracing_endpoint: String,
+
+    /// Accepted and ignored: clients up to conmon-rs 0.8.x always pass it.
+    #[arg(short = 'c', long, hide = true)]
+    pub cgroup_manager: Option<String>,
+
+    /// Number of engine worker threads (default: one per online CPU).
+    #[arg(long, env = "RINGMON_ENGINE_WORKERS")]
+    pub engine_workers: Option<usize>,
+
+    /// I/O backend of the engine workers.
+    #[arg(long, env = "RINGMON_IO_BACKEND", default_value = "auto", value_enum)]
+    pub io_backend: IoBackend,
+}
+
+/// A configuration error found before forking (spec §1.1 validation order).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--runtime flag not set")]
+    RuntimeNotSet,
+    #[error("--runtime-dir flag not set")]
+    RuntimeDirNotSet,
+    #[error("--runtime '{0}' does not exist")]
+    RuntimeMissing(String),
+    #[error("--runtime-root '{0}' does not exist")]
+    RuntimeRootNotDir(String),
+    #[error("--engine-workers must be at least 1, got {0}")]
+    NoWorkers(usize),
+    #[error("create directory '{path}': {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The validated server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub runtime: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub runtime_root: Option<PathBuf>,
+    pub log_level: LogLevel,
+    pub log_driver: ServerLogDriver,
+    pub skip_fork: bool,
+    pub engine_workers: usize,
+    pub io_backend: BackendChoice,
+}
+
+impl Cli {
+    /// Validates and prepares directories, in the order of spec §1.1.
+    pub fn validate(&self) -> Result<ServerConfig, ConfigError> {
+        let runtime = self.runtime.to_string_lossy().trim().to_string();
+        if runtime.is_empty() {
+            return Err(ConfigError::RuntimeNotSet);
+        }
+        let runtime_dir = self.runtime_dir.to_string_lossy().trim().to_string();
+        if runtime_dir.is_empty() {
+            return Err(ConfigError::RuntimeDirNotSet);
+        }
+        if !std::path::Path::new(&runtime).exists() {
+            return Err(ConfigError::RuntimeMissing(runtime));
+        }
+        std::fs::create_dir_all(&runtime_dir).map_err(|source| ConfigError::CreateDir {
+            path: runtime_dir.clone(),
+            source,
+        })?;
+        if let Some(root) = &self.runtime_root {
+            if !root.exists() {
+                std::fs::create_dir_all(root).map_err(|source| ConfigError::CreateDir {
+                    path: root.display().to_string(),
+                    source,
+                })?;
+            } else if !root.is_dir() {
+                return Err(ConfigError::RuntimeRootNotDir(root.display().to_string()));
+            }
+        }
+        let engine_workers = match self.engine_workers {
+            Some(0) => return Err(ConfigError::NoWorkers(0)),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        Ok(ServerConfig {
+            runtime: PathBuf::from(runtime),
+            runtime_dir: PathBuf::from(runtime_dir),
+            runtime_root: self.runtime_root.clone(),
+            log_level: self.log_level,
+            log_driver: self.log_driver,
+            skip_fork: self.skip_fork,
+            engine_workers,
+            io_backend: self.io_backend.into(),
+        })
+    }
+}

@@ -1,1 +1,224 @@
-//! Rust client.
+//! A small Rust client for the `Conmon` interface, used by the integration
+//! tests and the measurement tools. Must run inside a tokio `LocalSet`
+//! (capnp-rpc objects are not `Send`).
+
+use std::path::Path;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::FutureExt;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::conmon_capnp::conmon;
+
+/// Errors seen by the client: transport or the server's exception text.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Rpc(#[from] capnp::Error),
+}
+
+/// Server facts from `version`.
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub process_id: u32,
+    pub version: String,
+    pub commit: String,
+    pub build_date: String,
+    pub target: String,
+    pub rust_version: String,
+    pub cargo_version: String,
+    pub cargo_tree: String,
+}
+
+/// One log driver of a create request.
+#[derive(Clone, Debug)]
+pub struct LogDriver {
+    /// 0 = CRI, 1 = JSON, 2 = journald; other values test the server's checks.
+    pub kind: u16,
+    pub path: String,
+    pub max_size: u64,
+}
+
+/// A create request; empty fields are left unset on the wire.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle_path: String,
+    pub terminal: bool,
+    pub stdin: bool,
+    pub exit_paths: Vec<String>,
+    pub oom_exit_paths: Vec<String>,
+    pub log_drivers: Vec<LogDriver>,
+    pub cleanup_cmd: Vec<String>,
+    pub global_args: Vec<String>,
+    pub command_args: Vec<String>,
+    pub env_vars: Vec<(String, String)>,
+    /// 0 = systemd (wire default), 1 = cgroupfs, others test the checks.
+    pub cgroup_manager: u16,
+}
+
+/// A connection to a ringmon (or conmon-rs) server.
+pub struct Client {
+    conmon: conmon::Client,
+}
+
+fn set_texts(mut list: capnp::text_list::Builder<'_>, items: &[String]) {
+    for (i, s) in items.iter().enumerate() {
+        list.set(i as u32, s.as_str());
+    }
+}
+
+/// Sets an enum field to a raw number, even one the schema does not know.
+fn set_enum<E: capnp::introspect::Introspect>(
+    target: capnp::dynamic_value::Builder<'_>,
+    field: &str,
+    value: u16,
+) -> capnp::Result<()> {
+    let capnp::introspect::TypeVariant::Enum(raw) = E::introspect().which() else {
+        return Err(capnp::Error::failed(format!("{field} is not an enum")));
+    };
+    let mut s: capnp::dynamic_struct::Builder<'_> = target.downcast();
+    s.set_named(
+        field,
+        capnp::dynamic_value::Enum::new(value, raw.into()).into(),
+    )
+}
+
+impl Client {
+    /// Connects to the server socket (long paths allowed).
+    pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
+        let long =
+            crate::sys::socket::LongPath::new(socket).map_err(|source| ClientError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
+        let stream = tokio::net::UnixStream::connect(long.path())
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
+        let (r, w) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            r.compat(),
+            w.compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let conmon: conmon::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(rpc.map(|_| ()));
+        Ok(Client { conmon })
+    }
+
+    pub async fn version(&self, verbose: bool) -> Result<Version, ClientError> {
+        let mut req = self.conmon.version_request();
+        req.get().init_request().set_verbose(verbose);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?.get_response()?;
+        let s = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, ClientError> {
+            Ok(t?
+                .to_string()
+                .map_err(|e| capnp::Error::failed(e.to_string()))?)
+        };
+        Ok(Version {
+            process_id: r.get_process_id(),
+            version: s(r.get_version())?,
+            commit: s(r.get_commit())?,
+            build_date: s(r.get_build_date())?,
+            target: s(r.get_target())?,
+            rust_version: s(r.get_rust_version())?,
+            cargo_version: s(r.get_cargo_version())?,
+            cargo_tree: s(r.get_cargo_tree())?,
+        })
+    }
+
+    /// Creates a container; returns its pid.
+    pub async fn create_container(&self, c: &CreateRequest) -> Result<u32, ClientError> {
+        let mut req = self.conmon.create_container_request();
+        {
+            let mut r = req.get().init_request();
+            if !c.id.is_empty() {
+                r.set_id(c.id.as_str());
+            }
+            if !c.bundle_path.is_empty() {
+                r.set_bundle_path(c.bundle_path.as_str());
+            }
+            r.set_terminal(c.terminal);
+            r.set_stdin(c.stdin);
+            for (items, init) in [
+                (&c.exit_paths, 0),
+                (&c.oom_exit_paths, 1),
+                (&c.cleanup_cmd, 2),
+                (&c.global_args, 3),
+                (&c.command_args, 4),
+            ] {
+                if items.is_empty() {
+                    continue;
+                }
+                let n = items.len() as u32;
+                let list = match init {
+                    0 => r.reborrow().init_exit_paths(n),
+                    1 => r.reborrow().init_oom_exit_paths(n),
+                    2 => r.reborrow().init_cleanup_cmd(n),
+                    3 => r.reborrow().init_global_args(n),
+                    _ => r.reborrow().init_command_args(n),
+                };
+                set_texts(list, items);
+            }
+            if !c.log_drivers.is_empty() {
+                let mut list = r.reborrow().init_log_drivers(c.log_drivers.len() as u32);
+                for (i, d) in c.log_drivers.iter().enumerate() {
+                    let mut e = list.reborrow().get(i as u32);
+                    e.set_max_size(d.max_size);
+                    e.set_path(d.path.as_str());
+                    // Written through the dynamic API so that tests can send
+                    // values outside the schema.
+                    set_enum::<conmon::log_driver::Type>(e.reborrow().into(), "type", d.kind)?;
+                }
+            }
+            if !c.env_vars.is_empty() {
+                let mut list = r.reborrow().init_env_vars(c.env_vars.len() as u32);
+                for (i, (k, v)) in c.env_vars.iter().enumerate() {
+                    let mut e = list.reborrow().get(i as u32);
+                    e.set_key(k.as_str());
+                    e.set_value(v.as_str());
+                }
+            }
+            set_enum::<conmon::CgroupManager>(
+                r.reborrow().into(),
+                "cgroupManager",
+                c.cgroup_manager,
+            )?;
+        }
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_response()?.get_container_pid())
+    }
+
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ClientError> {
+        let mut req = self.conmon.reopen_log_container_request();
+        req.get().init_request().set_id(id);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    pub async fn set_window_size(
+        &self,
+        id: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), ClientError> {
+        let mut req = self.conmon.set_window_size_container_request();
+        let mut r = req.get().init_request();
+        r.set_id(id);
+        r.set_width(width);
+        r.set_height(height);
+        req.send().promise.await?;
+        Ok(())
+    }
+}

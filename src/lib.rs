@@ -13,6 +13,7 @@ pub mod core;
 pub mod engine;
 pub mod log;
 pub mod rpc;
+pub mod server_log;
 pub mod sys;
 pub mod version;
 

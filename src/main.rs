@@ -1,1 +1,144 @@
-fn main() {}
+//! ringmon entry point: flags, process set-up, fork, then the control
+//! thread and the engine workers (spec §1.4).
+
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::{info, warn};
+
+use ringmon::cli::Cli;
+use ringmon::core::runtime::RuntimeConfig;
+use ringmon::core::Monitor;
+use ringmon::engine::{Engine, EngineConfig};
+use ringmon::sys::process::{self, ForkResult};
+use ringmon::version::BUILD;
+
+const SOCKET_NAME: &str = "conmon.sock";
+const FD_SOCKET_NAME: &str = "conmon-fd.sock";
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(v) = cli.version {
+        print!("{}", BUILD.text(v == ringmon::cli::VersionVerbosity::Full));
+        return;
+    }
+    if let Some(v) = cli.version_json {
+        println!("{}", BUILD.json(v == ringmon::cli::VersionVerbosity::Full));
+        return;
+    }
+    if let Err(e) = run(cli) {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.validate()?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    match process::set_oom_score_adj(-1000) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+            println!("Missing sufficient privileges to adjust OOM score");
+        }
+        Err(e) => return Err(e).context("write /proc/self/oom_score_adj"),
+    }
+    let socket_path = config.runtime_dir.join(SOCKET_NAME);
+    let fd_socket_path = config.runtime_dir.join(FD_SOCKET_NAME);
+    remove_if_present(&socket_path)?;
+    remove_if_present(&fd_socket_path)?;
+
+    if !config.skip_fork {
+        // Single-threaded here: nothing has started a thread yet.
+        if let ForkResult::Parent { child } = process::fork_single_threaded().context("fork")? {
+            let pidfile = config.runtime_dir.join("pidfile");
+            std::fs::write(&pidfile, child.to_string())
+                .with_context(|| format!("write {}", pidfile.display()))?;
+            std::process::exit(0);
+        }
+    }
+    process::close_inherited_fds().context("close inherited fds")?;
+    process::set_child_subreaper().context("become child subreaper")?;
+    // Clients (and the journald tests) identify the monitor by this name.
+    let _ = process::set_process_name(c"conmonrs");
+
+    ringmon::server_log::init(config.log_driver, config.log_level);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start control runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = {
+            let std_listener = ringmon::sys::socket::bind_stream(&socket_path)
+                .with_context(|| format!("bind {}", socket_path.display()))?;
+            std_listener.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(std_listener)?
+        };
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let engine = Arc::new(
+            Engine::start(
+                EngineConfig {
+                    workers: config.engine_workers,
+                    backend: config.io_backend,
+                },
+                events_tx,
+            )
+            .context("start engine")?,
+        );
+        info!(
+            version = BUILD.version,
+            pid = std::process::id(),
+            backend = engine.backend_name(),
+            workers = config.engine_workers,
+            "ringmon listening on {}",
+            socket_path.display()
+        );
+        let monitor = Monitor::start(
+            RuntimeConfig {
+                path: config.runtime.clone(),
+                root: config.runtime_root.clone(),
+                log_level: config.log_level,
+            },
+            Arc::clone(&engine),
+            events_rx,
+        );
+        let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
+        let serving = tokio::task::spawn_local(ringmon::control::serve(listener, server));
+
+        wait_for_termination().await?;
+        info!("shutting down");
+        monitor.shutdown().await;
+        serving.abort();
+        if let Err(e) = std::fs::remove_file(&socket_path) {
+            warn!("remove {}: {e}", socket_path.display());
+        }
+        let _ = std::fs::remove_file(&fd_socket_path);
+        engine.shutdown();
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove stale {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,1 +1,120 @@
-//! Build info.
+//! Build facts reported by `--version`, `--version-json` and the `version`
+//! RPC (spec §1.3, §3.1).
+
+/// The build information of this binary.
+#[derive(Clone, Debug)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub tag: &'static str,
+    pub commit: &'static str,
+    pub build_date: &'static str,
+    pub target: &'static str,
+    pub rust_version: &'static str,
+    pub cargo_version: &'static str,
+    /// The resolved dependency list; reported only in verbose mode.
+    pub dependencies: &'static str,
+}
+
+/// This binary's build information.
+pub const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    tag: env!("RINGMON_TAG"),
+    commit: env!("RINGMON_COMMIT"),
+    build_date: env!("RINGMON_BUILD_DATE"),
+    target: env!("RINGMON_TARGET"),
+    rust_version: env!("RINGMON_RUSTC_VERSION"),
+    cargo_version: env!("RINGMON_CARGO_VERSION"),
+    dependencies: env!("RINGMON_DEPENDENCIES"),
+};
+
+impl BuildInfo {
+    /// The `cargo tree` stand-in: empty unless verbose.
+    pub fn tree(&self, verbose: bool) -> String {
+        if verbose {
+            format!("ringmon v{}: {}", self.version, self.dependencies)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Text form of `--version`.
+    pub fn text(&self, verbose: bool) -> String {
+        let tag = if self.tag.is_empty() {
+            "none"
+        } else {
+            self.tag
+        };
+        let mut s = format!(
+            "version: {}\ntag: {}\ncommit: {}\nbuild: {}\ntarget: {}\n{}\n{}\n",
+            self.version,
+            tag,
+            self.commit,
+            self.build_date,
+            self.target,
+            self.rust_version,
+            self.cargo_version
+        );
+        if verbose {
+            s.push_str(&format!("\ncargo tree: {}\n", self.tree(true)));
+        }
+        s
+    }
+
+    /// JSON form of `--version-json` (one line, keys in spec order).
+    pub fn json(&self, verbose: bool) -> String {
+        format!(
+            "{{\"verbose\":{},\"version\":{},\"tag\":{},\"commit\":{},\"build_date\":{},\"target\":{},\"rust_version\":{},\"cargo_version\":{},\"cargo_tree\":{}}}",
+            verbose,
+            json_string(self.version),
+            json_string(self.tag),
+            json_string(self.commit),
+            json_string(self.build_date),
+            json_string(self.target),
+            json_string(self.rust_version),
+            json_string(self.cargo_version),
+            json_string(&self.tree(verbose)),
+        )
+    }
+}
+
+/// Minimal JSON string escaping (quotes, backslash, control characters).
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn version_is_semver_and_fields_set() {
+        let v = BUILD.version;
+        assert_eq!(v.split('.').count(), 3);
+        assert!(!BUILD.commit.is_empty());
+        assert!(!BUILD.rust_version.is_empty());
+        assert!(BUILD.tree(false).is_empty());
+        assert!(!BUILD.tree(true).is_empty());
+        assert!(BUILD
+            .json(false)
+            .starts_with("{\"verbose\":false,\"version\":"));
+    }
+}

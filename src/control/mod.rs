@@ -1,1 +1,158 @@
-//! capnp server.
+//! The control plane: a capnp-rpc server for the `Conmon` interface on
+//! `conmon.sock`. Handlers are thin: decode with `rpc`, call `core`, encode
+//! the reply. Every connection gets its own RPC system on the same
+//! single-threaded runtime; calls on one connection run concurrently
+//! because each handler is its own future.
+
+use std::rc::Rc;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::FutureExt;
+use tokio::net::UnixListener;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tracing::{debug, warn};
+
+use crate::conmon_capnp::conmon;
+use crate::core::Monitor;
+use crate::rpc;
+use crate::version::BUILD;
+
+/// The `Conmon` capability served to every client.
+pub struct ConmonServer {
+    monitor: Rc<Monitor>,
+    /// The daemon's pid, reported by `version` (clients adopt servers by it).
+    pid: u32,
+}
+
+impl ConmonServer {
+    pub fn new(monitor: Rc<Monitor>) -> Self {
+        ConmonServer {
+            monitor,
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// Renders an error and its sources joined by ": " (outer context first).
+fn failed(err: &dyn std::error::Error) -> capnp::Error {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    capnp::Error::failed(msg)
+}
+
+fn not_implemented(method: &str) -> capnp::Error {
+    capnp::Error::unimplemented(format!(
+        "{method} is not implemented by this ringmon version yet"
+    ))
+}
+
+impl conmon::Server for ConmonServer {
+    async fn version(
+        self: Rc<Self>,
+        params: conmon::VersionParams,
+        mut results: conmon::VersionResults,
+    ) -> Result<(), capnp::Error> {
+        let verbose = params.get()?.get_request()?.get_verbose();
+        let mut r = results.get().init_response();
+        r.set_process_id(self.pid);
+        r.set_version(BUILD.version);
+        r.set_tag(BUILD.tag);
+        r.set_commit(BUILD.commit);
+        r.set_build_date(BUILD.build_date);
+        r.set_target(BUILD.target);
+        r.set_rust_version(BUILD.rust_version);
+        r.set_cargo_version(BUILD.cargo_version);
+        r.set_cargo_tree(BUILD.tree(verbose).as_str());
+        Ok(())
+    }
+
+    async fn create_container(
+        self: Rc<Self>,
+        params: conmon::CreateContainerParams,
+        mut results: conmon::CreateContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::create_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        debug!(id = %req.id, "createContainer");
+        let pid = self
+            .monitor
+            .create_container(req)
+            .await
+            .map_err(|e| failed(&e))?;
+        results.get().init_response().set_container_pid(pid);
+        Ok(())
+    }
+
+    async fn reopen_log_container(
+        self: Rc<Self>,
+        params: conmon::ReopenLogContainerParams,
+        _results: conmon::ReopenLogContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let id = rpc::target_id(params.get()?.get_request()?.get_id()).map_err(|e| failed(&e))?;
+        self.monitor.reopen_log(&id).await.map_err(|e| failed(&e))
+    }
+
+    async fn set_window_size_container(
+        self: Rc<Self>,
+        params: conmon::SetWindowSizeContainerParams,
+        _results: conmon::SetWindowSizeContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_request()?;
+        let id = rpc::target_id(req.get_id()).map_err(|e| failed(&e))?;
+        self.monitor
+            .set_window_size(&id, req.get_width(), req.get_height())
+            .map_err(|e| failed(&e))
+    }
+
+    async fn exec_sync_container(
+        self: Rc<Self>,
+        _: conmon::ExecSyncContainerParams,
+        _: conmon::ExecSyncContainerResults,
+    ) -> Result<(), capnp::Error> {
+        Err(not_implemented("execSyncContainer"))
+    }
+
+    async fn attach_container(
+        self: Rc<Self>,
+        _: conmon::AttachContainerParams,
+        _: conmon::AttachContainerResults,
+    ) -> Result<(), capnp::Error> {
+        Err(not_implemented("attachContainer"))
+    }
+}
+
+/// Accepts connections forever, one RPC system per connection. Must run
+/// inside a `LocalSet`.
+pub async fn serve(listener: UnixListener, server: ConmonServer) {
+    let client: conmon::Client = capnp_rpc::new_client(server);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("accept on conmon.sock: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            reader.compat(),
+            writer.compat_write(),
+            rpc_twoparty_capnp::Side::Server,
+            Default::default(),
+        );
+        let rpc = RpcSystem::new(Box::new(network), Some(client.clone().client));
+        tokio::task::spawn_local(rpc.map(|r| {
+            if let Err(e) = r {
+                debug!("rpc connection ended: {e}");
+            }
+        }));
+    }
+}

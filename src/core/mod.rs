@@ -1,3 +1,95 @@
-//! Container registry, lifecycle, exit and OOM policy, runtime argv building.
+//! Container registry, lifecycle, exit and OOM policy, runtime argv
+//! building. Knows nothing of capnp or io_uring: the RPC layer hands it
+//! validated core types, the engine moves the bytes.
 
+use std::path::PathBuf;
+
+use crate::log::LogSpec;
+
+pub mod exit_files;
+pub mod monitor;
 pub mod oom;
+pub mod runtime;
+
+pub use monitor::Monitor;
+pub use runtime::CgroupManager;
+
+/// A validated `createContainer` request.
+#[derive(Clone, Debug, Default)]
+pub struct CreateContainer {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub terminal: bool,
+    pub stdin: bool,
+    pub exit_paths: Vec<PathBuf>,
+    pub oom_exit_paths: Vec<PathBuf>,
+    pub logs: Vec<LogSpec>,
+    pub cleanup_cmd: Vec<String>,
+    pub global_args: Vec<String>,
+    pub command_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cgroup_manager: CgroupManager,
+}
+
+/// Errors of the core layer. The messages are what RPC clients see.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Lookup of an unknown or exited container.
+    #[error("child not available")]
+    ChildNotAvailable,
+    /// A container with this id is already monitored.
+    #[error("container id '{0}' is already in use")]
+    DuplicateId(String),
+    /// Bad request content found by the core (the RPC layer checks shapes).
+    #[error("invalid {field} '{value}': {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The runtime exited non-zero; `stderr` is its diagnostic output.
+    #[error("child command exited with: {code}{}", stderr_suffix(.stderr))]
+    RuntimeFailed { code: i32, stderr: String },
+    #[error("child command exited with signal {signal}{}", stderr_suffix(.stderr))]
+    RuntimeSignaled { signal: i32, stderr: String },
+    #[error("grandchild pid read error {path}: {source}")]
+    PidRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("grandchild pid parse error {path}: invalid pid '{content}'")]
+    PidParse { path: PathBuf, content: String },
+    #[error("runtime did not pass a terminal fd over the console socket")]
+    NoConsole,
+    #[error("container has no terminal")]
+    NoTerminal,
+    #[error("log reopen: {0}")]
+    Reopen(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let s = stderr.trim_end();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+impl CoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        CoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

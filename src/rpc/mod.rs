@@ -1,1 +1,262 @@
-//! Wire translation.
+//! Wire → core translation. Every request is read here, checked for shape
+//! (required fields, enum values, absolute paths) and turned into a core
+//! type; errors name the field and the offending value. Null pointers read
+//! as empty values (the Go client leaves empty lists unset).
+
+use std::path::{Component, Path, PathBuf};
+
+use capnp::text_list;
+
+use crate::conmon_capnp::conmon;
+use crate::core::{CgroupManager, CreateContainer};
+use crate::log::{LogFormat, LogSpec};
+
+/// A request field with a bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// invalid {field} '{value}': {reason}
+    #[error("invalid {field} '{value}': {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    /// The message itself could not be decoded.
+    #[error("decode {field}: {source}")]
+    Decode {
+        field: &'static str,
+        source: capnp::Error,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    value: impl Into<String>,
+    reason: &'static str,
+) -> RequestError {
+    RequestError::Invalid {
+        field: field.into(),
+        value: value.into(),
+        reason,
+    }
+}
+
+fn decode(field: &'static str) -> impl Fn(capnp::Error) -> RequestError {
+    move |source| RequestError::Decode { field, source }
+}
+
+fn utf8(field: &'static str, t: capnp::text::Reader<'_>) -> Result<String, RequestError> {
+    t.to_string().map_err(|e| RequestError::Decode {
+        field,
+        source: capnp::Error::failed(format!("not UTF-8: {e}")),
+    })
+}
+
+fn text(
+    field: &'static str,
+    r: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<String, RequestError> {
+    utf8(field, r.map_err(decode(field))?)
+}
+
+fn texts(
+    field: &'static str,
+    r: capnp::Result<text_list::Reader<'_>>,
+) -> Result<Vec<String>, RequestError> {
+    let list = r.map_err(decode(field))?;
+    list.iter()
+        .map(|t| utf8(field, t.map_err(decode(field))?))
+        .collect()
+}
+
+/// A container id: non-empty, not `.`/`..`, no `/`, no control characters
+/// (the id becomes part of file names and runtime state paths).
+pub fn container_id(field: &'static str, id: String) -> Result<String, RequestError> {
+    if id.is_empty() {
+        return Err(invalid(field, id, "must not be empty"));
+    }
+    if id == "." || id == ".." || id.contains("..") {
+        return Err(invalid(field, id, "must not contain '..'"));
+    }
+    if id.contains('/') {
+        return Err(invalid(field, id, "must not contain '/'"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(invalid(field, id, "must not contain control characters"));
+    }
+    Ok(id)
+}
+
+/// An absolute path without `..` components.
+fn absolute_path(field: impl Into<String>, raw: String) -> Result<PathBuf, RequestError> {
+    let field = field.into();
+    if raw.is_empty() {
+        return Err(invalid(field, raw, "must not be empty"));
+    }
+    let p = Path::new(&raw);
+    if !p.is_absolute() {
+        return Err(invalid(field, raw, "must be an absolute path"));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(field, raw, "must not contain '..' components"));
+    }
+    Ok(PathBuf::from(raw))
+}
+
+/// An absolute path whose parent directory exists (files ringmon creates).
+fn creatable_path(field: impl Into<String>, raw: String) -> Result<PathBuf, RequestError> {
+    let field = field.into();
+    let p = absolute_path(field.clone(), raw)?;
+    match p.parent() {
+        Some(dir) if dir.is_dir() => Ok(p),
+        _ => Err(invalid(
+            field,
+            p.display().to_string(),
+            "parent directory does not exist",
+        )),
+    }
+}
+
+fn cgroup_manager(
+    r: Result<conmon::CgroupManager, capnp::NotInSchema>,
+) -> Result<CgroupManager, RequestError> {
+    match r {
+        Ok(conmon::CgroupManager::Systemd) => Ok(CgroupManager::Systemd),
+        Ok(conmon::CgroupManager::Cgroupfs) => Ok(CgroupManager::Cgroupfs),
+        Err(capnp::NotInSchema(v)) => Err(invalid(
+            "cgroupManager",
+            v.to_string(),
+            "unknown cgroup manager",
+        )),
+    }
+}
+
+/// Translates and checks a `createContainer` request.
+pub fn create_container(
+    r: conmon::create_container_request::Reader<'_>,
+) -> Result<CreateContainer, RequestError> {
+    let id = container_id("id", text("id", r.get_id())?)?;
+    let bundle = absolute_path("bundlePath", text("bundlePath", r.get_bundle_path())?)?;
+    if !bundle.is_dir() {
+        return Err(invalid(
+            "bundlePath",
+            bundle.display().to_string(),
+            "is not a directory",
+        ));
+    }
+    let exit_paths = texts("exitPaths", r.get_exit_paths())?
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| creatable_path(format!("exitPaths[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    let oom_exit_paths = texts("oomExitPaths", r.get_oom_exit_paths())?
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| creatable_path(format!("oomExitPaths[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    let mut logs = Vec::new();
+    for (i, d) in r
+        .get_log_drivers()
+        .map_err(decode("logDrivers"))?
+        .iter()
+        .enumerate()
+    {
+        let format = match d.get_type() {
+            Ok(conmon::log_driver::Type::ContainerRuntimeInterface) => LogFormat::Cri,
+            Ok(conmon::log_driver::Type::Json) => LogFormat::Json,
+            Ok(conmon::log_driver::Type::Journald) => LogFormat::Journald,
+            Err(capnp::NotInSchema(v)) => {
+                return Err(invalid(
+                    format!("logDrivers[{i}].type"),
+                    v.to_string(),
+                    "unknown log driver",
+                ))
+            }
+        };
+        let raw = text("logDrivers.path", d.get_path())?;
+        let path = if format == LogFormat::Journald {
+            PathBuf::new()
+        } else {
+            creatable_path(format!("logDrivers[{i}].path"), raw)?
+        };
+        logs.push(LogSpec {
+            format,
+            path,
+            max_size: d.get_max_size(),
+        });
+    }
+    let mut env = Vec::new();
+    for (i, e) in r
+        .get_env_vars()
+        .map_err(decode("envVars"))?
+        .iter()
+        .enumerate()
+    {
+        let key = text("envVars.key", e.get_key())?;
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(
+                format!("envVars[{i}].key"),
+                key,
+                "must be non-empty without '=' or NUL",
+            ));
+        }
+        env.push((key, text("envVars.value", e.get_value())?));
+    }
+    for (field, list) in [
+        (
+            "additionalFds",
+            r.get_additional_fds().map_err(decode("additionalFds"))?,
+        ),
+        ("leakFds", r.get_leak_fds().map_err(decode("leakFds"))?),
+    ] {
+        if let Some(slot) = list.iter().next() {
+            return Err(invalid(
+                field,
+                slot.to_string(),
+                "fd passing is not supported yet",
+            ));
+        }
+    }
+    Ok(CreateContainer {
+        id,
+        bundle,
+        terminal: r.get_terminal(),
+        stdin: r.get_stdin(),
+        exit_paths,
+        oom_exit_paths,
+        logs,
+        cleanup_cmd: texts("cleanupCmd", r.get_cleanup_cmd())?,
+        global_args: texts("globalArgs", r.get_global_args())?,
+        command_args: texts("commandArgs", r.get_command_args())?,
+        env,
+        cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+    })
+}
+
+/// Reads and checks the id of a request that targets a known container.
+pub fn target_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, RequestError> {
+    container_id("id", text("id", r)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(container_id("id", "abc-1_2.3".into()).is_ok());
+        for bad in ["", ".", "..", "a/b", "a..b", "a\nb"] {
+            let e = container_id("id", bad.into()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid id '{bad}'")), "{e}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert!(absolute_path("p", "/a/b".into()).is_ok());
+        assert!(absolute_path("p", "a/b".into()).is_err());
+        assert!(absolute_path("p", "/a/../b".into()).is_err());
+        assert!(creatable_path("p", "/nonexistent-dir-xyz/log".into()).is_err());
+        assert!(creatable_path("p", "/tmp/log".into()).is_ok());
+    }
+}

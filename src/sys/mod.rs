@@ -1,5 +1,9 @@
 //! The only place with syscalls and `unsafe`. Every `unsafe` block carries a
 //! `// SAFETY:` comment; everything exported here is a safe API.
 
+pub mod process;
+pub mod reactor;
+pub mod socket;
 pub mod time;
+pub mod tty;
 pub mod uring;

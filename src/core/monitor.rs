@@ -1,0 +1,540 @@
+//! The monitor: spawns the runtime, registers containers with the engine,
+//! waits for their exit and applies the exit policy (spec §3.0.3–§3.0.7).
+//!
+//! Runs on the control thread (a tokio current-thread runtime with a
+//! `LocalSet`); state lives in `RefCell`s because nothing here is shared
+//! across threads. Bytes never pass through this module: the engine owns
+//! the read ends of the container's stdio once it is registered.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::exit_files::{write_exit_files, write_oom_files};
+use super::oom::OomWatcher;
+use super::runtime::{CreateArgs, RuntimeConfig};
+use super::{CoreError, CreateContainer};
+use crate::engine::{ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource};
+use crate::log::{LogWriter, StreamKind};
+use crate::sys;
+
+/// How long exit handling waits for a container's output to reach EOF after
+/// the process exited. Output normally closes at once (the container's pid
+/// namespace dies with its init); only a descendant that escaped and kept
+/// the pipe open can delay it. After this grace the exit files are written
+/// anyway while the engine keeps logging that stream.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// One monitored process registered under a container id.
+struct Child {
+    key: ContainerKey,
+    pid: u32,
+    /// A duplicate of the pty master, for resizes (terminal mode only).
+    terminal: Option<OwnedFd>,
+    /// Write end of the container's stdin pipe (attach writes here).
+    _stdin: Option<OwnedFd>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Container id → children (the last one is the lookup target).
+    children: HashMap<String, Vec<Child>>,
+    /// Ids whose `create` is in progress (guards against duplicates).
+    creating: HashSet<String>,
+    /// Pids that have a watcher of their own; the SIGCHLD sweep skips them.
+    tracked: HashSet<u32>,
+    /// Waiters for the engine's `Drained` event.
+    drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
+    /// Exit handlers still running (awaited at shutdown).
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The container monitor.
+pub struct Monitor {
+    runtime: RuntimeConfig,
+    engine: Arc<Engine>,
+    state: RefCell<State>,
+    next_key: Cell<ContainerKey>,
+}
+
+impl Monitor {
+    /// Creates the monitor and starts its background tasks (engine events,
+    /// SIGCHLD sweep). Must be called inside a `LocalSet`.
+    pub fn start(
+        runtime: RuntimeConfig,
+        engine: Arc<Engine>,
+        events: mpsc::UnboundedReceiver<EngineEvent>,
+    ) -> Rc<Monitor> {
+        let monitor = Rc::new(Monitor {
+            runtime,
+            engine,
+            state: RefCell::new(State::default()),
+            next_key: Cell::new(1),
+        });
+        tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
+        tokio::task::spawn_local(Rc::clone(&monitor).reap_strays());
+        monitor
+    }
+
+    async fn dispatch_events(self: Rc<Self>, mut events: mpsc::UnboundedReceiver<EngineEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                EngineEvent::Drained { key } => {
+                    if let Some(tx) = self.state.borrow_mut().drain_waiters.remove(&key) {
+                        let _ = tx.send(());
+                    }
+                }
+                EngineEvent::LogError { key, message } => {
+                    warn!(key, "container log write failed: {message}");
+                }
+            }
+        }
+    }
+
+    /// Reaps exited children that no watcher tracks (cleanup commands,
+    /// processes reparented to us), so none stays a zombie.
+    async fn reap_strays(self: Rc<Self>) {
+        let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        else {
+            warn!("cannot watch SIGCHLD; untracked children will not be reaped");
+            return;
+        };
+        while sigchld.recv().await.is_some() {
+            let n = sys::process::reap_untracked(|pid| self.state.borrow().tracked.contains(&pid));
+            if n > 0 {
+                debug!("reaped {n} untracked children");
+            }
+        }
+    }
+
+    /// Runs `runtime create` and starts monitoring the container. Returns the
+    /// container's pid once the runtime exited successfully.
+    pub async fn create_container(self: &Rc<Self>, req: CreateContainer) -> Result<u32, CoreError> {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.children.get(&req.id).is_some_and(|c| !c.is_empty())
+                || !st.creating.insert(req.id.clone())
+            {
+                return Err(CoreError::DuplicateId(req.id));
+            }
+        }
+        let result = self.create_inner(&req).await;
+        self.state.borrow_mut().creating.remove(&req.id);
+        result
+    }
+
+    async fn create_inner(self: &Rc<Self>, req: &CreateContainer) -> Result<u32, CoreError> {
+        let logs = req
+            .logs
+            .iter()
+            .map(LogWriter::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let pid_file = req.bundle.join("pidfile");
+        match fs::remove_file(&pid_file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(CoreError::io(
+                    format!("remove stale pid file {}", pid_file.display()),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+        let console = if req.terminal {
+            Some(ConsoleSocket::bind()?)
+        } else {
+            None
+        };
+        let (stdout_r, stdout_w) = pipe("stdout")?;
+        let (stderr_r, stderr_w) = pipe("stderr")?;
+        let (stdin_r, stdin_w) = if req.stdin && !req.terminal {
+            let (r, w) = pipe("stdin")?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+
+        let args = self.runtime.create_args(&CreateArgs {
+            id: &req.id,
+            bundle: &req.bundle,
+            pid_file: &pid_file,
+            cgroup: req.cgroup_manager,
+            global_args: &req.global_args,
+            command_args: &req.command_args,
+            console_socket: console.as_ref().map(|c| c.path.as_path()),
+        });
+        debug!(id = %req.id, ?args, "spawning runtime create");
+        let mut cmd = Command::new(&self.runtime.path);
+        cmd.args(&args)
+            .envs(req.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
+            .stdout(Stdio::from(stdout_w))
+            .stderr(Stdio::from(stderr_w));
+        let exit = self.run_to_exit(cmd).await?;
+
+        let master = match &console {
+            Some(c) if exit == sys::process::Exit::Code(0) => Some(c.receive_master()?),
+            _ => None,
+        };
+        drop(console);
+        match exit {
+            sys::process::Exit::Code(0) => {}
+            sys::process::Exit::Code(code) => {
+                return Err(CoreError::RuntimeFailed {
+                    code,
+                    stderr: read_available(stderr_r),
+                })
+            }
+            sys::process::Exit::Signal(signal) => {
+                return Err(CoreError::RuntimeSignaled {
+                    signal,
+                    stderr: read_available(stderr_r),
+                })
+            }
+        }
+        let pid = read_pid_file(&pid_file)?;
+
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        let (terminal, sources) = match master {
+            Some(master) => {
+                let resize = master
+                    .try_clone()
+                    .map_err(|e| CoreError::io("duplicate pty master", e))?;
+                let src = vec![StreamSource {
+                    fd: master,
+                    stream: StreamKind::Stdout,
+                    kind: SourceKind::Pty,
+                }];
+                (Some(resize), src)
+            }
+            None => (
+                None,
+                vec![
+                    StreamSource {
+                        fd: stdout_r,
+                        stream: StreamKind::Stdout,
+                        kind: SourceKind::Pipe,
+                    },
+                    StreamSource {
+                        fd: stderr_r,
+                        stream: StreamKind::Stderr,
+                        kind: SourceKind::Pipe,
+                    },
+                ],
+            ),
+        };
+        let (drained_tx, drained_rx) = oneshot::channel();
+        self.state
+            .borrow_mut()
+            .drain_waiters
+            .insert(key, drained_tx);
+        if let Err(e) = self.engine.register(Registration { key, sources, logs }) {
+            self.state.borrow_mut().drain_waiters.remove(&key);
+            sys::process::kill_tree(pid, Signal::SIGKILL);
+            return Err(e.into());
+        }
+        let oom = match OomWatcher::start(pid) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(id = %req.id, "OOM watching unavailable: {e}");
+                None
+            }
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            st.tracked.insert(pid);
+            st.children.entry(req.id.clone()).or_default().push(Child {
+                key,
+                pid,
+                terminal,
+                _stdin: stdin_w,
+            });
+        }
+        let exit_policy = ExitPolicy {
+            id: req.id.clone(),
+            key,
+            pid,
+            exit_paths: req.exit_paths.clone(),
+            oom_exit_paths: req.oom_exit_paths.clone(),
+            cleanup_cmd: req.cleanup_cmd.clone(),
+        };
+        let watcher = tokio::task::spawn_local(Rc::clone(self).watch(exit_policy, drained_rx, oom));
+        let mut st = self.state.borrow_mut();
+        st.watchers.retain(|h| !h.is_finished());
+        st.watchers.push(watcher);
+        info!(id = %req.id, pid, "container created");
+        Ok(pid)
+    }
+
+    /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
+    async fn run_to_exit(&self, mut cmd: Command) -> Result<sys::process::Exit, CoreError> {
+        let child = cmd.spawn().map_err(|e| {
+            CoreError::io(
+                format!("spawn runtime '{}'", self.runtime.path.display()),
+                e,
+            )
+        })?;
+        drop(cmd); // closes our copies of the child's stdio
+        let pid = child.id();
+        self.state.borrow_mut().tracked.insert(pid);
+        let exit = wait_exit(pid).await;
+        self.state.borrow_mut().tracked.remove(&pid);
+        exit.map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+    }
+
+    /// Waits for the container, drains its output, then writes OOM files,
+    /// exit files, starts the cleanup command, and forgets the container, in
+    /// that order.
+    async fn watch(
+        self: Rc<Self>,
+        policy: ExitPolicy,
+        drained: oneshot::Receiver<()>,
+        oom: Option<OomWatcher>,
+    ) {
+        let ExitPolicy { id, key, pid, .. } = &policy;
+        let code = match wait_exit(*pid).await {
+            Ok(exit) => exit.code(),
+            Err(e) => {
+                warn!(%id, pid, "cannot get exit status: {e}");
+                -1
+            }
+        };
+        self.state.borrow_mut().tracked.remove(pid);
+        if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
+            warn!(%id, "output still open {DRAIN_GRACE:?} after exit; writing exit files before EOF");
+        }
+        let oom_killed = match oom {
+            Some(w) => w.finish().await,
+            None => false,
+        };
+        if oom_killed {
+            for (path, e) in write_oom_files(&policy.oom_exit_paths) {
+                warn!(%id, "write OOM file {}: {e}", path.display());
+            }
+        }
+        for (path, e) in write_exit_files(&policy.exit_paths, code) {
+            warn!(%id, "write exit file {}: {e}", path.display());
+        }
+        info!(%id, pid, code, oom_killed, "container exited");
+        if let Some((prog, args)) = policy.cleanup_cmd.split_first() {
+            if let Err(e) = Command::new(prog).args(args).stdin(Stdio::null()).spawn() {
+                warn!(%id, "cleanup command '{prog}': {e}");
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        st.drain_waiters.remove(key);
+        if let Some(list) = st.children.get_mut(id) {
+            list.retain(|c| c.key != *key);
+            if list.is_empty() {
+                st.children.remove(id);
+            }
+        }
+    }
+
+    /// Reopens the container's log files (kubelet rotation).
+    pub async fn reopen_log(&self, id: &str) -> Result<(), CoreError> {
+        let key = self.lookup(id, |c| c.key)?;
+        match self.engine.reopen_logs(key).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(CoreError::Reopen(msg)),
+            Err(_) => Err(CoreError::Reopen("engine worker went away".into())),
+        }
+    }
+
+    /// Resizes the container's terminal.
+    pub fn set_window_size(&self, id: &str, width: u16, height: u16) -> Result<(), CoreError> {
+        let st = self.state.borrow();
+        let child = st
+            .children
+            .get(id)
+            .and_then(|l| l.last())
+            .ok_or(CoreError::ChildNotAvailable)?;
+        let master = child.terminal.as_ref().ok_or(CoreError::NoTerminal)?;
+        sys::tty::set_window_size(master, width, height)
+            .map_err(|e| CoreError::io("resize terminal", e))
+    }
+
+    fn lookup<T>(&self, id: &str, f: impl FnOnce(&Child) -> T) -> Result<T, CoreError> {
+        self.state
+            .borrow()
+            .children
+            .get(id)
+            .and_then(|l| l.last())
+            .map(f)
+            .ok_or(CoreError::ChildNotAvailable)
+    }
+
+    /// Kills every monitored process with SIGKILL and waits (bounded) until
+    /// their exit handling (exit files) is done.
+    pub async fn shutdown(&self) {
+        let (pids, watchers): (Vec<u32>, Vec<_>) = {
+            let mut st = self.state.borrow_mut();
+            let pids = st.children.values().flatten().map(|c| c.pid).collect();
+            (pids, std::mem::take(&mut st.watchers))
+        };
+        for pid in &pids {
+            sys::process::kill_tree(*pid, Signal::SIGKILL);
+        }
+        let all = futures::future::join_all(watchers);
+        if tokio::time::timeout(Duration::from_secs(8), all)
+            .await
+            .is_err()
+        {
+            warn!("exit handling of some containers did not finish during shutdown");
+        }
+        info!(killed = pids.len(), "all containers handled");
+    }
+}
+
+struct ExitPolicy {
+    id: String,
+    key: ContainerKey,
+    pid: u32,
+    exit_paths: Vec<PathBuf>,
+    oom_exit_paths: Vec<PathBuf>,
+    cleanup_cmd: Vec<String>,
+}
+
+/// Waits until `pid` (our child) exits and reaps it, using a pidfd where the
+/// kernel has them and a 50 ms poll otherwise.
+pub async fn wait_exit(pid: u32) -> io::Result<sys::process::Exit> {
+    match sys::process::pidfd_open(pid) {
+        Ok(fd) => {
+            let fd = sys::reactor::async_fd(fd, tokio::io::Interest::READABLE)?;
+            loop {
+                if let Some(exit) = sys::process::try_reap(pid)? {
+                    return Ok(exit);
+                }
+                let mut guard = fd.readable().await?;
+                guard.clear_ready();
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => sys::process::try_reap(pid)?
+            .ok_or_else(|| io::Error::other(format!("pid {pid} vanished without an exit status"))),
+        Err(_) => loop {
+            if let Some(exit) = sys::process::try_reap(pid)? {
+                return Ok(exit);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        },
+    }
+}
+
+fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), CoreError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| CoreError::io(format!("create {what} pipe"), e.into()))
+}
+
+/// Reads what is buffered in a pipe whose writers are gone or idle, without
+/// blocking (the runtime's diagnostics after a failed create).
+fn read_available(fd: OwnedFd) -> String {
+    let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let mut file = fs::File::from(fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+fn read_pid_file(path: &Path) -> Result<u32, CoreError> {
+    let content = fs::read_to_string(path).map_err(|source| CoreError::PidRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    content.trim().parse().map_err(|_| CoreError::PidParse {
+        path: path.to_path_buf(),
+        content,
+    })
+}
+
+/// The console socket a runtime in terminal mode sends the pty master to.
+struct ConsoleSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn bind() -> Result<ConsoleSocket, CoreError> {
+        let dir = std::env::var_os("TMPDIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        let path = dir.join(format!("conmon-term-{}.sock", random_uuid()));
+        let listener = sys::socket::bind_stream(&path)
+            .map_err(|e| CoreError::io(format!("bind console socket {}", path.display()), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| CoreError::io(format!("chmod console socket {}", path.display()), e))?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    /// Takes the pty master the runtime sent before it exited. The runtime
+    /// has already exited, so the connection is queued or was never made:
+    /// this never waits for a runtime that died (upstream hangs there).
+    fn receive_master(&self) -> Result<OwnedFd, CoreError> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| CoreError::io("console socket", e))?;
+        let (conn, _) = self.listener.accept().map_err(|_| CoreError::NoConsole)?;
+        conn.set_nonblocking(false)
+            .map_err(|e| CoreError::io("console socket", e))?;
+        let master = sys::socket::recv_fds(&conn)
+            .map_err(|e| CoreError::io("receive pty master", e))?
+            .into_iter()
+            .next()
+            .ok_or(CoreError::NoConsole)?;
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        sys::tty::prepare_master(&master).map_err(|e| CoreError::io("configure pty master", e))?;
+        debug!(fd = master.as_raw_fd(), "received pty master");
+        Ok(master)
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A random RFC 4122 version-4 UUID, lowercase and hyphenated.
+pub fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        // Never expected; fall back to time and pid so names stay unique.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

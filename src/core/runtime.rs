@@ -1,0 +1,167 @@
+//! OCI runtime argv construction (spec §3.0.2, §3.2). Pure functions.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::cli::LogLevel;
+
+/// Which cgroup manager the runtime is told to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CgroupManager {
+    /// `--systemd-cgroup` (the wire default).
+    #[default]
+    Systemd,
+    Cgroupfs,
+}
+
+/// Server-wide facts that shape every runtime invocation.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub path: PathBuf,
+    pub root: Option<PathBuf>,
+    pub log_level: LogLevel,
+}
+
+impl RuntimeConfig {
+    fn is_crun(&self) -> bool {
+        self.path.file_name().is_some_and(|n| n == "crun")
+    }
+
+    /// Global arguments placed before the runtime's subcommand. Unlike
+    /// upstream, `--root` and `--systemd-cgroup` are emitted once.
+    pub fn global_args(&self, container_id: &str, cgroup: CgroupManager) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if self.is_crun() {
+            args.push(format!("--log=journald:{container_id}").into());
+            match self.log_level {
+                LogLevel::Debug => args.push("--log-level=debug".into()),
+                LogLevel::Error => args.push("--log-level=error".into()),
+                LogLevel::Warn => args.push("--log-level=warning".into()),
+                LogLevel::Trace | LogLevel::Info | LogLevel::Off => {}
+            }
+        }
+        if let Some(root) = &self.root {
+            let mut a = OsString::from("--root=");
+            a.push(root);
+            args.push(a);
+        }
+        if cgroup == CgroupManager::Systemd {
+            args.push("--systemd-cgroup".into());
+        }
+        args
+    }
+
+    /// argv (without the program) of `runtime create`.
+    pub fn create_args(&self, c: &CreateArgs<'_>) -> Vec<OsString> {
+        let mut args = self.global_args(c.id, c.cgroup);
+        args.extend(c.global_args.iter().map(OsString::from));
+        args.push("create".into());
+        args.push("--bundle".into());
+        args.push(c.bundle.into());
+        args.push("--pid-file".into());
+        args.push(c.pid_file.into());
+        args.extend(c.command_args.iter().map(OsString::from));
+        if let Some(sock) = c.console_socket {
+            let mut a = OsString::from("--console-socket=");
+            a.push(sock);
+            args.push(a);
+        }
+        args.push(c.id.into());
+        args
+    }
+}
+
+/// The per-request parts of a `create` invocation.
+pub struct CreateArgs<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub cgroup: CgroupManager,
+    pub global_args: &'a [String],
+    pub command_args: &'a [String],
+    pub console_socket: Option<&'a Path>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(path: &str, root: Option<&str>, level: LogLevel) -> RuntimeConfig {
+        RuntimeConfig {
+            path: path.into(),
+            root: root.map(PathBuf::from),
+            log_level: level,
+        }
+    }
+
+    fn strs(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|s| s.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn runc_create_with_systemd_and_root() {
+        let c = cfg("/usr/sbin/runc", Some("/run/r"), LogLevel::Debug);
+        let args = c.create_args(&CreateArgs {
+            id: "abc",
+            bundle: Path::new("/b"),
+            pid_file: Path::new("/b/pidfile"),
+            cgroup: CgroupManager::Systemd,
+            global_args: &["--debug".into()],
+            command_args: &["--preserve-fds".into(), "2".into()],
+            console_socket: None,
+        });
+        assert_eq!(
+            strs(args),
+            [
+                "--root=/run/r",
+                "--systemd-cgroup",
+                "--debug",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/pidfile",
+                "--preserve-fds",
+                "2",
+                "abc"
+            ]
+        );
+    }
+
+    #[test]
+    fn crun_terminal_cgroupfs() {
+        let c = cfg("/usr/bin/crun", None, LogLevel::Warn);
+        let args = c.create_args(&CreateArgs {
+            id: "x",
+            bundle: Path::new("/b"),
+            pid_file: Path::new("/b/pidfile"),
+            cgroup: CgroupManager::Cgroupfs,
+            global_args: &[],
+            command_args: &[],
+            console_socket: Some(Path::new("/tmp/s.sock")),
+        });
+        assert_eq!(
+            strs(args),
+            [
+                "--log=journald:x",
+                "--log-level=warning",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/pidfile",
+                "--console-socket=/tmp/s.sock",
+                "x"
+            ]
+        );
+    }
+
+    #[test]
+    fn crun_info_level_adds_no_level_flag() {
+        let c = cfg("/x/crun", None, LogLevel::Info);
+        assert_eq!(
+            strs(c.global_args("id", CgroupManager::Cgroupfs)),
+            ["--log=journald:id"]
+        );
+    }
+}

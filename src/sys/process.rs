@@ -1,0 +1,156 @@
+//! Process-level syscalls: fork, subreaper, fd hygiene, pidfds, reaping,
+//! signalling.
+
+use std::fs;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpgid, Pid};
+
+/// Which side of a fork we are on.
+pub enum ForkResult {
+    Parent { child: u32 },
+    Child,
+}
+
+/// Forks the process. Must be called while the process has exactly one
+/// thread (before the RPC runtime and the engine workers start): only the
+/// calling thread survives in the child.
+pub fn fork_single_threaded() -> io::Result<ForkResult> {
+    // SAFETY: the caller guarantees no other thread exists, so no lock or
+    // allocator state can be held by a thread that disappears in the child;
+    // the child goes on running ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(ForkResult::Child),
+        child => Ok(ForkResult::Parent {
+            child: child as u32,
+        }),
+    }
+}
+
+/// Closes every file descriptor above stderr that the process inherited.
+/// Must run before the process opens descriptors of its own.
+pub fn close_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; no Rust object owns any
+    // descriptor above 2 at this point of start-up (documented precondition).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: enumerate /proc/self/fd instead.
+    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: same precondition as above; the directory handle used for
+        // the listing is closed already, so at worst this closes an fd that
+        // is already closed (EBADF, ignored).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Makes orphaned descendants (container init after the runtime exits) our
+/// children, so that we can reap them.
+pub fn set_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Sets the process name (`comm`).
+pub fn set_process_name(name: &std::ffi::CStr) -> io::Result<()> {
+    nix::sys::prctl::set_name(name).map_err(io::Error::from)
+}
+
+/// Opens a pidfd for `pid` (Linux ≥ 5.3).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The exit code clients see: the status, or 128 + signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Reaps `pid` if it has exited. `Ok(None)`: still running (or stopped).
+pub fn try_reap(pid: u32) -> io::Result<Option<Exit>> {
+    match waitpid(
+        Pid::from_raw(pid as i32),
+        Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(Exit::Code(code))),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig as i32))),
+        Ok(_) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Reaps every exited direct child that `keep` does not claim. Tracked
+/// children are left for their own watchers so that no exit status is
+/// stolen. Children are listed from /proc/self/task/*/children.
+pub fn reap_untracked(keep: impl Fn(u32) -> bool) -> usize {
+    let mut reaped = 0;
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let Ok(list) = fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            if !keep(pid) && matches!(try_reap(pid), Ok(Some(_))) {
+                reaped += 1;
+            }
+        }
+    }
+    reaped
+}
+
+/// Sends `signal` to the process group of `pid` (unless it is our own
+/// group or init's) and then to `pid` itself (spec §3.0.8).
+pub fn kill_tree(pid: u32, signal: Signal) {
+    let target = Pid::from_raw(pid as i32);
+    if let Ok(pgid) = getpgid(Some(target)) {
+        let own = getpgid(None).ok();
+        if pgid.as_raw() > 1 && Some(pgid) != own {
+            let _ = killpg(pgid, signal);
+        }
+    }
+    let _ = kill(target, signal);
+}
+
+/// Whether a process with this pid exists.
+pub fn process_exists(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Writes the OOM score adjustment for this process (inherited by children).
+pub fn set_oom_score_adj(value: i32) -> io::Result<()> {
+    fs::write("/proc/self/oom_score_adj", value.to_string())
+}

@@ -1,0 +1,168 @@
+//! Bad requests get a clear error naming the field and value, and the
+//! server stays up.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+async fn expect_error(c: &Client, req: &CreateRequest, needles: &[&str]) {
+    let e = c.create_container(req).await.unwrap_err().to_string();
+    for n in needles {
+        assert!(e.contains(n), "error {e:?} should contain {n:?}");
+    }
+    // The server still answers.
+    c.version(false).await.unwrap();
+}
+
+#[test]
+fn create_rejects_bad_fields() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("bad");
+    let bundle = make_bundle(dir.path(), &["/bin/sleep", "100"], false);
+    let good = basic_request(dir.path(), &container_id(), &bundle, false);
+    run_local(async {
+        let c = server.client().await;
+        let with = |f: &dyn Fn(&mut CreateRequest)| {
+            let mut r = good.clone();
+            f(&mut r);
+            r
+        };
+        expect_error(
+            &c,
+            &with(&|r| r.id.clear()),
+            &["invalid id ''", "must not be empty"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.id = "a/b".into()),
+            &["invalid id 'a/b'", "'/'"],
+        )
+        .await;
+        expect_error(&c, &with(&|r| r.id = "..".into()), &["invalid id '..'"]).await;
+        expect_error(
+            &c,
+            &with(&|r| r.bundle_path.clear()),
+            &["invalid bundlePath ''"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.bundle_path = "rel/bundle".into()),
+            &["invalid bundlePath 'rel/bundle'", "absolute"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.bundle_path = "/nonexistent/bundle".into()),
+            &[
+                "invalid bundlePath '/nonexistent/bundle'",
+                "not a directory",
+            ],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.exit_paths = vec!["exit".into()]),
+            &["invalid exitPaths[0] 'exit'", "absolute"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.log_drivers[0].path = "/nonexistent-dir/x.log".into()),
+            &[
+                "invalid logDrivers[0].path '/nonexistent-dir/x.log'",
+                "parent directory does not exist",
+            ],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.log_drivers[0].path = "/tmp/../tmp/x.log".into()),
+            &["logDrivers[0].path", "'..'"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.log_drivers[0].kind = 9),
+            &["invalid logDrivers[0].type '9'", "unknown log driver"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.cgroup_manager = 7),
+            &["invalid cgroupManager '7'"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.env_vars = vec![("A=B".into(), "x".into())]),
+            &["invalid envVars[0].key 'A=B'"],
+        )
+        .await;
+
+        // A valid create works after all that, and a second one with the
+        // same id is refused while the first lives.
+        c.create_container(&good).await.unwrap();
+        expect_error(&c, &good, &["already in use", &good.id]).await;
+    });
+    server.runtime_cmd(&["delete", "-f", &good.id]);
+}
+
+#[test]
+fn symlinked_log_path_is_refused() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("symlink");
+    let bundle = make_bundle(dir.path(), &["/bin/true"], false);
+    let target = dir.path().join("precious");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut req = basic_request(dir.path(), &container_id(), &bundle, false);
+    req.log_drivers[0].path = link.display().to_string();
+    run_local(async {
+        let c = server.client().await;
+        expect_error(&c, &req, &["open log file path", "link.log"]).await;
+    });
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+}
+
+#[test]
+fn server_flags_are_validated_before_forking() {
+    let dir = TempDir::new("flags");
+    let run = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let rd = dir.path().join("run").display().to_string();
+    let (code, err) = run(&["--runtime-dir", &rd]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--runtime flag not set"), "{err}");
+    let (code, err) = run(&["--runtime", "/usr/bin/true"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--runtime-dir flag not set"), "{err}");
+    let (code, err) = run(&["--runtime", "/nonexistent/runc", "--runtime-dir", &rd]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("--runtime '/nonexistent/runc' does not exist"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run/conmon.sock").exists());
+    let (code, err) = run(&[
+        "--runtime",
+        "/usr/bin/true",
+        "--runtime-dir",
+        &rd,
+        "--log-level",
+        "loud",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("loud"), "{err}");
+}

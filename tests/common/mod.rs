@@ -1,0 +1,317 @@
+//! Fixtures for the integration tests: a real `ringmon` process launched the
+//! way the Go client launches it, real busybox-static bundles, and the real
+//! runc/crun binaries.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use ringmon::client::{Client, CreateRequest, LogDriver};
+
+/// The server binary under test.
+pub fn binary() -> PathBuf {
+    std::env::var_os("RINGMON_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringmon")))
+}
+
+/// The OCI runtimes to test with (`RINGMON_TEST_RUNTIMES`, space separated,
+/// else whichever of runc and crun is installed).
+pub fn runtimes() -> Vec<PathBuf> {
+    if let Some(list) = std::env::var_os("RINGMON_TEST_RUNTIMES") {
+        return list
+            .to_string_lossy()
+            .split_whitespace()
+            .map(PathBuf::from)
+            .collect();
+    }
+    ["/usr/sbin/runc", "/usr/bin/runc", "/usr/bin/crun"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// A unique scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let base = std::env::temp_dir().join(format!(
+            "ringmon-test-{tag}-{}-{}",
+            std::process::id(),
+            ringmon::core::monitor::random_uuid()
+        ));
+        fs::create_dir_all(&base).unwrap();
+        TempDir(base)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Builds an OCI bundle whose rootfs holds busybox-static at /bin/busybox
+/// (and /busybox) with the applets the tests use.
+pub fn make_bundle(dir: &Path, args: &[&str], terminal: bool) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed");
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    fs::set_permissions(
+        rootfs.join("bin/busybox"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::hard_link(rootfs.join("bin/busybox"), rootfs.join("busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "head", "yes", "printf", "true", "false", "ls", "tail",
+        "kill",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let args_json = args
+        .iter()
+        .map(|a| ringmon::version::json_string(a))
+        .collect::<Vec<_>>()
+        .join(",");
+    let config = CONFIG_TEMPLATE
+        .replace("@TERMINAL@", if terminal { "true" } else { "false" })
+        .replace("@ARGS@", &args_json);
+    fs::write(bundle.join("config.json"), config).unwrap();
+    bundle
+}
+
+const CONFIG_TEMPLATE: &str = r#"{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": @TERMINAL@,
+    "user": {"uid": 0, "gid": 0},
+    "args": [@ARGS@],
+    "env": ["PATH=/bin", "TERM=xterm"],
+    "cwd": "/",
+    "capabilities": {
+      "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+      "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+      "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
+    },
+    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+    "noNewPrivileges": true
+  },
+  "root": {"path": "rootfs", "readonly": false},
+  "hostname": "ringmon-test",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+  ],
+  "linux": {
+    "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+    "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+    "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+  }
+}"#;
+
+/// A ringmon server started like the Go client starts one: fork, pidfile,
+/// socket. Killed (SIGINT, then SIGKILL) on drop.
+pub struct Server {
+    pub dir: TempDir,
+    pub runtime: PathBuf,
+    pub pid: u32,
+    pub socket: PathBuf,
+    pub runtime_root: PathBuf,
+}
+
+impl Server {
+    pub fn start(runtime: &Path) -> Server {
+        Self::start_with(runtime, &[])
+    }
+
+    pub fn start_with(runtime: &Path, extra: &[&str]) -> Server {
+        let dir = TempDir::new("srv");
+        let run_dir = dir.path().join("run");
+        let runtime_root = dir.path().join("root");
+        let status = Command::new(binary())
+            .arg("--runtime")
+            .arg(runtime)
+            .arg("--runtime-dir")
+            .arg(&run_dir)
+            .arg("--runtime-root")
+            .arg(&runtime_root)
+            .args(["--log-level", "debug", "--log-driver", "stdout"])
+            .args(extra)
+            .status()
+            .expect("launch ringmon");
+        assert!(status.success(), "ringmon launcher exited with {status}");
+        let pidfile = fs::read_to_string(run_dir.join("pidfile")).expect("pidfile written");
+        let pid: u32 = pidfile.parse().expect("pidfile is a bare decimal pid");
+        let socket = run_dir.join("conmon.sock");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "socket {} never appeared",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Server {
+            dir,
+            runtime: runtime.to_path_buf(),
+            pid,
+            socket,
+            runtime_root,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.expect("connect")
+    }
+
+    /// Runs the runtime CLI with `--root` (start, delete, state...).
+    pub fn runtime_cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .args(args)
+            .output()
+            .expect("run runtime")
+    }
+
+    pub fn start_container(&self, id: &str) {
+        let out = self.runtime_cmd(&["start", id]);
+        assert!(
+            out.status.success(),
+            "runtime start {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends SIGINT and waits up to 10 s for the process to go away.
+    pub fn shutdown(&self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.pid.to_string()])
+            .status();
+        wait_until(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{}", self.pid)).exists() || is_zombie(self.pid)
+        })
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.shutdown() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for a file to exist and returns its content.
+pub fn wait_for_file(path: &Path, limit: Duration) -> Vec<u8> {
+    assert!(
+        wait_until(limit, || path.exists()),
+        "{} did not appear within {limit:?}",
+        path.display()
+    );
+    fs::read(path).unwrap()
+}
+
+/// Runs an async test body on a current-thread runtime inside a LocalSet.
+pub fn run_local<F: std::future::Future<Output = ()>>(f: F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f);
+}
+
+/// A random container id (64 hex characters, like CRI-O's).
+pub fn container_id() -> String {
+    let a = ringmon::core::monitor::random_uuid().replace('-', "");
+    let b = ringmon::core::monitor::random_uuid().replace('-', "");
+    format!("{a}{b}")
+}
+
+/// Parses a CRI log back into per-stream byte streams (P records joined,
+/// F records keep their newline).
+pub fn parse_cri(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut out = (Vec::new(), Vec::new());
+    for rec in log.split_inclusive(|b| *b == b'\n') {
+        let mut parts = rec.splitn(4, |b| *b == b' ');
+        let _ts = parts.next().unwrap();
+        let stream = parts.next().expect("stream field");
+        let tag = parts.next().expect("tag field");
+        let content = parts.next().expect("content field");
+        let content = match tag {
+            b"F" => content,
+            b"P" => &content[..content.len() - 1],
+            other => panic!("bad tag {:?}", String::from_utf8_lossy(other)),
+        };
+        match stream {
+            b"stdout" => out.0.extend_from_slice(content),
+            b"stderr" => out.1.extend_from_slice(content),
+            other => panic!("bad stream {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    out
+}
+
+/// A create request for a bundle with a CRI log and an exit file in `dir`.
+pub fn basic_request(dir: &Path, id: &str, bundle: &Path, terminal: bool) -> CreateRequest {
+    CreateRequest {
+        id: id.to_string(),
+        bundle_path: bundle.display().to_string(),
+        terminal,
+        exit_paths: vec![dir.join("exit").display().to_string()],
+        oom_exit_paths: vec![dir.join("oom").display().to_string()],
+        log_drivers: vec![LogDriver {
+            kind: 0,
+            path: dir.join("ctr.log").display().to_string(),
+            max_size: 0,
+        }],
+        cgroup_manager: 1,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,93 @@
+//! Process model: version output, fork + pidfile, long socket paths,
+//! legacy flags, shutdown.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn version_json_is_one_json_line() {
+    let out = Command::new(binary())
+        .arg("--version-json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.ends_with("}\n") && s.lines().count() == 1, "{s}");
+    assert!(s.starts_with("{\"verbose\":false,\"version\":\""), "{s}");
+    assert!(s.contains("\"cargo_tree\":\"\""), "{s}");
+    let full = Command::new(binary())
+        .args(["--version-json", "full"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(full.stdout).unwrap();
+    assert!(s.starts_with("{\"verbose\":true"), "{s}");
+    let text = Command::new(binary()).arg("--version").output().unwrap();
+    let s = String::from_utf8(text.stdout).unwrap();
+    assert!(s.starts_with("version: "), "{s}");
+    assert!(s.contains("\ncommit: ") && s.contains("\nrustc "), "{s}");
+}
+
+#[test]
+fn long_run_dir_and_legacy_cgroup_manager_flag() {
+    let rt = &runtimes()[0];
+    let long = "x".repeat(90);
+    let dir = TempDir::new("long");
+    let run_dir = dir.path().join(&long).join(&long);
+    let status = Command::new(binary())
+        .arg("--runtime")
+        .arg(rt)
+        .arg("--runtime-dir")
+        .arg(&run_dir)
+        .args(["--cgroup-manager", "cgroupfs", "--log-driver", "none"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pidfile = std::fs::read_to_string(run_dir.join("pidfile")).unwrap();
+    assert!(!pidfile.ends_with('\n'));
+    let pid: u32 = pidfile.parse().unwrap();
+    let socket = run_dir.join("conmon.sock");
+    assert!(socket.as_os_str().len() > 108);
+    run_local(async {
+        let start = Instant::now();
+        let client = loop {
+            match Client::connect(&socket).await {
+                Ok(c) => break c,
+                Err(_) if start.elapsed() < Duration::from_secs(2) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(client.version(false).await.unwrap().process_id, pid);
+    });
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !socket.exists()));
+}
+
+#[test]
+fn inherited_fds_are_closed_and_comm_is_conmonrs() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid)).unwrap();
+    assert_eq!(comm.trim(), "conmonrs");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid)).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        threads <= 1 + std::thread::available_parallelism().unwrap().get() + 1,
+        "{threads} threads"
+    );
+}
