@@ -30,12 +30,28 @@ fn main() {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         });
-    println!("cargo:rustc-env=RINGMON_COMMIT={}", if commit.is_empty() { "unknown".into() } else { commit });
+    println!(
+        "cargo:rustc-env=RINGMON_COMMIT={}",
+        if commit.is_empty() {
+            "unknown".into()
+        } else {
+            commit
+        }
+    );
     println!("cargo:rustc-env=RINGMON_TAG={tag}");
     println!("cargo:rustc-env=RINGMON_BUILD_DATE={}", utc_date(secs));
-    println!("cargo:rustc-env=RINGMON_TARGET={}", std::env::var("TARGET").unwrap_or_default());
-    println!("cargo:rustc-env=RINGMON_RUSTC_VERSION={}", run(&rustc, &["--version"]));
-    println!("cargo:rustc-env=RINGMON_CARGO_VERSION={}", run(&cargo, &["--version"]));
+    println!(
+        "cargo:rustc-env=RINGMON_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
+    println!(
+        "cargo:rustc-env=RINGMON_RUSTC_VERSION={}",
+        run(&rustc, &["--version"])
+    );
+    println!(
+        "cargo:rustc-env=RINGMON_CARGO_VERSION={}",
+        run(&cargo, &["--version"])
+    );
     println!("cargo:rustc-env=RINGMON_DEPENDENCIES={}", dependency_list());
     println!("cargo:rerun-if-changed=rpc/conmon.capnp");
     println!("cargo:rerun-if-changed=Cargo.lock");

@@ -11,6 +11,7 @@ pub mod client;
 pub mod control;
 pub mod core;
 pub mod engine;
+pub mod fixture;
 pub mod log;
 pub mod rpc;
 pub mod server_log;

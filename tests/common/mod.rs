@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,74 +58,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds an OCI bundle whose rootfs holds busybox-static at /bin/busybox
-/// (and /busybox) with the applets the tests use.
-pub fn make_bundle(dir: &Path, args: &[&str], terminal: bool) -> PathBuf {
-    let bundle = dir.join("bundle");
-    let rootfs = bundle.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp"] {
-        fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed");
-    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    fs::set_permissions(
-        rootfs.join("bin/busybox"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    fs::hard_link(rootfs.join("bin/busybox"), rootfs.join("busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "cat", "sleep", "head", "yes", "printf", "true", "false", "ls", "tail",
-        "kill",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let args_json = args
-        .iter()
-        .map(|a| ringmon::version::json_string(a))
-        .collect::<Vec<_>>()
-        .join(",");
-    let config = CONFIG_TEMPLATE
-        .replace("@TERMINAL@", if terminal { "true" } else { "false" })
-        .replace("@ARGS@", &args_json);
-    fs::write(bundle.join("config.json"), config).unwrap();
-    bundle
-}
-
-const CONFIG_TEMPLATE: &str = r#"{
-  "ociVersion": "1.0.2",
-  "process": {
-    "terminal": @TERMINAL@,
-    "user": {"uid": 0, "gid": 0},
-    "args": [@ARGS@],
-    "env": ["PATH=/bin", "TERM=xterm"],
-    "cwd": "/",
-    "capabilities": {
-      "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
-      "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
-      "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
-    },
-    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-    "noNewPrivileges": true
-  },
-  "root": {"path": "rootfs", "readonly": false},
-  "hostname": "ringmon-test",
-  "mounts": [
-    {"destination": "/proc", "type": "proc", "source": "proc"},
-    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-  ],
-  "linux": {
-    "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-    "maskedPaths": ["/proc/kcore", "/sys/firmware"],
-    "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
-  }
-}"#;
+#[allow(unused_imports)]
+pub use ringmon::fixture::make_bundle;
 
 /// A ringmon server started like the Go client starts one: fork, pidfile,
 /// socket. Killed (SIGINT, then SIGKILL) on drop.
