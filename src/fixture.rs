@@ -73,4 +73,3 @@ const CONFIG_TEMPLATE: &str = r#"{
     "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
   }
 }"#;
-

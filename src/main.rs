@@ -98,11 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket_path.display()
         );
         let monitor = Monitor::start(
-            RuntimeConfig {
-                path: config.runtime.clone(),
-                root: config.runtime_root.clone(),
-                log_level: config.log_level,
-            },
+            RuntimeConfig::new(
+                config.runtime.clone(),
+                config.runtime_root.clone(),
+                config.log_level,
+            ),
             Arc::clone(&engine),
             events_rx,
         );

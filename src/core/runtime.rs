@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::cli::LogLevel;
 
@@ -15,16 +16,38 @@ pub enum CgroupManager {
 }
 
 /// Server-wide facts that shape every runtime invocation.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RuntimeConfig {
     pub path: PathBuf,
     pub root: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// Whether crun knows `--log-level` (crun < 1.9, e.g. Debian 12's 1.8.1,
+    /// rejects it and every create would fail). Probed on first use.
+    crun_log_level: OnceLock<bool>,
 }
 
 impl RuntimeConfig {
+    pub fn new(path: PathBuf, root: Option<PathBuf>, log_level: LogLevel) -> Self {
+        RuntimeConfig {
+            path,
+            root,
+            log_level,
+            crun_log_level: OnceLock::new(),
+        }
+    }
+
     fn is_crun(&self) -> bool {
         self.path.file_name().is_some_and(|n| n == "crun")
+    }
+
+    fn crun_has_log_level(&self) -> bool {
+        *self.crun_log_level.get_or_init(|| {
+            std::process::Command::new(&self.path)
+                .arg("--help")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("--log-level"))
+                .unwrap_or(false)
+        })
     }
 
     /// Global arguments placed before the runtime's subcommand. Unlike
@@ -33,7 +56,12 @@ impl RuntimeConfig {
         let mut args: Vec<OsString> = Vec::new();
         if self.is_crun() {
             args.push(format!("--log=journald:{container_id}").into());
-            match self.log_level {
+            let level = if self.crun_has_log_level() {
+                self.log_level
+            } else {
+                LogLevel::Off
+            };
+            match level {
                 LogLevel::Debug => args.push("--log-level=debug".into()),
                 LogLevel::Error => args.push("--log-level=error".into()),
                 LogLevel::Warn => args.push("--log-level=warning".into()),
@@ -87,11 +115,10 @@ mod tests {
     use super::*;
 
     fn cfg(path: &str, root: Option<&str>, level: LogLevel) -> RuntimeConfig {
-        RuntimeConfig {
-            path: path.into(),
-            root: root.map(PathBuf::from),
-            log_level: level,
-        }
+        let c = RuntimeConfig::new(path.into(), root.map(PathBuf::from), level);
+        // Pretend a crun that knows --log-level, without running anything.
+        let _ = c.crun_log_level.set(true);
+        c
     }
 
     fn strs(v: Vec<OsString>) -> Vec<String> {
@@ -153,6 +180,16 @@ mod tests {
                 "--console-socket=/tmp/s.sock",
                 "x"
             ]
+        );
+    }
+
+    #[test]
+    fn old_crun_gets_no_level_flag() {
+        let c = RuntimeConfig::new("/x/crun".into(), None, LogLevel::Debug);
+        let _ = c.crun_log_level.set(false);
+        assert_eq!(
+            strs(c.global_args("id", CgroupManager::Cgroupfs)),
+            ["--log=journald:id"]
         );
     }
 

@@ -2,10 +2,43 @@
 //! writers (and, later, attach clients).
 //!
 //! INTERFACE CONTRACT (used by `core`; keep these signatures).
+//!
+//! Shape: `config.workers` threads (`ringmon-io-N`), each owning one
+//! [`Backend`](backend::Backend) (one io_uring today) with every source of
+//! the containers assigned to it, plus those containers' log writers. A
+//! container is assigned to the least-loaded worker at registration and stays
+//! there, so its bytes never cross threads and need no locks. The `Engine`
+//! handle talks to a worker through a command queue plus an eventfd that the
+//! worker's ring reads, so a worker sleeps in exactly one place
+//! (`io_uring_enter`) whether it waits for output or for commands.
+//!
+//! Per chunk read: refresh the timestamp cache once, encode + write + flush
+//! into every writer (a failing writer is reported once and then skipped, the
+//! stream keeps being drained so the container never blocks on a full pipe).
+//! When every source of a container hit EOF: flush, drop the state (closing
+//! fds and files), then send `Drained` exactly once — the control thread
+//! writes exit files only after that, so no byte is lost.
+//!
+//! The backend is deliberately simple (one read in flight per source into a
+//! per-source buffer); see `uring` for the optimisations planned on top.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::log::{LogWriter, StreamKind};
+
+pub mod backend;
+mod uring;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use worker::{Command, Worker};
 
 /// Identifies one monitored process (container or exec) across layers.
 pub type ContainerKey = u64;
@@ -71,7 +104,60 @@ pub enum EngineError {
 
 /// Handle to the worker threads. `Send + Sync`; methods never block on I/O.
 pub struct Engine {
-    _private: (),
+    workers: Vec<WorkerHandle>,
+    assignments: Arc<Mutex<Assignments>>,
+    backend_name: &'static str,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The `Engine`'s side of one worker.
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    /// Written to after queueing a command; the worker's backend reads it.
+    waker: Arc<EventFd>,
+}
+
+/// Which worker serves which container, and how many each serves. Shared
+/// with the workers, which release a container right before its `Drained`.
+#[derive(Debug)]
+pub(crate) struct Assignments {
+    worker_of: HashMap<ContainerKey, usize>,
+    load: Vec<usize>,
+}
+
+impl Assignments {
+    fn new(workers: usize) -> Assignments {
+        Assignments {
+            worker_of: HashMap::new(),
+            load: vec![0; workers],
+        }
+    }
+
+    /// Assigns `key` to the least-loaded worker (lowest index on ties).
+    fn assign(&mut self, key: ContainerKey) -> Result<usize, EngineError> {
+        if self.worker_of.contains_key(&key) {
+            return Err(EngineError::Setup(format!(
+                "container key {key} is already registered"
+            )));
+        }
+        let (worker, _) = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|&(index, load)| (*load, index))
+            .expect("at least one worker");
+        self.load[worker] += 1;
+        self.worker_of.insert(key, worker);
+        Ok(worker)
+    }
+
+    /// Forgets `key` if it is assigned to `worker`.
+    pub(crate) fn release(&mut self, key: ContainerKey, worker: usize) {
+        if self.worker_of.get(&key) == Some(&worker) {
+            self.worker_of.remove(&key);
+            self.load[worker] -= 1;
+        }
+    }
 }
 
 impl Engine {
@@ -80,19 +166,49 @@ impl Engine {
         config: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Engine, EngineError> {
-        let _ = (config, events);
-        todo!()
+        match config.backend {
+            BackendChoice::Auto | BackendChoice::Uring => {}
+            BackendChoice::Epoll => {
+                return Err(EngineError::Setup(
+                    "epoll backend not implemented yet".to_string(),
+                ))
+            }
+        }
+        let worker_count = config.workers.max(1);
+        let assignments = Arc::new(Mutex::new(Assignments::new(worker_count)));
+        let mut engine = Engine {
+            workers: Vec::with_capacity(worker_count),
+            assignments,
+            backend_name: "io_uring",
+            threads: Mutex::new(Vec::with_capacity(worker_count)),
+        };
+        for index in 0..worker_count {
+            // If this fails, dropping `engine` stops the workers started so far.
+            let (handle, thread) = spawn_worker(index, events.clone(), engine.assignments.clone())?;
+            engine.workers.push(handle);
+            engine
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(thread);
+        }
+        Ok(engine)
     }
 
     /// Name of the backend actually running ("io_uring" or "epoll").
     pub fn backend_name(&self) -> &'static str {
-        todo!()
+        self.backend_name
     }
 
     /// Hands a container's sources and log writers to a worker.
     pub fn register(&self, registration: Registration) -> Result<(), EngineError> {
-        let _ = registration;
-        todo!()
+        let key = registration.key;
+        let worker = self.lock_assignments().assign(key)?;
+        if let Err(err) = self.send(worker, Command::Register(registration)) {
+            self.lock_assignments().release(key, worker);
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Reopens every log writer of `key`. Resolves to Ok if the key is
@@ -101,12 +217,121 @@ impl Engine {
         &self,
         key: ContainerKey,
     ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
-        let _ = key;
-        todo!()
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let worker = self.lock_assignments().worker_of.get(&key).copied();
+        match worker {
+            None => {
+                let _ = reply.send(Ok(()));
+            }
+            Some(worker) => {
+                // On failure the command (and its reply sender) is dropped
+                // unsent; answer through a fresh channel instead.
+                if let Err(err) = self.send(worker, Command::ReopenLogs { key, reply }) {
+                    let (reply, receiver) = tokio::sync::oneshot::channel();
+                    let _ = reply.send(Err(err.to_string()));
+                    return receiver;
+                }
+            }
+        }
+        receiver
     }
 
-    /// Stops the workers after they flushed every log writer.
+    /// Stops the workers after they flushed every log writer. Idempotent.
     pub fn shutdown(&self) {
-        todo!()
+        for index in 0..self.workers.len() {
+            // A worker that is already gone needs no stopping.
+            let _ = self.send(index, Command::Shutdown);
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            let name = thread
+                .thread()
+                .name()
+                .unwrap_or("engine worker")
+                .to_string();
+            if thread.join().is_err() {
+                tracing::error!("{name} panicked");
+            }
+        }
+    }
+
+    fn send(&self, worker: usize, command: Command) -> Result<(), EngineError> {
+        let handle = &self.workers[worker];
+        handle
+            .commands
+            .send(command)
+            .map_err(|_| EngineError::WorkerGone(worker))?;
+        handle
+            .waker
+            .write(1)
+            .map_err(|_| EngineError::WorkerGone(worker))?;
+        Ok(())
+    }
+
+    fn lock_assignments(&self) -> std::sync::MutexGuard<'_, Assignments> {
+        // The assignment table stays consistent even if a holder panicked
+        // (every update is a single insert/remove plus a counter).
+        self.assignments
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Spawns worker `index`; returns once its backend is set up (or failed).
+fn spawn_worker(
+    index: usize,
+    events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
+    assignments: Arc<Mutex<Assignments>>,
+) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
+    // Blocking: the ring reads it like a pipe (a non-blocking eventfd would
+    // make the ring read fail with EAGAIN instead of waiting).
+    let waker = Arc::new(
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+            .map_err(|errno| EngineError::Setup(format!("worker {index}: eventfd: {errno}")))?,
+    );
+    let (commands_tx, commands_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let worker_waker = waker.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("ringmon-io-{index}"))
+        .spawn(move || {
+            // The ring is created on the thread that uses it.
+            let backend = match uring::UringBackend::new(worker_waker) {
+                Ok(backend) => backend,
+                Err(err) => {
+                    let _ = ready_tx.send(Err(format!("io_uring setup: {err}")));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            Worker::new(index, backend, commands_rx, events, assignments).run();
+        })
+        .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;
+    let ready = ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err("worker thread exited during setup".to_string()));
+    match ready {
+        Ok(()) => Ok((
+            WorkerHandle {
+                commands: commands_tx,
+                waker,
+            },
+            thread,
+        )),
+        Err(message) => {
+            let _ = thread.join();
+            Err(EngineError::Setup(format!("worker {index}: {message}")))
+        }
     }
 }

@@ -1,1 +1,447 @@
-//! Safe io_uring wrapper used by the engine (filled in by the engine implementation).
+//! Safe io_uring wrapper used by the engine workers.
+//!
+//! The one soundness rule of io_uring that Rust cannot check is that memory
+//! handed to the kernel in a submission (a read buffer) must stay valid and
+//! untouched until the matching completion has been reaped. [`Ring`] enforces
+//! it by owning every buffer in a *slot*:
+//!
+//! * an operation is always submitted for a slot, into that slot's buffer,
+//!   with the slot index as `user_data`;
+//! * while the operation is in flight the slot is *busy*: its buffer cannot be
+//!   borrowed and the slot cannot be removed (both panic, as they are engine
+//!   bugs, not runtime conditions);
+//! * [`Ring::pop_completion`] marks the slot idle again, after which the
+//!   buffer holds the data the kernel wrote;
+//! * dropping the ring with operations still in flight cancels them and waits
+//!   (bounded) for their completions; buffers of operations that still did
+//!   not complete are leaked rather than freed under the kernel's feet.
+//!
+//! Buffers are separate heap allocations kept as raw pointers, so that no
+//! Rust reference to them exists while the kernel writes into them (moving
+//! or growing the slot table never moves a buffer).
+//!
+//! File descriptors are passed as [`BorrowedFd`]: the kernel takes its own
+//! reference to the file when the submission is consumed, so a descriptor
+//! closed after submitting cannot make the kernel touch freed memory; the
+//! engine still keeps every descriptor open until its operation completed so
+//! that a reused descriptor number can never be read by mistake.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+/// `user_data` of operations the ring submits for itself (cancellations and
+/// the shutdown timeout); never a slot index.
+const INTERNAL_USER_DATA: u64 = u64::MAX;
+
+/// How long dropping a ring waits for cancelled operations to complete.
+const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A buffer (plus in-flight state) that operations are submitted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(u32);
+
+impl SlotId {
+    /// Dense index of the slot, usable to index side tables.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A reaped completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub slot: SlotId,
+    /// The raw CQE result: bytes read, poll revents, or `-errno`.
+    pub result: i32,
+}
+
+impl Completion {
+    /// `result` as a `Result`: non-negative values, or the errno.
+    pub fn outcome(&self) -> Result<u32, nix::errno::Errno> {
+        u32::try_from(self.result).map_err(|_| nix::errno::Errno::from_raw(-self.result))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Not allocated; `buffer` is dangling and has length 0.
+    Vacant,
+    /// Allocated, no operation in flight: the buffer may be borrowed.
+    Idle,
+    /// An operation is in flight: the kernel may write into the buffer.
+    Busy,
+}
+
+struct Slot {
+    /// Owned allocation from `Box<[u8]>::into_raw` (or an empty dangling
+    /// slice when vacant); freed in `free_buffer`.
+    buffer: NonNull<[u8]>,
+    state: SlotState,
+}
+
+impl Slot {
+    fn vacant() -> Slot {
+        Slot {
+            buffer: NonNull::slice_from_raw_parts(NonNull::dangling(), 0),
+            state: SlotState::Vacant,
+        }
+    }
+
+    fn allocate(&mut self, len: usize) {
+        debug_assert_eq!(self.state, SlotState::Vacant);
+        let boxed: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+        self.buffer = NonNull::from(Box::leak(boxed));
+        self.state = SlotState::Idle;
+    }
+
+    /// Frees the buffer; only for idle slots (never while the kernel may
+    /// still write into it).
+    fn free_buffer(&mut self) {
+        assert_eq!(self.state, SlotState::Idle, "freeing a non-idle slot");
+        let buffer = std::mem::replace(
+            &mut self.buffer,
+            NonNull::slice_from_raw_parts(NonNull::dangling(), 0),
+        );
+        // SAFETY: `buffer` came from `Box::leak` in `allocate` and has not
+        // been freed (it is replaced by a dangling empty slice right here, so
+        // it cannot be freed twice); the slot is idle, so no operation is in
+        // flight and the kernel holds no pointer into it.
+        drop(unsafe { Box::from_raw(buffer.as_ptr()) });
+        self.state = SlotState::Vacant;
+    }
+}
+
+/// One io_uring plus the slots its operations run on. Not `Send`: a worker
+/// creates it on its own thread and keeps it there.
+pub struct Ring {
+    ring: IoUring,
+    slots: Vec<Slot>,
+    vacant: Vec<u32>,
+    in_flight: usize,
+    /// Read by the kernel when the drop-time timeout is submitted; lives in
+    /// the ring so that it outlives that submission.
+    drain_timeout: types::Timespec,
+}
+
+impl Ring {
+    /// Sets up a ring with `entries` submission queue entries. Completions
+    /// beyond the queue size are kept by the kernel (`IORING_FEAT_NODROP`),
+    /// so `entries` bounds batching, not the number of operations in flight.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        // COOP_TASKRUN spares the worker inter-processor interrupts for
+        // completions (5.19+); older kernels get a plain ring.
+        let ring = match IoUring::builder().setup_coop_taskrun().build(entries) {
+            Ok(ring) => ring,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)?,
+            Err(err) => return Err(err),
+        };
+        Ok(Ring {
+            ring,
+            slots: Vec::new(),
+            vacant: Vec::new(),
+            in_flight: 0,
+            drain_timeout: DROP_DRAIN_TIMEOUT.into(),
+        })
+    }
+
+    /// Allocates a slot with a zeroed buffer of `buffer_len` bytes (at most
+    /// `u32::MAX`).
+    pub fn add_slot(&mut self, buffer_len: usize) -> SlotId {
+        assert!(u32::try_from(buffer_len).is_ok(), "slot buffer too large");
+        let index = match self.vacant.pop() {
+            Some(index) => index,
+            None => {
+                let index = u32::try_from(self.slots.len()).expect("more than 2^32 slots");
+                assert!(u64::from(index) != INTERNAL_USER_DATA);
+                self.slots.push(Slot::vacant());
+                index
+            }
+        };
+        self.slots[index as usize].allocate(buffer_len);
+        SlotId(index)
+    }
+
+    /// Frees an idle slot and its buffer.
+    ///
+    /// # Panics
+    /// If an operation of the slot is still in flight, or it was removed.
+    pub fn remove_slot(&mut self, slot: SlotId) {
+        self.slots[slot.index()].free_buffer();
+        self.vacant.push(slot.0);
+    }
+
+    /// The buffer of an idle slot.
+    ///
+    /// # Panics
+    /// If an operation of the slot is in flight (the kernel may be writing
+    /// into it), or the slot was removed.
+    pub fn buffer(&self, slot: SlotId) -> &[u8] {
+        let slot = &self.slots[slot.index()];
+        assert_eq!(slot.state, SlotState::Idle, "borrowing a non-idle slot");
+        // SAFETY: the allocation is live (state Idle ⇒ allocated, not freed)
+        // and no operation is in flight, so the kernel does not write into
+        // it; the returned borrow is tied to `&self`, and every path that
+        // submits an operation or frees the buffer needs `&mut self`.
+        unsafe { slot.buffer.as_ref() }
+    }
+
+    /// The buffer of an idle slot, for a plain `read(2)` into it.
+    ///
+    /// # Panics
+    /// As [`Ring::buffer`].
+    pub fn buffer_mut(&mut self, slot: SlotId) -> &mut [u8] {
+        let slot = &mut self.slots[slot.index()];
+        assert_eq!(slot.state, SlotState::Idle, "borrowing a non-idle slot");
+        // SAFETY: as in `buffer`; the borrow is tied to `&mut self`, so it is
+        // the only reference to the buffer while it lives.
+        unsafe { slot.buffer.as_mut() }
+    }
+
+    /// Number of operations submitted (or queued) and not yet reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues a `read(2)` of `fd` into the slot's whole buffer, at the file's
+    /// current position (pipes, eventfds). The result is the byte count.
+    ///
+    /// # Panics
+    /// If the slot is not idle.
+    pub fn read(&mut self, slot: SlotId, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let target = self.mark_busy(slot);
+        let entry = opcode::Read::new(
+            types::Fd(fd.as_raw_fd()),
+            target.as_ptr().cast::<u8>(),
+            target.len() as u32,
+        )
+        // -1: "use the current file position", exactly like read(2).
+        .offset(u64::MAX)
+        .build()
+        .user_data(u64::from(slot.0));
+        // SAFETY: the entry points into the slot's buffer, a live heap
+        // allocation that `mark_busy` just flagged busy: it can be neither
+        // borrowed nor freed until `pop_completion` reaps this operation's
+        // completion, and `Drop` leaks it if that never happens.
+        let pushed = unsafe { self.push(&entry) };
+        self.unmark_if_failed(slot, pushed)
+    }
+
+    /// Queues a one-shot poll for readability (`POLLIN`; errors and hang-ups
+    /// are always reported) of `fd`. The result is the revents mask. The
+    /// slot's buffer is not used, but the slot is busy until completion.
+    ///
+    /// # Panics
+    /// If the slot is not idle.
+    pub fn poll_readable(&mut self, slot: SlotId, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.mark_busy(slot);
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(u64::from(slot.0));
+        // SAFETY: a poll operation references no user memory.
+        let pushed = unsafe { self.push(&entry) };
+        self.unmark_if_failed(slot, pushed)
+    }
+
+    /// Submits queued operations and waits until at least `want` completions
+    /// are available (a signal may end the wait early; callers loop).
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            // EINTR: a signal. EBUSY: the completion queue overflowed and
+            // must be reaped before more can be submitted; the caller reaps
+            // and comes back.
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Reaps the next completion of a slot operation, marking its slot idle.
+    pub fn pop_completion(&mut self) -> Option<Completion> {
+        loop {
+            let entry = self.ring.completion().next()?;
+            let Ok(index) = u32::try_from(entry.user_data()) else {
+                continue; // INTERNAL_USER_DATA: cancellation or timeout.
+            };
+            let slot = &mut self.slots[index as usize];
+            debug_assert_eq!(slot.state, SlotState::Busy);
+            slot.state = SlotState::Idle;
+            self.in_flight -= 1;
+            return Some(Completion {
+                slot: SlotId(index),
+                result: entry.result(),
+            });
+        }
+    }
+
+    /// Flags an idle slot busy and returns its buffer for the submission.
+    fn mark_busy(&mut self, slot: SlotId) -> NonNull<[u8]> {
+        let slot = &mut self.slots[slot.index()];
+        assert_eq!(slot.state, SlotState::Idle, "submitting on a non-idle slot");
+        slot.state = SlotState::Busy;
+        self.in_flight += 1;
+        slot.buffer
+    }
+
+    /// Undoes `mark_busy` when the entry never reached the queue (the
+    /// kernel has not seen the buffer).
+    fn unmark_if_failed(&mut self, slot: SlotId, pushed: io::Result<()>) -> io::Result<()> {
+        if pushed.is_err() {
+            self.slots[slot.index()].state = SlotState::Idle;
+            self.in_flight -= 1;
+        }
+        pushed
+    }
+
+    /// Pushes one entry, submitting first if the submission queue is full.
+    ///
+    /// # Safety
+    /// Every buffer or pointer the entry references must stay valid until its
+    /// completion is reaped (or the ring is gone).
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded to the caller of this function.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // The queue is full: hand the queued entries to the kernel. (An
+            // EBUSY here means completions must be reaped first: the caller
+            // sees the error, reaps on its next turn and carries on.)
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Cancels every in-flight operation and reaps completions until none is
+    /// in flight or `DROP_DRAIN_TIMEOUT` passed without progress.
+    fn cancel_all_and_drain(&mut self) {
+        let busy: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&index| self.slots[index as usize].state == SlotState::Busy)
+            .collect();
+        for index in busy {
+            let cancel = opcode::AsyncCancel::new(u64::from(index))
+                .build()
+                .user_data(INTERNAL_USER_DATA);
+            // SAFETY: a cancellation references no user memory.
+            if unsafe { self.push(&cancel) }.is_err() {
+                return;
+            }
+        }
+        while self.in_flight > 0 {
+            let before = self.in_flight;
+            let timeout = opcode::Timeout::new(&self.drain_timeout)
+                .build()
+                .user_data(INTERNAL_USER_DATA);
+            // SAFETY: the timespec lives in `self.drain_timeout`, which stays
+            // in place until the ring (and its queues) is dropped; the kernel
+            // copies it while consuming the submission anyway.
+            if unsafe { self.push(&timeout) }.is_err() || self.submit_and_wait(1).is_err() {
+                return;
+            }
+            while self.pop_completion().is_some() {}
+            // Either completions arrived or the timeout expired; only the
+            // latter leaves the count unchanged.
+            if self.in_flight == before {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            self.cancel_all_and_drain();
+        }
+        for slot in &mut self.slots {
+            match slot.state {
+                SlotState::Idle => slot.free_buffer(),
+                // The kernel may still write into it: leak the buffer.
+                SlotState::Busy | SlotState::Vacant => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use nix::fcntl::OFlag;
+
+    use super::*;
+
+    #[test]
+    fn reads_a_pipe_into_the_slot_buffer() {
+        let mut ring = Ring::new(8).unwrap();
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let slot = ring.add_slot(16);
+        ring.read(slot, read_end.as_fd()).unwrap();
+        assert_eq!(ring.in_flight(), 1);
+        nix::unistd::write(&write_end, b"hello").unwrap();
+        let completion = loop {
+            ring.submit_and_wait(1).unwrap();
+            if let Some(completion) = ring.pop_completion() {
+                break completion;
+            }
+        };
+        assert_eq!(completion.slot, slot);
+        assert_eq!(completion.outcome(), Ok(5));
+        assert_eq!(&ring.buffer(slot)[..5], b"hello");
+
+        drop(write_end);
+        ring.read(slot, read_end.as_fd()).unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let eof = ring.pop_completion().unwrap();
+        assert_eq!(eof.result, 0);
+        ring.remove_slot(slot);
+        // The vacant slot is reused.
+        assert_eq!(ring.add_slot(4), slot);
+    }
+
+    #[test]
+    fn poll_reports_readability() {
+        let mut ring = Ring::new(8).unwrap();
+        let (read_end, write_end) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let slot = ring.add_slot(0);
+        ring.poll_readable(slot, read_end.as_fd()).unwrap();
+        nix::unistd::write(&write_end, b"x").unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let completion = ring.pop_completion().unwrap();
+        assert!(completion.outcome().unwrap() & libc::POLLIN as u32 != 0);
+    }
+
+    #[test]
+    fn dropping_with_reads_in_flight_cancels_them() {
+        let mut ring = Ring::new(2).unwrap();
+        let pipes: Vec<_> = (0..5)
+            .map(|_| nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap())
+            .collect();
+        for (read_end, _) in &pipes {
+            let slot = ring.add_slot(64);
+            // More entries than the queue holds: push submits on the way.
+            ring.read(slot, read_end.as_fd()).unwrap();
+        }
+        ring.submit_and_wait(0).unwrap();
+        assert_eq!(ring.in_flight(), 5);
+        ring.cancel_all_and_drain();
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "non-idle")]
+    fn busy_buffers_cannot_be_borrowed() {
+        let mut ring = Ring::new(2).unwrap();
+        let (read_end, _write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let slot = ring.add_slot(8);
+        ring.read(slot, read_end.as_fd()).unwrap();
+        let _ = ring.buffer(slot);
+    }
+}

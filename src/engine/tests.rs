@@ -1,0 +1,447 @@
+//! Engine tests with real pipes, ptys and log files.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::*;
+use crate::log::{LogFormat, LogSpec};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ringmon-engine-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic xorshift64 generator (no extra dependency for tests). The
+/// seed must not be 0.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> usize {
+        (self.next() % bound) as usize
+    }
+}
+
+/// `total` bytes of lines of random length (mostly short, some longer than
+/// the read buffer), with random bytes including NULs, `\r` and invalid
+/// UTF-8; no trailing newline at the end.
+fn random_output(seed: u64, total: usize) -> Vec<u8> {
+    let mut random = Random(seed);
+    let mut out = Vec::with_capacity(total + 1);
+    while out.len() < total {
+        let len = match random.below(100) {
+            0 => 70_000 + random.below(100_000),
+            1..=9 => random.below(5_000),
+            _ => random.below(200),
+        };
+        for _ in 0..len {
+            let byte = match random.below(10) {
+                0 => 0,
+                1 => b'\r',
+                _ => (random.next() >> 24) as u8,
+            };
+            // Newlines only where we put them, so line lengths stay as drawn.
+            out.push(if byte == b'\n' { b'x' } else { byte });
+        }
+        out.push(b'\n');
+    }
+    out.truncate(total);
+    if out.last() == Some(&b'\n') {
+        out.push(b'-');
+    }
+    out
+}
+
+/// Writes `data` to `fd` in random-sized writes, then closes it.
+fn feed(fd: OwnedFd, data: Vec<u8>, seed: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut random = Random(seed);
+        let mut file = fs::File::from(fd);
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let len = (1 + random.below(100_000)).min(rest.len());
+            file.write_all(&rest[..len]).unwrap();
+            rest = &rest[len..];
+        }
+    })
+}
+
+/// Reassembles each stream's bytes from a CRI log: strips
+/// `<timestamp> <stream> <tag> ` and joins `P` records without their added
+/// `\n`. Also checks every record's shape.
+fn parse_cri(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    assert!(log.is_empty() || log.ends_with(b"\n"));
+    for record in log.split_inclusive(|&b| b == b'\n') {
+        let mut fields = record.splitn(4, |&b| b == b' ');
+        let timestamp = fields.next().unwrap();
+        let stream = fields.next().unwrap();
+        let tag = fields.next().unwrap();
+        let content = fields.next().expect("record without content");
+        assert!(
+            timestamp.len() >= 20 && timestamp[4] == b'-' && timestamp[10] == b'T',
+            "bad timestamp in {:?}",
+            String::from_utf8_lossy(&record[..record.len().min(80)])
+        );
+        let target = match stream {
+            b"stdout" => &mut stdout,
+            b"stderr" => &mut stderr,
+            other => panic!("bad stream {:?}", String::from_utf8_lossy(other)),
+        };
+        match tag {
+            b"F" => target.extend_from_slice(content),
+            b"P" => target.extend_from_slice(&content[..content.len() - 1]),
+            other => panic!("bad tag {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    (stdout, stderr)
+}
+
+fn start(workers: usize) -> (Engine, UnboundedReceiver<EngineEvent>) {
+    let (events_tx, events_rx) = unbounded_channel();
+    let engine = Engine::start(
+        EngineConfig {
+            workers,
+            backend: BackendChoice::Auto,
+        },
+        events_tx,
+    )
+    .unwrap();
+    (engine, events_rx)
+}
+
+fn cri_writer(path: PathBuf) -> LogWriter {
+    LogWriter::open(&LogSpec {
+        format: LogFormat::Cri,
+        path,
+        max_size: 0,
+    })
+    .unwrap()
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
+}
+
+fn source(fd: OwnedFd, stream: StreamKind, kind: SourceKind) -> StreamSource {
+    StreamSource { fd, stream, kind }
+}
+
+#[test]
+fn engine_handle_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Engine>();
+}
+
+#[test]
+fn pipes_are_logged_byte_exact_to_every_writer() {
+    let dir = TempDir::new("pipes");
+    let (engine, mut events) = start(2);
+    assert_eq!(engine.backend_name(), "io_uring");
+
+    let stdout_data = random_output(1, 3 << 20);
+    let stderr_data = random_output(2, 2 << 20);
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    engine
+        .register(Registration {
+            key: 7,
+            sources: vec![
+                source(stdout_read, StreamKind::Stdout, SourceKind::Pipe),
+                source(stderr_read, StreamKind::Stderr, SourceKind::Pipe),
+            ],
+            logs: vec![cri_writer(dir.path("a.log")), cri_writer(dir.path("b.log"))],
+        })
+        .unwrap();
+    let feeders = [
+        feed(stdout_write, stdout_data.clone(), 3),
+        feed(stderr_write, stderr_data.clone(), 4),
+    ];
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+
+    match events.blocking_recv().unwrap() {
+        EngineEvent::Drained { key } => assert_eq!(key, 7),
+        other => panic!("unexpected {other:?}"),
+    }
+    for name in ["a.log", "b.log"] {
+        let (stdout, stderr) = parse_cri(&fs::read(dir.path(name)).unwrap());
+        assert!(stdout == stdout_data, "stdout differs in {name}");
+        assert!(stderr == stderr_data, "stderr differs in {name}");
+    }
+    engine.shutdown();
+    assert!(events.try_recv().is_err(), "only one event expected");
+}
+
+#[test]
+fn many_containers_drain_exactly_once() {
+    let dir = TempDir::new("many");
+    let (engine, mut events) = start(2);
+    let mut feeders = Vec::new();
+    for key in 0..20u64 {
+        let (read_end, write_end) = pipe();
+        engine
+            .register(Registration {
+                key,
+                sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+                logs: vec![cri_writer(dir.path(&format!("{key}.log")))],
+            })
+            .unwrap();
+        feeders.push(feed(
+            write_end,
+            format!("container {key}\n").into_bytes(),
+            key + 1,
+        ));
+    }
+    let mut drained = std::collections::BTreeSet::new();
+    while drained.len() < 20 {
+        match events.blocking_recv().unwrap() {
+            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for key in 0..20u64 {
+        // Written in random pieces, so possibly split into P records.
+        let (stdout, _) = parse_cri(&fs::read(dir.path(&format!("{key}.log"))).unwrap());
+        assert_eq!(stdout, format!("container {key}\n").as_bytes());
+    }
+    assert!(engine.assignments.lock().unwrap().worker_of.is_empty());
+    assert_eq!(engine.assignments.lock().unwrap().load, vec![0, 0]);
+    drop(engine);
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+}
+
+#[test]
+fn container_without_sources_drains_at_once() {
+    let (engine, mut events) = start(1);
+    engine
+        .register(Registration {
+            key: 1,
+            sources: Vec::new(),
+            logs: Vec::new(),
+        })
+        .unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 1 }
+    ));
+    drop(engine);
+}
+
+#[test]
+fn failing_writer_is_reported_once_and_others_keep_logging() {
+    let dir = TempDir::new("failing");
+    let (engine, mut events) = start(1);
+    let (read_end, write_end) = pipe();
+    let full = LogWriter::open(&LogSpec {
+        format: LogFormat::Cri,
+        path: PathBuf::from("/dev/full"),
+        max_size: 0,
+    })
+    .unwrap();
+    engine
+        .register(Registration {
+            key: 3,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![full, cri_writer(dir.path("good.log"))],
+        })
+        .unwrap();
+    let data = random_output(9, 1 << 20);
+    feed(write_end, data.clone(), 10).join().unwrap();
+    match events.blocking_recv().unwrap() {
+        EngineEvent::LogError { key, message } => {
+            assert_eq!(key, 3);
+            assert!(message.contains("/dev/full"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 3 }
+    ));
+    let (stdout, _) = parse_cri(&fs::read(dir.path("good.log")).unwrap());
+    assert!(stdout == data);
+    drop(engine);
+}
+
+#[test]
+fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys() {
+    let dir = TempDir::new("reopen");
+    let (engine, mut events) = start(1);
+    let unknown = engine.reopen_logs(99).blocking_recv().unwrap();
+    assert_eq!(unknown, Ok(()));
+
+    let (read_end, write_end) = pipe();
+    let path = dir.path("ctr.log");
+    engine
+        .register(Registration {
+            key: 5,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![cri_writer(path.clone())],
+        })
+        .unwrap();
+    let mut writer = fs::File::from(write_end);
+    writer.write_all(b"before\n").unwrap();
+    // Wait until the line is in the file: the reopen must not overtake it.
+    while fs::read(&path).unwrap().is_empty() {
+        std::thread::yield_now();
+    }
+    fs::rename(&path, dir.path("ctr.log.1")).unwrap();
+    assert_eq!(engine.reopen_logs(5).blocking_recv().unwrap(), Ok(()));
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    writer.write_all(b"after\n").unwrap();
+    drop(writer);
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 5 }
+    ));
+    let (old, _) = parse_cri(&fs::read(dir.path("ctr.log.1")).unwrap());
+    let (new, _) = parse_cri(&fs::read(&path).unwrap());
+    assert_eq!(old, b"before\n");
+    assert_eq!(new, b"after\n");
+    drop(engine);
+}
+
+#[test]
+fn pty_output_is_logged_until_the_slave_closes() {
+    let dir = TempDir::new("pty");
+    let (engine, mut events) = start(1);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).unwrap());
+    fcntl(
+        pty.master.as_fd(),
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    engine
+        .register(Registration {
+            key: 11,
+            sources: vec![source(pty.master, StreamKind::Stdout, SourceKind::Pty)],
+            logs: vec![cri_writer(dir.path("tty.log"))],
+        })
+        .unwrap();
+    let mut expected = Vec::new();
+    let mut lines = Vec::new();
+    for index in 0..2_000 {
+        let line = format!("tty line {index} \0 with a NUL\n");
+        // The line discipline turns "\n" into "\r\n" (ONLCR).
+        expected.extend_from_slice(line.replace('\n', "\r\n").as_bytes());
+        lines.extend_from_slice(line.as_bytes());
+    }
+    feed(pty.slave, lines, 12).join().unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 11 }
+    ));
+    let (stdout, stderr) = parse_cri(&fs::read(dir.path("tty.log")).unwrap());
+    assert!(stderr.is_empty());
+    assert!(
+        stdout == expected,
+        "{} vs {} bytes",
+        stdout.len(),
+        expected.len()
+    );
+    drop(engine);
+}
+
+#[test]
+fn non_blocking_pipes_work_too() {
+    let dir = TempDir::new("nonblocking");
+    let (engine, mut events) = start(1);
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+    // Only the read end should be non-blocking for the feeder's sake.
+    let flags = OFlag::from_bits_truncate(fcntl(write_end.as_fd(), FcntlArg::F_GETFL).unwrap());
+    fcntl(
+        write_end.as_fd(),
+        FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    engine
+        .register(Registration {
+            key: 2,
+            sources: vec![source(read_end, StreamKind::Stderr, SourceKind::Pipe)],
+            logs: vec![cri_writer(dir.path("nb.log"))],
+        })
+        .unwrap();
+    let data = random_output(5, 1 << 20);
+    feed(write_end, data.clone(), 6).join().unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 2 }
+    ));
+    let (_, stderr) = parse_cri(&fs::read(dir.path("nb.log")).unwrap());
+    assert!(stderr == data);
+    drop(engine);
+}
+
+#[test]
+fn duplicate_keys_and_epoll_are_rejected() {
+    let (events_tx, _events_rx) = unbounded_channel();
+    let err = Engine::start(
+        EngineConfig {
+            workers: 1,
+            backend: BackendChoice::Epoll,
+        },
+        events_tx,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("epoll"), "{err}");
+
+    let (engine, _events) = start(1);
+    let (read_end, _write_end) = pipe();
+    let (other_read_end, _other_write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 4,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let err = engine
+        .register(Registration {
+            key: 4,
+            sources: vec![source(other_read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("already registered"), "{err}");
+    // Shutdown with a read still in flight: cancelled, no hang.
+    engine.shutdown();
+}
