@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringmon::cli::LogLevel;
 use ringmon::client::{Client, CreateRequest};
+use ringmon::core::runtime::{CgroupManager, CreateArgs, RuntimeConfig};
 
 struct Args {
     binary: PathBuf,
@@ -61,7 +63,7 @@ fn launch(binary: &Path, runtime: &Path, run_dir: &Path) -> u32 {
         .arg(run_dir)
         .arg("--runtime-root")
         .arg(run_dir.join("root"))
-        .args(["--log-driver", "none"])
+        .args(["--log-driver", "none", "--log-level", "off"])
         .stdin(Stdio::null())
         .status()
         .expect("launch ringmon");
@@ -73,7 +75,9 @@ fn launch(binary: &Path, runtime: &Path, run_dir: &Path) -> u32 {
 }
 
 fn stop(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -120,26 +124,38 @@ fn main() {
         let bundle = ringmon::fixture::make_bundle(&base, &["/bin/true"], false);
         let root = run_dir.join("root");
         let (mut ours, mut bare) = (Vec::new(), Vec::new());
+        let runtime_config =
+            RuntimeConfig::new(args.runtime.clone(), Some(root.clone()), LogLevel::Off);
         for i in 0..args.runs {
             let id = format!("latency-{}-{i}", std::process::id());
-            let t = Instant::now();
-            let out = Command::new(&args.runtime)
-                .arg("--root")
-                .arg(&root)
-                .args(["create", "--bundle"])
-                .arg(&bundle)
-                .arg("--pid-file")
-                .arg(bundle.join("pidfile"))
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .expect("runtime create");
-            bare.push(t.elapsed());
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            delete(&args.runtime, &root, &id);
-
+            let bare_run = |bare: &mut Vec<Duration>| {
+                // Exactly the argv ringmon builds for this request.
+                let argv = runtime_config.create_args(&CreateArgs {
+                    id: &id,
+                    bundle: &bundle,
+                    pid_file: &bundle.join("pidfile"),
+                    cgroup: CgroupManager::Cgroupfs,
+                    global_args: &[],
+                    command_args: &[],
+                    console_socket: None,
+                });
+                let t = Instant::now();
+                // The created container's init inherits these fds and keeps
+                // them open: nothing here may wait for EOF on them.
+                let status = Command::new(&args.runtime)
+                    .args(&argv)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("runtime create");
+                bare.push(t.elapsed());
+                assert!(status.success(), "bare runtime create failed: {status}");
+                delete(&args.runtime, &root, &id);
+            };
+            if i % 2 == 0 {
+                bare_run(&mut bare);
+            }
             let req = CreateRequest {
                 id: id.clone(),
                 bundle_path: bundle.display().to_string(),
@@ -153,7 +169,10 @@ fn main() {
                 ..Default::default()
             };
             let t = Instant::now();
-            client.create_container(&req).await.expect("createContainer");
+            client
+                .create_container(&req)
+                .await
+                .expect("createContainer");
             ours.push(t.elapsed());
             delete(&args.runtime, &root, &id);
         }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The single test command for ringmon (CI runs it through .ci/run).
+#
+#   bash tools/test.sh
+#
+# Steps: install system dependencies, rustfmt check, clippy, release build,
+# Rust unit + integration tests, then the Go client compatibility suite
+# (tests/go, driving the server through the upstream conmon-rs Go client)
+# once per OCI runtime.
+#
+# Must run as root (containers are created). Exits non-zero if any step
+# fails. Lint and test steps keep going after a failure so one run reports
+# everything; a failed build stops the run.
+#
+# Environment knobs:
+#   RINGMON_TEST_RUNTIMES  OCI runtimes to test (default "/usr/sbin/runc /usr/bin/crun")
+#   RINGMON_FAIL_FAST=1    stop at the first failing step
+#   RINGMON_SKIP_DEPS=1    do not run tools/install-deps.sh
+#   GO_TEST_TIMEOUT        per-runtime go test timeout (default 10m)
+#   GO_TEST_RUN            passed to go test -run (default: all tests)
+#   RINGMON_GO_ONLY=1      only run the Go suite, against $RINGMON_BINARY if set
+#                          (default target/release/ringmon); for quick reruns
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Toolchains installed outside of apt (rustup, the Go tarball) may be missing
+# from PATH in a minimal environment such as CI.
+for dir in "${HOME:-/root}/.cargo/bin" /usr/local/go/bin; do
+    if [[ -d "$dir" && ":$PATH:" != *":$dir:"* ]]; then
+        PATH="$dir:$PATH"
+    fi
+done
+export PATH
+
+export RINGMON_TEST_RUNTIMES="${RINGMON_TEST_RUNTIMES:-/usr/sbin/runc /usr/bin/crun}"
+GO_TEST_TIMEOUT="${GO_TEST_TIMEOUT:-10m}"
+GO_TEST_RUN="${GO_TEST_RUN:-}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+GO_ONLY="${RINGMON_GO_ONLY:-0}"
+if [[ "$GO_ONLY" == 1 && -n "${RINGMON_BINARY:-}" ]]; then
+    RINGMON_BINARY="$(cd "$(dirname "$RINGMON_BINARY")" && pwd)/$(basename "$RINGMON_BINARY")"
+else
+    RINGMON_BINARY="$TARGET_DIR/release/ringmon"
+fi
+export RINGMON_BINARY
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+START=$SECONDS
+declare -a RESULTS=()
+FAILED=0
+
+section() {
+    printf '\n==============================================================\n'
+    printf '== %s\n' "$*"
+    printf '==============================================================\n'
+}
+
+# step NAME CMD...: run a step, record its result, keep going (unless
+# RINGMON_FAIL_FAST=1).
+step() {
+    local name=$1 t0=$SECONDS rc=0
+    shift
+    section "$name"
+    "$@" || rc=$?
+    local took=$((SECONDS - t0))
+    if ((rc == 0)); then
+        RESULTS+=("ok      ${took}s  $name")
+    else
+        RESULTS+=("FAILED  ${took}s  $name (exit $rc)")
+        FAILED=1
+        if [[ "${RINGMON_FAIL_FAST:-0}" == 1 ]]; then
+            summary
+            exit 1
+        fi
+    fi
+    return 0
+}
+
+summary() {
+    section "Summary ($((SECONDS - START))s)"
+    local r
+    for r in "${RESULTS[@]}"; do
+        printf '  %s\n' "$r"
+    done
+    if ((FAILED)); then
+        printf '\nRESULT: FAILED\n'
+    else
+        printf '\nRESULT: all steps ok\n'
+    fi
+}
+
+# shellcheck disable=SC2317  # invoked indirectly through step
+go_suite() {
+    local runtime=$1
+    if [[ ! -x "$runtime" ]]; then
+        echo "OCI runtime $runtime not found" >&2
+        return 1
+    fi
+    local args=(test -count=1 -v -timeout "$GO_TEST_TIMEOUT")
+    if [[ -n "$GO_TEST_RUN" ]]; then
+        args+=(-run "$GO_TEST_RUN")
+    fi
+    (cd "$ROOT/tests/go" && RUNTIME_BINARY="$runtime" go "${args[@]}" ./...)
+}
+
+# --------------------------------------------------------------------------
+if [[ "${RINGMON_SKIP_DEPS:-0}" != 1 ]]; then
+    section "System dependencies (tools/install-deps.sh)"
+    bash "$ROOT/tools/install-deps.sh"
+fi
+
+if [[ "$GO_ONLY" != 1 ]]; then
+    step "cargo fmt --check" cargo fmt --all -- --check
+    step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
+
+    section "cargo build --release"
+    t0=$SECONDS
+    if ! cargo build --release --bin ringmon; then
+        RESULTS+=("FAILED  $((SECONDS - t0))s  cargo build --release")
+        FAILED=1
+        summary
+        exit 1
+    fi
+    RESULTS+=("ok      $((SECONDS - t0))s  cargo build --release")
+    "$RINGMON_BINARY" --version
+
+    step "cargo test --release (RINGMON_TEST_RUNTIMES=\"$RINGMON_TEST_RUNTIMES\")" \
+        cargo test --release
+fi
+
+# shellcheck disable=SC2317  # invoked indirectly through step
+go_prepare() {
+    (cd "$ROOT/tests/go" && go mod download && go vet ./...)
+}
+step "Go module download + vet (tests/go)" go_prepare
+
+for runtime in $RINGMON_TEST_RUNTIMES; do
+    step "Go client suite with $(basename "$runtime") ($runtime)" go_suite "$runtime"
+done
+
+summary
+exit "$FAILED"
