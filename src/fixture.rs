@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 /// Builds an OCI bundle whose rootfs holds busybox-static at /bin/busybox
 /// (and /busybox) with the applets the tests use.
 pub fn make_bundle(dir: &Path, args: &[&str], terminal: bool) -> PathBuf {
+    make_bundle_with(dir, args, terminal, None)
+}
+
+/// Like [`make_bundle`], with a memory limit (bytes, swap included) for OOM
+/// tests.
+pub fn make_bundle_with(
+    dir: &Path,
+    args: &[&str],
+    terminal: bool,
+    memory_limit: Option<u64>,
+) -> PathBuf {
     let bundle = dir.join("bundle");
     let rootfs = bundle.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp"] {
@@ -37,7 +48,13 @@ pub fn make_bundle(dir: &Path, args: &[&str], terminal: bool) -> PathBuf {
         .join(",");
     let config = CONFIG_TEMPLATE
         .replace("@TERMINAL@", if terminal { "true" } else { "false" })
-        .replace("@ARGS@", &args_json);
+        .replace("@ARGS@", &args_json)
+        .replace(
+            "@RESOURCES@",
+            &memory_limit.map_or(String::new(), |m| {
+                format!("\"resources\": {{\"memory\": {{\"limit\": {m}, \"swap\": {m}}}}},")
+            }),
+        );
     fs::write(bundle.join("config.json"), config).unwrap();
     bundle
 }
@@ -68,6 +85,7 @@ const CONFIG_TEMPLATE: &str = r#"{
     {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
   ],
   "linux": {
+    @RESOURCES@
     "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
     "maskedPaths": ["/proc/kcore", "/sys/firmware"],
     "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]

@@ -1,8 +1,6 @@
 //! The stdio engine: worker threads that move container output into log
 //! writers (and, later, attach clients).
 //!
-//! INTERFACE CONTRACT (used by `core`; keep these signatures).
-//!
 //! Shape: `config.workers` threads (`ringmon-io-N`), each owning one
 //! [`Backend`](backend::Backend) (one io_uring today) with every source of
 //! the containers assigned to it, plus those containers' log writers. A

@@ -1,7 +1,5 @@
 //! Container log drivers: pure encoders (`cri`, `json`) and the file writers
 //! that the engine workers feed.
-//!
-//! INTERFACE CONTRACT (used by `core` and `engine`; keep these signatures).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
