@@ -207,6 +207,26 @@ impl Client {
         Ok(())
     }
 
+    /// Asks the server to listen for attach clients at `socket_path`.
+    pub async fn attach_container(
+        &self,
+        id: &str,
+        socket_path: &Path,
+        exec_session_id: &str,
+        stop_after_stdin_eof: bool,
+    ) -> Result<(), ClientError> {
+        let mut req = self.conmon.attach_container_request();
+        let mut r = req.get().init_request();
+        r.set_id(id);
+        r.set_socket_path(socket_path.to_string_lossy().as_ref());
+        if !exec_session_id.is_empty() {
+            r.set_exec_session_id(exec_session_id);
+        }
+        r.set_stop_after_stdin_eof(stop_after_stdin_eof);
+        req.send().promise.await?;
+        Ok(())
+    }
+
     pub async fn set_window_size(
         &self,
         id: &str,

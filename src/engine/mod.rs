@@ -88,6 +88,14 @@ pub enum EngineEvent {
     /// A log writer failed; the stream keeps being drained (never blocks the
     /// container) and the error is reported once per writer.
     LogError { key: ContainerKey, message: String },
+    /// An attach client was disconnected by the engine: its queue exceeded
+    /// the bound (a slow or stuck reader) or sending to it failed.
+    AttachClientDropped {
+        key: ContainerKey,
+        /// Total attach clients this engine has dropped so far.
+        dropped_total: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +215,16 @@ impl Engine {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Adds an attach client (a connected SOCK_SEQPACKET socket) to `key`:
+    /// from now on it receives every chunk the container's sources produce,
+    /// framed as attach packets, and a done packet once every source reached
+    /// EOF. If `key` is unknown (already drained) the client gets the done
+    /// packet at once. Never blocks.
+    pub fn attach(&self, key: ContainerKey, client: OwnedFd) -> Result<(), EngineError> {
+        let _ = (key, client);
+        todo!("attach fan-out")
     }
 
     /// Reopens every log writer of `key`. Resolves to Ok if the key is
