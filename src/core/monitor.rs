@@ -100,6 +100,13 @@ impl Monitor {
                 EngineEvent::LogError { key, message } => {
                     warn!(key, "container log write failed: {message}");
                 }
+                EngineEvent::AttachClientDropped {
+                    key,
+                    dropped_total,
+                    reason,
+                } => {
+                    warn!(key, dropped_total, "attach client dropped: {reason}");
+                }
             }
         }
     }
