@@ -121,10 +121,18 @@ impl conmon::Server for ConmonServer {
 
     async fn attach_container(
         self: Rc<Self>,
-        _: conmon::AttachContainerParams,
-        _: conmon::AttachContainerResults,
+        params: conmon::AttachContainerParams,
+        _results: conmon::AttachContainerResults,
     ) -> Result<(), capnp::Error> {
-        Err(not_implemented("attachContainer"))
+        let req = rpc::attach_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        if !req.exec_session_id.is_empty() {
+            // Exec sessions arrive with their own issue; conmon-rs also
+            // ignores the field.
+            debug!(id = %req.id, session = %req.exec_session_id, "execSessionId ignored");
+        }
+        self.monitor
+            .attach_container(&req.id, &req.socket_path, req.stop_after_stdin_eof)
+            .map_err(|e| failed(&e))
     }
 }
 

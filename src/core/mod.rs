@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::log::LogSpec;
 
+pub mod attach;
 pub mod exit_files;
 pub mod monitor;
 pub mod oom;

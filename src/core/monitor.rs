@@ -23,6 +23,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::attach::{Attach, StdinTarget};
 use super::exit_files::{write_exit_files, write_oom_files};
 use super::oom::OomWatcher;
 use super::runtime::{CreateArgs, RuntimeConfig};
@@ -44,8 +45,8 @@ struct Child {
     pid: u32,
     /// A duplicate of the pty master, for resizes (terminal mode only).
     terminal: Option<OwnedFd>,
-    /// Write end of the container's stdin pipe (attach writes here).
-    _stdin: Option<OwnedFd>,
+    /// Attach listeners and the stdin forwarder.
+    attach: Attach,
 }
 
 #[derive(Default)]
@@ -215,11 +216,22 @@ impl Monitor {
 
         let key = self.next_key.get();
         self.next_key.set(key + 1);
+        let mut stdin_target = match stdin_w {
+            Some(w) => StdinTarget::Pipe(w),
+            None => StdinTarget::None,
+        };
         let (terminal, sources) = match master {
             Some(master) => {
                 let resize = master
                     .try_clone()
                     .map_err(|e| CoreError::io("duplicate pty master", e))?;
+                if req.stdin {
+                    stdin_target = StdinTarget::Pty(
+                        master
+                            .try_clone()
+                            .map_err(|e| CoreError::io("duplicate pty master", e))?,
+                    );
+                }
                 let src = vec![StreamSource {
                     fd: master,
                     stream: StreamKind::Stdout,
@@ -267,7 +279,7 @@ impl Monitor {
                 key,
                 pid,
                 terminal,
-                _stdin: stdin_w,
+                attach: Attach::new(key, stdin_target),
             });
         }
         let exit_policy = ExitPolicy {
@@ -344,6 +356,9 @@ impl Monitor {
         let mut st = self.state.borrow_mut();
         st.drain_waiters.remove(key);
         if let Some(list) = st.children.get_mut(id) {
+            for child in list.iter_mut().filter(|c| c.key == *key) {
+                child.attach.close();
+            }
             list.retain(|c| c.key != *key);
             if list.is_empty() {
                 st.children.remove(id);
@@ -359,6 +374,27 @@ impl Monitor {
             Ok(Err(msg)) => Err(CoreError::Reopen(msg)),
             Err(_) => Err(CoreError::Reopen("engine worker went away".into())),
         }
+    }
+
+    /// Serves attach clients for the container at `socket_path`.
+    pub fn attach_container(
+        &self,
+        id: &str,
+        socket_path: &Path,
+        stop_after_stdin_eof: bool,
+    ) -> Result<(), CoreError> {
+        let mut st = self.state.borrow_mut();
+        let child = st
+            .children
+            .get_mut(id)
+            .and_then(|l| l.last_mut())
+            .ok_or(CoreError::ChildNotAvailable)?;
+        child
+            .attach
+            .listen(socket_path, stop_after_stdin_eof, &self.engine)
+            .map_err(|e| {
+                CoreError::io(format!("create attach socket {}", socket_path.display()), e)
+            })
     }
 
     /// Resizes the container's terminal.

@@ -233,6 +233,27 @@ pub fn create_container(
     })
 }
 
+/// A validated `attachContainer` request.
+#[derive(Debug)]
+pub struct AttachContainer {
+    pub id: String,
+    pub socket_path: PathBuf,
+    pub exec_session_id: String,
+    pub stop_after_stdin_eof: bool,
+}
+
+/// Translates and checks an `attachContainer` request.
+pub fn attach_container(
+    r: conmon::attach_request::Reader<'_>,
+) -> Result<AttachContainer, RequestError> {
+    Ok(AttachContainer {
+        id: container_id("id", text("id", r.get_id())?)?,
+        socket_path: absolute_path("socketPath", text("socketPath", r.get_socket_path())?)?,
+        exec_session_id: text("execSessionId", r.get_exec_session_id())?,
+        stop_after_stdin_eof: r.get_stop_after_stdin_eof(),
+    })
+}
+
 /// Reads and checks the id of a request that targets a known container.
 pub fn target_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, RequestError> {
     container_id("id", text("id", r)?)

@@ -5,7 +5,10 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{
+    accept4, bind, listen, recv, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned,
+    MsgFlags, SockFlag, SockType, UnixAddr,
+};
 
 /// A parent directory kept open so that a socket path longer than
 /// `sun_path` (108 bytes) can be reached as `/proc/self/fd/<dirfd>/<name>`.
@@ -66,4 +69,59 @@ pub fn recv_fds(stream: &UnixStream) -> io::Result<Vec<OwnedFd>> {
         }
     }
     Ok(fds)
+}
+
+/// Creates a listening SOCK_SEQPACKET socket at `path` (long-path rule,
+/// parent created), non-blocking and close-on-exec. The file mode is set
+/// between bind and listen, so no client can connect before it applies.
+pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
+    let long = LongPath::new(path)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let addr = UnixAddr::new(long.path()).map_err(io::Error::from)?;
+    bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    listen(&fd, Backlog::MAXCONN).map_err(io::Error::from)?;
+    Ok(fd)
+}
+
+/// Accepts one pending connection (non-blocking, close-on-exec).
+/// `Ok(None)`: nothing pending.
+pub fn accept_nonblocking(listener: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    match accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    ) {
+        // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Receives one whole packet from a non-blocking SOCK_SEQPACKET socket,
+/// whatever its size (the size is peeked first, so nothing is truncated).
+/// `Ok(None)`: nothing pending; `Ok(Some(empty))`: the peer closed or shut
+/// down writing.
+pub fn recv_packet(fd: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
+    let mut probe = [0u8; 1];
+    let len = match recv(
+        fd.as_raw_fd(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = vec![0u8; len.max(1)];
+    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    buf.truncate(n.min(len));
+    Ok(Some(buf))
 }

@@ -1,0 +1,279 @@
+//! Attach sockets on the control side (spec §5): the SEQPACKET listener at
+//! the client's path, accepting connections, and forwarding what clients
+//! write to the container's stdin. Output to the clients is the engine's
+//! job: each accepted connection is duplicated and handed to the worker that
+//! owns the container's streams.
+//!
+//! Stdin policy: input from every client goes through one bounded queue per
+//! container and is written in arrival order, byte-exact. When the
+//! container does not read its stdin the queue fills and the client readers
+//! stop reading, so backpressure reaches the clients through their socket
+//! buffers; input is never dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::engine::{ContainerKey, Engine};
+use crate::sys;
+
+/// Pending stdin packets per container before client readers pause.
+const STDIN_QUEUE_PACKETS: usize = 64;
+
+/// Mode of attach sockets: only the owner (the engine that asked for the
+/// socket) may connect.
+const ATTACH_SOCKET_MODE: u32 = 0o700;
+
+enum StdinMsg {
+    Data(Vec<u8>),
+    /// Close the container's stdin (stop-after-stdin-EOF).
+    Close,
+}
+
+/// Where a container's stdin goes.
+pub enum StdinTarget {
+    /// The container has no stdin: client input is discarded.
+    None,
+    /// Pipe write end; closed on stop-after-stdin-EOF so the container sees EOF.
+    Pipe(OwnedFd),
+    /// A duplicate of the pty master; on stop-after-stdin-EOF forwarding stops.
+    Pty(OwnedFd),
+}
+
+/// The attach state of one monitored process.
+pub struct Attach {
+    key: ContainerKey,
+    stdin: Option<mpsc::Sender<StdinMsg>>,
+    /// Attach listeners by path, with the socket file's inode.
+    listeners: HashMap<PathBuf, (u64, CancellationToken)>,
+    /// Cancelled when the container exits or a stop-after-stdin-EOF client
+    /// hits EOF: every client reader of this container stops.
+    readers: CancellationToken,
+}
+
+impl Attach {
+    /// Starts the stdin writer (if the container has stdin).
+    pub fn new(key: ContainerKey, stdin: StdinTarget) -> Attach {
+        let stdin = match stdin {
+            StdinTarget::None => None,
+            StdinTarget::Pipe(fd) => Some(spawn_stdin_writer(fd, key)),
+            StdinTarget::Pty(fd) => Some(spawn_stdin_writer(fd, key)),
+        };
+        Attach {
+            key,
+            stdin,
+            listeners: HashMap::new(),
+            readers: CancellationToken::new(),
+        }
+    }
+
+    /// Makes sure a listener serves `path`. An existing listener of this
+    /// container at the same path is reused; anything else at the path (a
+    /// stale socket of an earlier server) is replaced.
+    pub fn listen(
+        &mut self,
+        path: &Path,
+        stop_after_stdin_eof: bool,
+        engine: &Arc<Engine>,
+    ) -> io::Result<()> {
+        if let Some((ino, _)) = self.listeners.get(path) {
+            if std::fs::metadata(path).map(|m| m.ino()).ok() == Some(*ino) {
+                return Ok(());
+            }
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = sys::socket::listen_seqpacket(path, ATTACH_SOCKET_MODE)?;
+        let ino = std::fs::metadata(path)?.ino();
+        let listener = sys::reactor::async_fd(listener, Interest::READABLE)?;
+        let stop = self.readers.child_token();
+        if let Some((_, old)) = self
+            .listeners
+            .insert(path.to_path_buf(), (ino, stop.clone()))
+        {
+            old.cancel();
+        }
+        let ctx = ClientContext {
+            key: self.key,
+            stdin: self.stdin.clone(),
+            stop_after_stdin_eof,
+            readers: self.readers.clone(),
+            engine: Arc::clone(engine),
+        };
+        tokio::task::spawn_local(accept_loop(listener, stop, ctx));
+        Ok(())
+    }
+
+    /// The container is gone: stop readers and listeners, and remove the
+    /// socket files that are still ours.
+    pub fn close(&mut self) {
+        self.readers.cancel();
+        for (path, (ino, _)) in self.listeners.drain() {
+            if std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(ino) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.stdin = None;
+    }
+}
+
+#[derive(Clone)]
+struct ClientContext {
+    key: ContainerKey,
+    stdin: Option<mpsc::Sender<StdinMsg>>,
+    stop_after_stdin_eof: bool,
+    readers: CancellationToken,
+    engine: Arc<Engine>,
+}
+
+async fn accept_loop(
+    listener: tokio::io::unix::AsyncFd<OwnedFd>,
+    stop: CancellationToken,
+    ctx: ClientContext,
+) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = stop.cancelled() => return,
+            g = listener.readable() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(key = ctx.key, "attach listener: {e}");
+                    return;
+                }
+            },
+        };
+        loop {
+            match sys::socket::accept_nonblocking(listener.get_ref()) {
+                Ok(Some(conn)) => start_client(conn, &ctx),
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    warn!(key = ctx.key, "attach accept: {e}");
+                    guard.clear_ready();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn start_client(conn: OwnedFd, ctx: &ClientContext) {
+    let output = match conn.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(key = ctx.key, "attach client: duplicate socket: {e}");
+            return;
+        }
+    };
+    if let Err(e) = ctx.engine.attach(ctx.key, output) {
+        warn!(key = ctx.key, "attach client: {e}");
+        return;
+    }
+    debug!(key = ctx.key, "attach client connected");
+    match sys::reactor::async_fd(conn, Interest::READABLE) {
+        Ok(conn) => {
+            tokio::task::spawn_local(read_client(conn, ctx.clone()));
+        }
+        Err(e) => warn!(key = ctx.key, "attach client: {e}"),
+    }
+}
+
+/// Forwards one client's packets to the container's stdin until EOF.
+async fn read_client(conn: tokio::io::unix::AsyncFd<OwnedFd>, ctx: ClientContext) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = ctx.readers.cancelled() => return,
+            g = conn.readable() => match g {
+                Ok(g) => g,
+                Err(_) => return,
+            },
+        };
+        loop {
+            match sys::socket::recv_packet(conn.get_ref()) {
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Ok(Some(packet)) if packet.is_empty() => {
+                    if ctx.stop_after_stdin_eof {
+                        debug!(key = ctx.key, "attach stdin EOF: closing container stdin");
+                        if let Some(tx) = &ctx.stdin {
+                            let _ = tx.send(StdinMsg::Close).await;
+                        }
+                        ctx.readers.cancel();
+                    }
+                    return;
+                }
+                Ok(Some(packet)) => {
+                    if let Some(tx) = &ctx.stdin {
+                        // Waits while the queue is full: backpressure.
+                        let _ = tx.send(StdinMsg::Data(packet)).await;
+                    }
+                }
+                Err(e) => {
+                    debug!(key = ctx.key, "attach client read: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_stdin_writer(fd: OwnedFd, key: ContainerKey) -> mpsc::Sender<StdinMsg> {
+    let (tx, rx) = mpsc::channel(STDIN_QUEUE_PACKETS);
+    tokio::task::spawn_local(write_stdin(fd, rx, key));
+    tx
+}
+
+async fn write_stdin(fd: OwnedFd, mut rx: mpsc::Receiver<StdinMsg>, key: ContainerKey) {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .unwrap_or(OFlag::empty());
+    if let Err(e) = fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)) {
+        warn!(key, "container stdin: set non-blocking: {e}");
+        return;
+    }
+    let fd = match sys::reactor::async_fd(fd, Interest::WRITABLE) {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(key, "container stdin: {e}");
+            return;
+        }
+    };
+    while let Some(msg) = rx.recv().await {
+        let data = match msg {
+            StdinMsg::Data(d) => d,
+            StdinMsg::Close => return,
+        };
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let mut guard = match fd.writable().await {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), rest).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) => {
+                    // EPIPE: the container closed its stdin; input is moot.
+                    debug!(key, "container stdin write: {e}");
+                    return;
+                }
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
