@@ -1,9 +1,26 @@
 //! The I/O backend a worker runs on: the seam between the worker's routing
 //! logic (which bytes go to which sinks) and the kernel interface that
 //! produces the bytes (io_uring today, epoll later).
+//!
+//! Two kinds of descriptors are registered with a backend:
+//! * **sources** are read by the backend, which reports their bytes;
+//! * **sinks** (attach client sockets) are written by the worker itself with
+//!   non-blocking sends; the backend only owns them and, on request, reports
+//!   once when one becomes writable again. The backend owns a sink's fd so
+//!   that it can keep it open while the kernel still watches it (a closed
+//!   and reused descriptor number must never be watched by mistake).
+//!
+//! How an epoll backend maps onto this trait: `add_source` registers the fd
+//! for `EPOLLIN` and reads it on readiness; `add_sink` keeps the fd without
+//! registering it; `want_writable` adds (or re-arms with `EPOLL_CTL_MOD`) the
+//! fd for `EPOLLOUT | EPOLLONESHOT`; `remove_sink` does `EPOLL_CTL_DEL` and
+//! closes the fd at once (epoll has nothing in flight); the `wait` timeout
+//! is `epoll_wait`'s timeout and the wake-up eventfd is one more `EPOLLIN`
+//! registration.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use super::SourceKind;
 
@@ -11,6 +28,11 @@ use super::SourceKind;
 /// is open; may be reused after its `Eof` event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SourceId(pub u32);
+
+/// A sink (a descriptor the worker writes) registered with a backend.
+/// Unique per backend until `remove_sink`; may be reused afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SinkId(pub u32);
 
 /// What `Backend::wait` reports.
 #[derive(Debug)]
@@ -26,9 +48,15 @@ pub enum BackendEvent<'a> {
         source: SourceId,
         error: Option<io::Error>,
     },
+    /// The sink became writable, or has an error or hang-up pending (which
+    /// the next send reports). Answers exactly one `want_writable`.
+    Writable { sink: SinkId },
+    /// Watching the sink for writability failed; no `Writable` will follow
+    /// for that request. The sink stays registered until `remove_sink`.
+    SinkFailed { sink: SinkId, error: io::Error },
 }
 
-/// A readiness/completion loop over a worker's sources.
+/// A readiness/completion loop over a worker's sources and sinks.
 pub trait Backend {
     /// "io_uring" or "epoll", as reported by `Engine::backend_name`.
     fn name(&self) -> &'static str;
@@ -37,8 +65,34 @@ pub trait Backend {
     /// fd when it reports the source's `Eof` (or when it is dropped).
     fn add_source(&mut self, fd: OwnedFd, kind: SourceKind) -> io::Result<SourceId>;
 
-    /// Blocks until something happened, then reports every event that is
-    /// ready to `on_event`, in order. Bytes of one source are reported in
-    /// stream order.
-    fn wait(&mut self, on_event: &mut dyn FnMut(BackendEvent<'_>)) -> io::Result<()>;
+    /// Takes ownership of `fd` (a non-blocking socket the worker writes).
+    /// Nothing is watched until `want_writable`, so this cannot fail. The fd
+    /// is closed by `remove_sink` (possibly a little later, once the kernel
+    /// no longer watches it) or when the backend is dropped.
+    fn add_sink(&mut self, fd: OwnedFd) -> SinkId;
+
+    /// The sink's descriptor, for sending.
+    ///
+    /// # Panics
+    /// If `sink` is not registered (an engine bug).
+    fn sink_fd(&self, sink: SinkId) -> BorrowedFd<'_>;
+
+    /// Arms a one-shot writability notification: a later `wait` reports
+    /// `Writable` (or `SinkFailed`) for `sink` once. Asking again before it
+    /// was reported is a no-op.
+    fn want_writable(&mut self, sink: SinkId) -> io::Result<()>;
+
+    /// Unregisters `sink` and closes its fd; nothing is reported for it any
+    /// more, even a notification that was armed.
+    fn remove_sink(&mut self, sink: SinkId);
+
+    /// Blocks until something happened or `timeout` (if any) passed, then
+    /// reports every event that is ready to `on_event`, in order. Bytes of
+    /// one source are reported in stream order. A timeout is not an error
+    /// and may report nothing.
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(BackendEvent<'_>),
+    ) -> io::Result<()>;
 }

@@ -1,34 +1,75 @@
 //! The stdio engine: worker threads that move container output into log
-//! writers (and, later, attach clients).
+//! writers and attach clients.
 //!
 //! Shape: `config.workers` threads (`ringmon-io-N`), each owning one
 //! [`Backend`](backend::Backend) (one io_uring today) with every source of
-//! the containers assigned to it, plus those containers' log writers. A
-//! container is assigned to the least-loaded worker at registration and stays
-//! there, so its bytes never cross threads and need no locks. The `Engine`
-//! handle talks to a worker through a command queue plus an eventfd that the
-//! worker's ring reads, so a worker sleeps in exactly one place
-//! (`io_uring_enter`) whether it waits for output or for commands.
+//! the containers assigned to it, plus those containers' log writers and
+//! attach clients. A container is assigned to the least-loaded worker at
+//! registration and stays there, so its bytes never cross threads and need
+//! no locks. The `Engine` handle talks to a worker through a command queue
+//! plus an eventfd that the worker's ring reads, so a worker sleeps in
+//! exactly one place (`io_uring_enter`) whether it waits for output, for
+//! commands or for an attach socket to become writable.
 //!
 //! Per chunk read: refresh the timestamp cache once, encode + write + flush
 //! into every writer (a failing writer is reported once and then skipped, the
-//! stream keeps being drained so the container never blocks on a full pipe).
-//! When every source of a container hit EOF: flush, drop the state (closing
-//! fds and files), then send `Drained` exactly once — the control thread
-//! writes exit files only after that, so no byte is lost.
+//! stream keeps being drained so the container never blocks on a full pipe),
+//! then copy the chunk, framed as attach packets (spec §5.3: type byte 2 for
+//! stdout and all terminal output, 3 for stderr, at most 8191 payload bytes
+//! per packet), into the queue of every attach client of the container.
+//! When every source of a container hit EOF: flush, queue the done packet
+//! (`0x00`) for its attach clients, drop the state (closing fds and files),
+//! then send `Drained` exactly once — the control thread writes exit files
+//! only after that, so no byte is lost.
+//!
+//! # Attach backpressure
+//!
+//! Attach clients are remote readers of unknown speed; the rule is that
+//! they can never slow down the container, the logs, or each other:
+//! * after each batch of output the worker sends queued packets with
+//!   `send(MSG_DONTWAIT)`; what the socket does not take stays queued and the
+//!   backend is asked for a one-shot writability notification;
+//! * a client with more than [`ATTACH_QUEUE_LIMIT`] (4 MiB) of payload
+//!   queued is dropped, as is one whose send fails with anything but
+//!   `EAGAIN`: its write side is shut down (the client reads what it got,
+//!   then EOF) and `AttachClientDropped` is reported with an engine-wide
+//!   running count. Why 4 MiB: an interactive session has a few KiB in
+//!   flight, so a reader that is alive but descheduled for seconds keeps its
+//!   session; a container writing flat out outruns any slower reader whatever
+//!   the bound, which only sets the slack (and 4 MiB is still ~1 s at
+//!   4 MB/s); and memory stays bounded at 4 MiB plus one batch of reads
+//!   (≤ 1 MiB) per client, checked after each batch so that a reader that
+//!   keeps up is never dropped for the batching itself. Upstream stops a
+//!   client 16 messages (≈ 64 KiB) behind; being more lenient only costs
+//!   memory, never correctness;
+//! * the done packet never delays `Drained` (exit files depend on it): a
+//!   client whose queue is not empty at that point *lingers* — it keeps
+//!   being flushed on writability and is closed once the done packet is
+//!   out, or dropped after [`ATTACH_LINGER_TIMEOUT`] (30 s) without any
+//!   progress, long enough for any reader that is alive and short enough
+//!   not to pin memory for a client that will never read;
+//! * a client whose `Engine::attach` returned gets every byte the container
+//!   produces afterwards (commands are taken from the queue before each
+//!   chunk is routed), and nothing routed before the worker took it (no
+//!   replay of earlier output). Attaching to
+//!   a container that is unknown or already drained gets the done packet at
+//!   once.
 //!
 //! The backend is deliberately simple (one read in flight per source into a
 //! per-source buffer); see `uring` for the optimisations planned on top.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::log::{LogWriter, StreamKind};
 
+mod attach;
 pub mod backend;
 mod uring;
 mod worker;
@@ -37,6 +78,14 @@ mod worker;
 mod tests;
 
 use worker::{Command, Worker};
+
+/// Payload bytes an attach client may have queued before it is dropped (see
+/// the module docs for the reasoning).
+pub const ATTACH_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How long an attach client may make no progress after its container's
+/// output ended before it is dropped (see the module docs).
+pub const ATTACH_LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Identifies one monitored process (container or exec) across layers.
 pub type ContainerKey = u64;
@@ -89,7 +138,10 @@ pub enum EngineEvent {
     /// container) and the error is reported once per writer.
     LogError { key: ContainerKey, message: String },
     /// An attach client was disconnected by the engine: its queue exceeded
-    /// the bound (a slow or stuck reader) or sending to it failed.
+    /// `ATTACH_QUEUE_LIMIT` (a slow or stuck reader), sending to it failed
+    /// (usually: the client went away), or it made no progress for
+    /// `ATTACH_LINGER_TIMEOUT` after the container's output ended. `reason`
+    /// names the cause and the bytes that were still queued.
     AttachClientDropped {
         key: ContainerKey,
         /// Total attach clients this engine has dropped so far.
@@ -112,6 +164,8 @@ pub enum EngineError {
 pub struct Engine {
     workers: Vec<WorkerHandle>,
     assignments: Arc<Mutex<Assignments>>,
+    /// Attach clients dropped so far, by every worker.
+    attach_drops: Arc<AtomicU64>,
     backend_name: &'static str,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -185,12 +239,18 @@ impl Engine {
         let mut engine = Engine {
             workers: Vec::with_capacity(worker_count),
             assignments,
+            attach_drops: Arc::new(AtomicU64::new(0)),
             backend_name: "io_uring",
             threads: Mutex::new(Vec::with_capacity(worker_count)),
         };
         for index in 0..worker_count {
             // If this fails, dropping `engine` stops the workers started so far.
-            let (handle, thread) = spawn_worker(index, events.clone(), engine.assignments.clone())?;
+            let (handle, thread) = spawn_worker(
+                index,
+                events.clone(),
+                engine.assignments.clone(),
+                engine.attach_drops.clone(),
+            )?;
             engine.workers.push(handle);
             engine
                 .threads
@@ -221,10 +281,21 @@ impl Engine {
     /// from now on it receives every chunk the container's sources produce,
     /// framed as attach packets, and a done packet once every source reached
     /// EOF. If `key` is unknown (already drained) the client gets the done
-    /// packet at once. Never blocks.
+    /// packet at once. Never blocks; on error the client is closed.
+    ///
+    /// The engine only writes to `client` (non-blocking sends) and shuts
+    /// down its write side when done; the caller may keep a descriptor of
+    /// the same socket to read the client's stdin.
     pub fn attach(&self, key: ContainerKey, client: OwnedFd) -> Result<(), EngineError> {
-        let _ = (key, client);
-        todo!("attach fan-out")
+        // A key no worker serves (drained, or never registered) may go to
+        // any worker: it answers with the done packet.
+        let worker = self
+            .lock_assignments()
+            .worker_of
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        self.send(worker, Command::Attach { key, client })
     }
 
     /// Reopens every log writer of `key`. Resolves to Ok if the key is
@@ -252,7 +323,8 @@ impl Engine {
         receiver
     }
 
-    /// Stops the workers after they flushed every log writer. Idempotent.
+    /// Stops the workers after they flushed every log writer; attach clients
+    /// are closed (without a done packet). Idempotent.
     pub fn shutdown(&self) {
         for index in 0..self.workers.len() {
             // A worker that is already gone needs no stopping.
@@ -309,6 +381,7 @@ fn spawn_worker(
     index: usize,
     events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
+    attach_drops: Arc<AtomicU64>,
 ) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
     // Blocking: the ring reads it like a pipe (a non-blocking eventfd would
     // make the ring read fail with EAGAIN instead of waiting).
@@ -331,7 +404,15 @@ fn spawn_worker(
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            Worker::new(index, backend, commands_rx, events, assignments).run();
+            Worker::new(
+                index,
+                backend,
+                commands_rx,
+                events,
+                assignments,
+                attach_drops,
+            )
+            .run();
         })
         .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;
     let ready = ready_rx

@@ -2,10 +2,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
@@ -444,4 +445,336 @@ fn duplicate_keys_and_epoll_are_rejected() {
     assert!(err.to_string().contains("already registered"), "{err}");
     // Shutdown with a read still in flight: cancelled, no hang.
     engine.shutdown();
+}
+
+// ---------------------------------------------------------------------------
+// Attach fan-out
+
+/// A connected attach socket pair as the control thread would hand it over:
+/// (engine's end, client's end). The client's end is made blocking so that
+/// reader threads can simply wait.
+fn attach_pair() -> (OwnedFd, OwnedFd) {
+    let (engine_end, client_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let flags = OFlag::from_bits_truncate(fcntl(client_end.as_fd(), FcntlArg::F_GETFL).unwrap());
+    fcntl(
+        client_end.as_fd(),
+        FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    (engine_end, client_end)
+}
+
+/// Everything an attach client read until EOF.
+#[derive(Debug, Default)]
+struct Received {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    done_packets: usize,
+    packets_after_done: usize,
+    largest_packet: usize,
+}
+
+/// Reads attach packets until EOF, checking their shape; reports the
+/// payload bytes received so far to `progress` after every packet.
+fn read_attach(client: OwnedFd, progress: Option<std::sync::mpsc::Sender<usize>>) -> Received {
+    let mut received = Received::default();
+    // One byte more than the largest legal packet, to catch bigger ones.
+    let mut buffer = vec![0u8; 8193];
+    loop {
+        let len = recv(client.as_raw_fd(), &mut buffer, MsgFlags::empty()).unwrap();
+        if len == 0 {
+            return received;
+        }
+        assert!(len <= 8192, "packet of {len} bytes");
+        received.largest_packet = received.largest_packet.max(len);
+        if received.done_packets > 0 {
+            received.packets_after_done += 1;
+        }
+        match buffer[0] {
+            0 => {
+                assert_eq!(len, 1, "done packet with payload");
+                received.done_packets += 1;
+            }
+            2 => received.stdout.extend_from_slice(&buffer[1..len]),
+            3 => received.stderr.extend_from_slice(&buffer[1..len]),
+            other => panic!("packet type {other}"),
+        }
+        if let Some(progress) = &progress {
+            let _ = progress.send(received.stdout.len() + received.stderr.len());
+        }
+    }
+}
+
+fn spawn_reader(client: OwnedFd) -> std::thread::JoinHandle<Received> {
+    std::thread::spawn(move || read_attach(client, None))
+}
+
+/// Asserts `received` is a whole, properly terminated session.
+fn assert_complete(received: &Received, stdout: &[u8], stderr: &[u8]) {
+    assert!(
+        received.stdout == stdout,
+        "stdout: {} of {} bytes",
+        received.stdout.len(),
+        stdout.len()
+    );
+    assert!(
+        received.stderr == stderr,
+        "stderr: {} of {} bytes",
+        received.stderr.len(),
+        stderr.len()
+    );
+    assert_eq!(received.done_packets, 1);
+    assert_eq!(received.packets_after_done, 0);
+}
+
+#[test]
+fn attach_clients_and_logs_get_the_same_bytes() {
+    let dir = TempDir::new("attach");
+    let (engine, mut events) = start(2);
+    // Less than the queue limit in total: a reader starved by the scheduler
+    // must not be dropped, the test checks bytes, not speed.
+    let stdout_data = random_output(21, 1 << 20);
+    let stderr_data = random_output(22, 1 << 19);
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    engine
+        .register(Registration {
+            key: 8,
+            sources: vec![
+                source(stdout_read, StreamKind::Stdout, SourceKind::Pipe),
+                source(stderr_read, StreamKind::Stderr, SourceKind::Pipe),
+            ],
+            logs: vec![cri_writer(dir.path("ctr.log"))],
+        })
+        .unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (engine_end, client_end) = attach_pair();
+            engine.attach(8, engine_end).unwrap();
+            spawn_reader(client_end)
+        })
+        .collect();
+    let feeders = [
+        feed(stdout_write, stdout_data.clone(), 23),
+        feed(stderr_write, stderr_data.clone(), 24),
+    ];
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 8 }
+    ));
+    for reader in readers {
+        let received = reader.join().unwrap();
+        assert_complete(&received, &stdout_data, &stderr_data);
+        // Reads of up to 64 KiB were split into full-size packets.
+        assert_eq!(received.largest_packet, 8192);
+    }
+    let (stdout, stderr) = parse_cri(&fs::read(dir.path("ctr.log")).unwrap());
+    assert!(stdout == stdout_data && stderr == stderr_data);
+    engine.shutdown();
+    assert!(events.try_recv().is_err(), "no drop expected");
+}
+
+#[test]
+fn a_stuck_attach_client_is_dropped_without_stalling_anything() {
+    let dir = TempDir::new("stuck");
+    let (engine, mut events) = start(1);
+    let data = random_output(31, 20 << 20);
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 9,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![cri_writer(dir.path("ctr.log"))],
+        })
+        .unwrap();
+    let (stuck_engine_end, stuck_client_end) = attach_pair();
+    engine.attach(9, stuck_engine_end).unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(9, engine_end).unwrap();
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || read_attach(client_end, Some(progress_tx)));
+
+    // Paced by the reading client (never more than 256 KiB ahead of it), so
+    // that only the stuck client can exceed the queue limit however the
+    // threads are scheduled.
+    let mut writer = fs::File::from(write_end);
+    let mut written = 0;
+    let mut received = 0;
+    for block in data.chunks(256 * 1024) {
+        writer.write_all(block).unwrap();
+        written += block.len();
+        while received < written {
+            received = progress_rx.recv().expect("reading client ended early");
+        }
+    }
+    drop(writer);
+
+    let mut drained = false;
+    let mut drop_reason = None;
+    while !drained || drop_reason.is_none() {
+        match events.blocking_recv().unwrap() {
+            EngineEvent::Drained { key: 9 } => drained = true,
+            EngineEvent::AttachClientDropped {
+                key: 9,
+                dropped_total,
+                reason,
+            } => {
+                assert_eq!(dropped_total, 1);
+                assert!(drop_reason.is_none(), "second drop: {reason}");
+                drop_reason = Some(reason);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let reason = drop_reason.unwrap();
+    assert!(reason.contains("bytes queued"), "{reason}");
+
+    let received = reader.join().unwrap();
+    assert_complete(&received, &data, b"");
+    let (stdout, _) = parse_cri(&fs::read(dir.path("ctr.log")).unwrap());
+    assert!(stdout == data);
+
+    // The stuck client gets what its socket held, a prefix, then EOF.
+    let stuck = read_attach(stuck_client_end, None);
+    assert!(!stuck.stdout.is_empty() && stuck.stdout.len() < data.len());
+    assert!(stuck.stdout == data[..stuck.stdout.len()]);
+    assert_eq!(stuck.done_packets, 0);
+    engine.shutdown();
+}
+
+#[test]
+fn a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything() {
+    let (engine, mut events) = start(1);
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 10,
+            sources: vec![source(read_end, StreamKind::Stderr, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(10, engine_end).unwrap();
+    // Far more than a socket buffer, less than the queue limit; nobody
+    // reads until the container is drained.
+    let data = random_output(41, 2 << 20);
+    feed(write_end, data.clone(), 42).join().unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 10 }
+    ));
+    let received = read_attach(client_end, None);
+    assert_complete(&received, b"", &data);
+    engine.shutdown();
+    assert!(events.try_recv().is_err(), "no drop expected");
+}
+
+#[test]
+fn attaching_to_an_unknown_container_gets_the_done_packet_at_once() {
+    let (engine, mut events) = start(2);
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(12345, engine_end).unwrap();
+    let received = read_attach(client_end, None);
+    assert_complete(&received, b"", b"");
+    engine.shutdown();
+    assert!(events.try_recv().is_err());
+}
+
+#[test]
+fn pty_output_is_attached_as_stdout() {
+    let (engine, mut events) = start(1);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).unwrap());
+    fcntl(
+        pty.master.as_fd(),
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    engine
+        .register(Registration {
+            key: 13,
+            sources: vec![source(pty.master, StreamKind::Stdout, SourceKind::Pty)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(13, engine_end).unwrap();
+    let reader = spawn_reader(client_end);
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for index in 0..500 {
+        let line = format!("attached tty line {index} \0\n");
+        expected.extend_from_slice(line.replace('\n', "\r\n").as_bytes());
+        lines.extend_from_slice(line.as_bytes());
+    }
+    feed(pty.slave, lines, 14).join().unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 13 }
+    ));
+    // Type 3 would land in `stderr` and fail the comparison.
+    assert_complete(&reader.join().unwrap(), &expected, b"");
+    engine.shutdown();
+}
+
+#[test]
+fn a_client_that_went_away_is_dropped_and_reported() {
+    let (engine, mut events) = start(1);
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 15,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let (engine_end, client_end) = attach_pair();
+    drop(client_end);
+    engine.attach(15, engine_end).unwrap();
+    feed(write_end, b"hello\n".to_vec(), 16).join().unwrap();
+    let mut events_seen = Vec::new();
+    while events_seen.len() < 2 {
+        events_seen.push(events.blocking_recv().unwrap());
+    }
+    assert!(
+        events_seen.iter().any(|event| matches!(
+            event,
+            EngineEvent::AttachClientDropped { key: 15, dropped_total: 1, reason }
+                if reason.contains("sending failed")
+        )),
+        "{events_seen:?}"
+    );
+    assert!(events_seen
+        .iter()
+        .any(|event| matches!(event, EngineEvent::Drained { key: 15 })));
+    engine.shutdown();
+}
+
+#[test]
+fn shutdown_closes_attach_clients() {
+    let (engine, _events) = start(1);
+    let (read_end, _write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 17,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(17, engine_end).unwrap();
+    engine.shutdown();
+    // EOF without a done packet: the container never ended.
+    let received = read_attach(client_end, None);
+    assert_eq!(received.done_packets, 0);
+    assert!(received.stdout.is_empty());
 }

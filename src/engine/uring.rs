@@ -10,19 +10,24 @@
 //!   bytes = EOF. A pipe that turns out to be non-blocking (`EAGAIN` from a
 //!   ring read) is switched to the same mode instead of spinning.
 //! * the worker's wake-up eventfd is read through the ring like a pipe.
+//! * sinks (attach sockets): `IORING_OP_POLL_ADD(POLLOUT)` on request. A sink
+//!   removed while its poll is in flight keeps its slot and fd until the
+//!   cancelled poll's completion is reaped, so neither the slot nor the
+//!   descriptor number can be reused under the kernel.
 //!
 //! Later work (not needed for correctness): multishot reads with provided
 //! buffer rings (6.7+), `F_SETPIPE_SZ`, registered files, batching
 //! completions of one container before flushing.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::eventfd::EventFd;
 
-use super::backend::{Backend, BackendEvent, SourceId};
+use super::backend::{Backend, BackendEvent, SinkId, SourceId};
 use super::SourceKind;
 use crate::sys::uring::{Completion, Ring, SlotId};
 
@@ -51,6 +56,24 @@ struct UringSource {
     mode: ReadMode,
 }
 
+struct UringSink {
+    fd: OwnedFd,
+    /// A `POLLOUT` poll is in flight.
+    polling: bool,
+}
+
+/// What a ring slot is used for.
+enum SlotUser {
+    Source(UringSource),
+    Sink(UringSink),
+    /// A removed sink whose cancelled poll has not completed yet: the fd
+    /// stays open (and the slot taken) until that completion is reaped.
+    RemovedSink {
+        /// Held only to be closed on drop.
+        _fd: OwnedFd,
+    },
+}
+
 pub struct UringBackend {
     // Declared first so that it is dropped first: dropping the ring cancels
     // and reaps the operations in flight before the fds below are closed.
@@ -60,8 +83,18 @@ pub struct UringBackend {
     /// Whether the eventfd read is in flight (re-armed lazily if arming
     /// failed, so that the worker can still be woken).
     wake_armed: bool,
-    /// Indexed by slot index; a source's `SourceId` is its slot index.
-    sources: Vec<Option<UringSource>>,
+    /// Indexed by slot index; a source's `SourceId` and a sink's `SinkId`
+    /// are its slot index.
+    slot_users: Vec<Option<SlotUser>>,
+}
+
+/// The source using `slot`, if a source does (a free function so that the
+/// ring can be borrowed mutably alongside).
+fn source_at(slot_users: &[Option<SlotUser>], slot: SlotId) -> Option<&UringSource> {
+    match &slot_users[slot.index()] {
+        Some(SlotUser::Source(source)) => Some(source),
+        _ => None,
+    }
 }
 
 impl UringBackend {
@@ -76,14 +109,35 @@ impl UringBackend {
             waker,
             wake_slot,
             wake_armed: true,
-            sources: Vec::new(),
+            slot_users: Vec::new(),
         })
     }
 
+    fn sink_mut(&mut self, sink: SinkId) -> &mut UringSink {
+        match self.slot_users.get_mut(sink.0 as usize) {
+            Some(Some(SlotUser::Sink(sink))) => sink,
+            _ => panic!("{sink:?} is not a registered sink"),
+        }
+    }
+
+    /// Allocates a slot (buffer of `buffer_len` bytes) for `user`.
+    fn add_slot_user(&mut self, buffer_len: usize, user: SlotUser) -> SlotId {
+        let slot = self.ring.add_slot(buffer_len);
+        if self.slot_users.len() <= slot.index() {
+            self.slot_users.resize_with(slot.index() + 1, || None);
+        }
+        self.slot_users[slot.index()] = Some(user);
+        slot
+    }
+
+    /// Frees an idle slot, closing whatever fd its user owned.
+    fn free_slot(&mut self, slot: SlotId) {
+        self.slot_users[slot.index()] = None;
+        self.ring.remove_slot(slot);
+    }
+
     fn arm(&mut self, slot: SlotId) -> io::Result<()> {
-        let source = self.sources[slot.index()]
-            .as_ref()
-            .expect("arming a closed source");
+        let source = source_at(&self.slot_users, slot).expect("arming a closed source");
         match source.mode {
             ReadMode::RingRead => self.ring.read(slot, source.fd.as_fd()),
             ReadMode::PollThenRead => self.ring.poll_readable(slot, source.fd.as_fd()),
@@ -97,8 +151,7 @@ impl UringBackend {
         error: Option<io::Error>,
         on_event: &mut dyn FnMut(BackendEvent<'_>),
     ) {
-        self.sources[slot.index()] = None;
-        self.ring.remove_slot(slot);
+        self.free_slot(slot);
         on_event(BackendEvent::Eof {
             source: SourceId(slot.index() as u32),
             error,
@@ -120,7 +173,7 @@ impl UringBackend {
     ) {
         let slot = completion.slot;
         let source_id = SourceId(slot.index() as u32);
-        let mode = match &self.sources[slot.index()] {
+        let mode = match source_at(&self.slot_users, slot) {
             Some(source) => source.mode,
             None => return,
         };
@@ -135,7 +188,7 @@ impl UringBackend {
             }
             (ReadMode::RingRead, Err(Errno::EAGAIN)) => {
                 // A non-blocking pipe: wait for readability instead.
-                if let Some(source) = self.sources[slot.index()].as_mut() {
+                if let Some(SlotUser::Source(source)) = &mut self.slot_users[slot.index()] {
                     source.mode = ReadMode::PollThenRead;
                 }
                 self.rearm_or_close(slot, on_event);
@@ -154,7 +207,7 @@ impl UringBackend {
     fn read_until_drained(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
         let source_id = SourceId(slot.index() as u32);
         for _ in 0..MAX_READS_PER_POLL {
-            let Some(source) = self.sources[slot.index()].as_ref() else {
+            let Some(source) = source_at(&self.slot_users, slot) else {
                 return;
             };
             match nix::unistd::read(&source.fd, self.ring.buffer_mut(slot)) {
@@ -172,6 +225,23 @@ impl UringBackend {
         }
         self.rearm_or_close(slot, on_event);
     }
+
+    fn complete_sink(
+        &mut self,
+        completion: Completion,
+        on_event: &mut dyn FnMut(BackendEvent<'_>),
+    ) {
+        let sink = SinkId(completion.slot.index() as u32);
+        self.sink_mut(sink).polling = false;
+        match completion.outcome() {
+            // POLLOUT, or POLLERR/POLLHUP: the next send tells which.
+            Ok(_revents) => on_event(BackendEvent::Writable { sink }),
+            Err(errno) => on_event(BackendEvent::SinkFailed {
+                sink,
+                error: errno.into(),
+            }),
+        }
+    }
 }
 
 impl Backend for UringBackend {
@@ -180,29 +250,80 @@ impl Backend for UringBackend {
     }
 
     fn add_source(&mut self, fd: OwnedFd, kind: SourceKind) -> io::Result<SourceId> {
-        let slot = self.ring.add_slot(SOURCE_BUFFER_LEN);
-        if self.sources.len() <= slot.index() {
-            self.sources.resize_with(slot.index() + 1, || None);
-        }
         let mode = match kind {
             SourceKind::Pipe => ReadMode::RingRead,
             SourceKind::Pty => ReadMode::PollThenRead,
         };
-        self.sources[slot.index()] = Some(UringSource { fd, mode });
+        let slot = self.add_slot_user(
+            SOURCE_BUFFER_LEN,
+            SlotUser::Source(UringSource { fd, mode }),
+        );
         if let Err(err) = self.arm(slot) {
-            self.sources[slot.index()] = None;
-            self.ring.remove_slot(slot);
+            self.free_slot(slot);
             return Err(err);
         }
         Ok(SourceId(slot.index() as u32))
     }
 
-    fn wait(&mut self, on_event: &mut dyn FnMut(BackendEvent<'_>)) -> io::Result<()> {
+    fn add_sink(&mut self, fd: OwnedFd) -> SinkId {
+        // A poll needs no buffer.
+        let slot = self.add_slot_user(0, SlotUser::Sink(UringSink { fd, polling: false }));
+        SinkId(slot.index() as u32)
+    }
+
+    fn sink_fd(&self, sink: SinkId) -> BorrowedFd<'_> {
+        match self.slot_users.get(sink.0 as usize) {
+            Some(Some(SlotUser::Sink(sink))) => sink.fd.as_fd(),
+            _ => panic!("{sink:?} is not a registered sink"),
+        }
+    }
+
+    fn want_writable(&mut self, sink: SinkId) -> io::Result<()> {
+        let slot = SlotId::from_index(sink.0);
+        let UringSink { fd, polling } = match &mut self.slot_users[slot.index()] {
+            Some(SlotUser::Sink(sink)) => sink,
+            _ => panic!("{sink:?} is not a registered sink"),
+        };
+        if *polling {
+            return Ok(());
+        }
+        self.ring.poll_writable(slot, fd.as_fd())?;
+        *polling = true;
+        Ok(())
+    }
+
+    fn remove_sink(&mut self, sink: SinkId) {
+        let slot = SlotId::from_index(sink.0);
+        match self.slot_users[slot.index()].take() {
+            Some(SlotUser::Sink(UringSink { fd, polling: true })) => {
+                if let Err(err) = self.ring.cancel(slot) {
+                    // The poll then ends when the socket becomes writable
+                    // or the ring is dropped; the fd stays open until then.
+                    tracing::warn!("cancelling an attach socket poll: {err}");
+                }
+                self.slot_users[slot.index()] = Some(SlotUser::RemovedSink { _fd: fd });
+            }
+            Some(SlotUser::Sink(UringSink { polling: false, .. })) => self.ring.remove_slot(slot),
+            other => {
+                self.slot_users[slot.index()] = other;
+                debug_assert!(false, "{sink:?} is not a registered sink");
+            }
+        }
+    }
+
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(BackendEvent<'_>),
+    ) -> io::Result<()> {
         if !self.wake_armed {
             self.ring.read(self.wake_slot, self.waker.as_fd())?;
             self.wake_armed = true;
         }
-        self.ring.submit_and_wait(1)?;
+        match timeout {
+            None => self.ring.submit_and_wait(1)?,
+            Some(timeout) => self.ring.submit_and_wait_timeout(1, timeout)?,
+        }
         while let Some(completion) = self.ring.pop_completion() {
             if completion.slot == self.wake_slot {
                 // The counter value is irrelevant: commands are in the queue.
@@ -210,8 +331,15 @@ impl Backend for UringBackend {
                 self.wake_armed = false;
                 self.ring.read(self.wake_slot, self.waker.as_fd())?;
                 self.wake_armed = true;
-            } else {
-                self.complete_source(completion, on_event);
+                continue;
+            }
+            match &self.slot_users[completion.slot.index()] {
+                Some(SlotUser::Source(_)) => self.complete_source(completion, on_event),
+                Some(SlotUser::Sink(_)) => self.complete_sink(completion, on_event),
+                // The cancelled poll of a removed sink is over: now the fd
+                // may be closed and the slot reused.
+                Some(SlotUser::RemovedSink { .. }) => self.free_slot(completion.slot),
+                None => {}
             }
         }
         Ok(())

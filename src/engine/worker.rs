@@ -1,13 +1,36 @@
 //! One engine worker: a thread that owns a backend, the containers assigned
-//! to it and their log writers, and routes every chunk read to the sinks.
+//! to it, their log writers and attach clients, and routes every chunk read
+//! to them.
+//!
+//! A loop turn has three phases:
+//! 1. `Backend::wait` reports events to [`Routing`] (which cannot use the
+//!    backend meanwhile): chunks are written to the log writers and copied
+//!    into the queue of every attach client of the container.
+//! 2. Commands that need the backend (registrations) are applied.
+//! 3. Attach clients with something queued are flushed with non-blocking
+//!    sends, armed for writability, closed or dropped.
+//!
+//! Commands are taken from the queue inside phase 1 too, before every chunk
+//! is routed: a client whose `Engine::attach` returned before some output
+//! was produced is then always in place when that output is routed, even if
+//! the output completes in the same batch as the wake-up (commands that
+//! cannot be applied there wait in `deferred`, in order per container).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
+use nix::sys::socket::Shutdown;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::backend::{Backend, BackendEvent, SourceId};
-use super::{Assignments, ContainerKey, EngineEvent, Registration};
+use super::attach::{PacketQueue, PACKET_STDERR, PACKET_STDOUT};
+use super::backend::{Backend, BackendEvent, SinkId, SourceId};
+use super::{
+    Assignments, ContainerKey, EngineEvent, Registration, SourceKind, ATTACH_LINGER_TIMEOUT,
+    ATTACH_QUEUE_LIMIT,
+};
 use crate::log::{LogWriter, StreamKind, TimestampCache};
 
 /// Failed backend waits in a row after which a worker gives up (its handle
@@ -17,17 +40,23 @@ const MAX_CONSECUTIVE_WAIT_FAILURES: u32 = 1000;
 /// What the `Engine` handle asks a worker to do.
 pub enum Command {
     Register(Registration),
+    /// Add an attach client (a connected non-blocking SOCK_SEQPACKET socket)
+    /// to `key`.
+    Attach {
+        key: ContainerKey,
+        client: OwnedFd,
+    },
     ReopenLogs {
         key: ContainerKey,
         reply: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
-    /// Flush every writer and exit.
+    /// Flush every writer, close every attach client and exit.
     Shutdown,
 }
 
 /// A log writer and whether it already failed (then it is skipped: output
 /// keeps being drained and discarded for it, the error was reported once).
-struct Sink {
+struct LogSink {
     writer: LogWriter,
     failed: bool,
 }
@@ -35,23 +64,85 @@ struct Sink {
 struct Container {
     /// Sources that have not reached EOF yet.
     open_sources: usize,
-    sinks: Vec<Sink>,
+    logs: Vec<LogSink>,
+    attach_clients: Vec<ClientId>,
+}
+
+/// Worker-local id of an attach client.
+type ClientId = u64;
+
+/// Who holds an attach client's socket.
+enum ClientSocket {
+    /// The worker: the client never had to wait for writability, so the
+    /// backend has not seen it (most clients keep up and stay here).
+    Held(OwnedFd),
+    /// The backend, which watches it for writability.
+    Registered(SinkId),
+}
+
+struct AttachClient {
+    key: ContainerKey,
+    socket: ClientSocket,
+    queue: PacketQueue,
+    /// A writability notification is armed: sending before it fires would
+    /// only fail with EAGAIN again.
+    awaiting_writable: bool,
+    /// The done packet is queued: the container is gone and the client is
+    /// closed once its queue is sent. While packets remain it is
+    /// *lingering*, bounded by `ATTACH_LINGER_TIMEOUT` without progress.
+    done_queued: bool,
+    /// When a packet was last sent (or the client started lingering).
+    last_progress: Instant,
+    /// Set when the backend could not watch the socket; the client is
+    /// dropped in the next service phase.
+    failure: Option<String>,
+    /// Listed in `Routing::scheduled`.
+    scheduled: bool,
+}
+
+impl AttachClient {
+    fn is_lingering(&self) -> bool {
+        self.done_queued && !self.queue.is_empty()
+    }
+}
+
+/// Per source: its container, its stream and the attach packet type.
+#[derive(Clone, Copy)]
+struct SourceRoute {
+    key: ContainerKey,
+    stream: StreamKind,
+    packet_type: u8,
 }
 
 /// Everything but the backend, so that the backend's event callback can
 /// borrow it mutably while the backend itself is borrowed.
 struct Routing {
     worker_index: usize,
+    commands: mpsc::Receiver<Command>,
+    /// Commands taken from the queue that need the backend, or that concern
+    /// a container whose registration is among them; applied in order after
+    /// the current batch of events.
+    deferred: VecDeque<Command>,
+    /// A `Shutdown` was taken (or the `Engine` is gone): take no more.
+    stopping: bool,
     containers: HashMap<ContainerKey, Container>,
-    sources: HashMap<SourceId, (ContainerKey, StreamKind)>,
+    sources: HashMap<SourceId, SourceRoute>,
+    clients: HashMap<ClientId, AttachClient>,
+    next_client_id: ClientId,
+    client_of_sink: HashMap<SinkId, ClientId>,
+    /// Clients to flush, close or drop after the current batch.
+    scheduled: Vec<ClientId>,
+    /// Engine-wide count of dropped attach clients.
+    attach_drops: Arc<AtomicU64>,
     timestamps: TimestampCache,
     events: UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
 }
 
 pub struct Worker<B: Backend> {
+    // Declared first so that it is dropped first: the backend's in-flight
+    // operations are cancelled before anything else goes.
     backend: B,
-    commands: mpsc::Receiver<Command>,
     routing: Routing,
 }
 
@@ -62,14 +153,22 @@ impl<B: Backend> Worker<B> {
         commands: mpsc::Receiver<Command>,
         events: UnboundedSender<EngineEvent>,
         assignments: Arc<Mutex<Assignments>>,
+        attach_drops: Arc<AtomicU64>,
     ) -> Worker<B> {
         Worker {
             backend,
-            commands,
             routing: Routing {
                 worker_index,
+                commands,
+                deferred: VecDeque::new(),
+                stopping: false,
                 containers: HashMap::new(),
                 sources: HashMap::new(),
+                clients: HashMap::new(),
+                next_client_id: 0,
+                client_of_sink: HashMap::new(),
+                scheduled: Vec::new(),
+                attach_drops,
                 timestamps: TimestampCache::new(),
                 events,
                 assignments,
@@ -81,12 +180,20 @@ impl<B: Backend> Worker<B> {
     pub fn run(mut self) {
         let mut consecutive_failures = 0u32;
         loop {
-            let mut woken = false;
+            let timeout = self
+                .routing
+                .next_linger_deadline()
+                .map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let routing = &mut self.routing;
-            let waited = self.backend.wait(&mut |event| match event {
-                BackendEvent::Wake => woken = true,
-                BackendEvent::Data { source, bytes } => routing.on_data(source, bytes),
+            let waited = self.backend.wait(timeout, &mut |event| match event {
+                BackendEvent::Wake => routing.take_commands(),
+                BackendEvent::Data { source, bytes } => {
+                    routing.take_commands();
+                    routing.on_data(source, bytes);
+                }
                 BackendEvent::Eof { source, error } => routing.on_eof(source, error),
+                BackendEvent::Writable { sink } => routing.on_writable(sink),
+                BackendEvent::SinkFailed { sink, error } => routing.on_sink_failed(sink, error),
             });
             match waited {
                 Ok(()) => consecutive_failures = 0,
@@ -105,25 +212,31 @@ impl<B: Backend> Worker<B> {
                     break;
                 }
             }
-            if woken && !self.handle_commands() {
+            if !self.apply_deferred_commands() {
                 break;
             }
+            self.routing.service_clients(&mut self.backend);
+            self.routing.drop_stalled_lingering(&mut self.backend);
         }
         self.routing.flush_all();
+        self.routing.close_all_clients(&mut self.backend);
     }
 
-    /// Handles every queued command; false once the worker must stop.
-    fn handle_commands(&mut self) -> bool {
-        loop {
-            match self.commands.try_recv() {
-                Ok(Command::Register(registration)) => self.register(registration),
-                Ok(Command::ReopenLogs { key, reply }) => {
+    /// Applies the commands that had to wait for the backend; false once the
+    /// worker must stop.
+    fn apply_deferred_commands(&mut self) -> bool {
+        self.routing.take_commands();
+        while let Some(command) = self.routing.deferred.pop_front() {
+            match command {
+                Command::Register(registration) => self.register(registration),
+                Command::Attach { key, client } => self.routing.attach(key, client),
+                Command::ReopenLogs { key, reply } => {
                     let _ = reply.send(self.routing.reopen_logs(key));
                 }
-                Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
-                Err(mpsc::TryRecvError::Empty) => return true,
+                Command::Shutdown => return false,
             }
         }
+        true
     }
 
     fn register(&mut self, registration: Registration) {
@@ -133,19 +246,31 @@ impl<B: Backend> Worker<B> {
             key,
             Container {
                 open_sources: 0,
-                sinks: logs
+                logs: logs
                     .into_iter()
-                    .map(|writer| Sink {
+                    .map(|writer| LogSink {
                         writer,
                         failed: false,
                     })
                     .collect(),
+                attach_clients: Vec::new(),
             },
         );
         for source in sources {
+            let packet_type = match (source.kind, source.stream) {
+                (SourceKind::Pty, _) | (SourceKind::Pipe, StreamKind::Stdout) => PACKET_STDOUT,
+                (SourceKind::Pipe, StreamKind::Stderr) => PACKET_STDERR,
+            };
             match self.backend.add_source(source.fd, source.kind) {
                 Ok(id) => {
-                    routing.sources.insert(id, (key, source.stream));
+                    routing.sources.insert(
+                        id,
+                        SourceRoute {
+                            key,
+                            stream: source.stream,
+                            packet_type,
+                        },
+                    );
                     if let Some(container) = routing.containers.get_mut(&key) {
                         container.open_sources += 1;
                     }
@@ -161,52 +286,158 @@ impl<B: Backend> Worker<B> {
 }
 
 impl Routing {
+    /// Takes every queued command; applies those that need no backend at
+    /// once (unless they must stay behind a deferred registration of their
+    /// container) and defers the rest.
+    fn take_commands(&mut self) {
+        while !self.stopping {
+            let command = match self.commands.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => Command::Shutdown,
+            };
+            match command {
+                Command::Attach { key, client } if !self.registration_deferred(key) => {
+                    self.attach(key, client);
+                }
+                Command::ReopenLogs { key, reply } if !self.registration_deferred(key) => {
+                    let _ = reply.send(self.reopen_logs(key));
+                }
+                Command::Shutdown => {
+                    self.stopping = true;
+                    self.deferred.push_back(Command::Shutdown);
+                }
+                command => self.deferred.push_back(command),
+            }
+        }
+    }
+
+    fn registration_deferred(&self, key: ContainerKey) -> bool {
+        self.deferred
+            .iter()
+            .any(|command| matches!(command, Command::Register(r) if r.key == key))
+    }
+
+    /// Adds an attach client to `key`, or, if `key` is not (or no longer)
+    /// served here, queues the done packet for it at once.
+    fn attach(&mut self, key: ContainerKey, client: OwnedFd) {
+        let id = self.next_client_id;
+        self.next_client_id += 1;
+        let mut attach_client = AttachClient {
+            key,
+            socket: ClientSocket::Held(client),
+            queue: PacketQueue::default(),
+            awaiting_writable: false,
+            done_queued: false,
+            last_progress: Instant::now(),
+            failure: None,
+            scheduled: false,
+        };
+        match self.containers.get_mut(&key) {
+            Some(container) => container.attach_clients.push(id),
+            None => {
+                attach_client.queue.push_done();
+                attach_client.done_queued = true;
+            }
+        }
+        let done_queued = attach_client.done_queued;
+        self.clients.insert(id, attach_client);
+        if done_queued {
+            self.schedule(id);
+        }
+    }
+
+    fn schedule(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            if !client.scheduled {
+                client.scheduled = true;
+                self.scheduled.push(id);
+            }
+        }
+    }
+
     fn on_data(&mut self, source: SourceId, bytes: &[u8]) {
-        let Some(&(key, stream)) = self.sources.get(&source) else {
+        let Some(&route) = self.sources.get(&source) else {
             return;
         };
-        let Some(container) = self.containers.get_mut(&key) else {
+        let Some(container) = self.containers.get_mut(&route.key) else {
             return;
         };
         self.timestamps.refresh();
-        for sink in &mut container.sinks {
+        for sink in &mut container.logs {
             if sink.failed {
                 continue;
             }
             let written = sink
                 .writer
-                .write_chunk(stream, bytes, &self.timestamps)
+                .write_chunk(route.stream, bytes, &self.timestamps)
                 .and_then(|()| sink.writer.flush());
             if let Err(err) = written {
                 sink.failed = true;
                 let _ = self.events.send(EngineEvent::LogError {
-                    key,
+                    key: route.key,
                     message: err.to_string(),
                 });
+            }
+        }
+        for &id in &container.attach_clients {
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            client.queue.push_chunk(route.packet_type, bytes);
+            if !client.scheduled {
+                client.scheduled = true;
+                self.scheduled.push(id);
             }
         }
     }
 
     fn on_eof(&mut self, source: SourceId, error: Option<std::io::Error>) {
-        let Some((key, stream)) = self.sources.remove(&source) else {
+        let Some(route) = self.sources.remove(&source) else {
             return;
         };
         if let Some(err) = error {
             tracing::warn!(
-                key,
-                stream = stream.as_str(),
+                key = route.key,
+                stream = route.stream.as_str(),
                 "reading container output: {err}"
             );
         }
-        if let Some(container) = self.containers.get_mut(&key) {
+        if let Some(container) = self.containers.get_mut(&route.key) {
             container.open_sources -= 1;
         }
-        self.finish_if_drained(key);
+        self.finish_if_drained(route.key);
+    }
+
+    fn on_writable(&mut self, sink: SinkId) {
+        let Some(&id) = self.client_of_sink.get(&sink) else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.awaiting_writable = false;
+        }
+        self.schedule(id);
+    }
+
+    fn on_sink_failed(&mut self, sink: SinkId, error: std::io::Error) {
+        let Some(&id) = self.client_of_sink.get(&sink) else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.awaiting_writable = false;
+            client.failure = Some(format!(
+                "watching the socket for writability failed: {error} ({} bytes queued)",
+                client.queue.payload_len()
+            ));
+        }
+        self.schedule(id);
     }
 
     /// Once every source of `key` hit EOF: flush its writers, drop its state
-    /// (closing the log files), then report `Drained` — in this order, as the
-    /// control thread writes exit files right after `Drained`.
+    /// (closing the log files), queue the done packet for its attach clients
+    /// (sent after this batch; clients that cannot take it yet linger
+    /// without holding anything up), then report `Drained` — in this order,
+    /// as the control thread writes exit files right after `Drained`.
     fn finish_if_drained(&mut self, key: ContainerKey) {
         if self.containers.get(&key).map(|c| c.open_sources) != Some(0) {
             return;
@@ -215,6 +446,15 @@ impl Routing {
             return;
         };
         self.flush_container(key, &mut container);
+        let now = Instant::now();
+        for &id in &container.attach_clients {
+            if let Some(client) = self.clients.get_mut(&id) {
+                client.queue.push_done();
+                client.done_queued = true;
+                client.last_progress = now;
+            }
+            self.schedule(id);
+        }
         drop(container);
         if let Ok(mut assignments) = self.assignments.lock() {
             assignments.release(key, self.worker_index);
@@ -223,7 +463,7 @@ impl Routing {
     }
 
     fn flush_container(&self, key: ContainerKey, container: &mut Container) {
-        for sink in &mut container.sinks {
+        for sink in &mut container.logs {
             if sink.failed {
                 continue;
             }
@@ -246,7 +486,7 @@ impl Routing {
             return Ok(());
         };
         let mut errors = Vec::new();
-        for sink in &mut container.sinks {
+        for sink in &mut container.logs {
             match sink.writer.reopen() {
                 Ok(()) => sink.failed = false,
                 // The writer keeps its old (renamed) file and stays usable.
@@ -266,4 +506,179 @@ impl Routing {
             self.flush_container(*key, container);
         }
     }
+
+    /// Flushes every scheduled attach client without blocking; arms a
+    /// writability notification for those the socket could not take, closes
+    /// those that sent their done packet and drops those over the queue
+    /// limit or whose socket failed.
+    fn service_clients(&mut self, backend: &mut dyn Backend) {
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.scheduled) {
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            client.scheduled = false;
+            if let Some(reason) = client.failure.take() {
+                self.drop_client(id, reason, backend);
+                continue;
+            }
+            if !client.awaiting_writable {
+                let socket = match &client.socket {
+                    ClientSocket::Held(fd) => fd.as_fd(),
+                    ClientSocket::Registered(sink) => backend.sink_fd(*sink),
+                };
+                match client.queue.flush(socket) {
+                    Ok(progress) if progress.sent_any => client.last_progress = now,
+                    Ok(_) => {}
+                    Err(errno) => {
+                        let reason = format!(
+                            "sending failed: {} ({} bytes queued)",
+                            errno.desc(),
+                            client.queue.payload_len()
+                        );
+                        self.drop_client(id, reason, backend);
+                        continue;
+                    }
+                }
+            }
+            if client.queue.is_empty() {
+                if client.done_queued {
+                    self.close_client(id, backend);
+                }
+                continue;
+            }
+            if client.queue.payload_len() > ATTACH_QUEUE_LIMIT {
+                let reason = format!(
+                    "not reading: {} bytes queued, over the limit of {ATTACH_QUEUE_LIMIT}",
+                    client.queue.payload_len()
+                );
+                self.drop_client(id, reason, backend);
+                continue;
+            }
+            if !client.awaiting_writable {
+                if let Err(err) =
+                    Self::watch_writable(client, id, backend, &mut self.client_of_sink)
+                {
+                    let reason = format!(
+                        "cannot watch the socket for writability: {err} ({} bytes queued)",
+                        client.queue.payload_len()
+                    );
+                    self.drop_client(id, reason, backend);
+                }
+            }
+        }
+    }
+
+    /// Hands the client's socket to the backend (first time only) and arms
+    /// its writability notification.
+    fn watch_writable(
+        client: &mut AttachClient,
+        id: ClientId,
+        backend: &mut dyn Backend,
+        client_of_sink: &mut HashMap<SinkId, ClientId>,
+    ) -> std::io::Result<()> {
+        let sink = match &client.socket {
+            ClientSocket::Registered(sink) => *sink,
+            ClientSocket::Held(_) => {
+                let ClientSocket::Held(fd) =
+                    std::mem::replace(&mut client.socket, ClientSocket::Registered(SinkId(0)))
+                else {
+                    unreachable!("matched as held above");
+                };
+                let sink = backend.add_sink(fd);
+                client.socket = ClientSocket::Registered(sink);
+                client_of_sink.insert(sink, id);
+                sink
+            }
+        };
+        backend.want_writable(sink)?;
+        client.awaiting_writable = true;
+        Ok(())
+    }
+
+    /// Drops lingering clients that made no progress for
+    /// `ATTACH_LINGER_TIMEOUT`.
+    fn drop_stalled_lingering(&mut self, backend: &mut dyn Backend) {
+        if self.clients.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let stalled: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, client)| {
+                client.is_lingering()
+                    && now.duration_since(client.last_progress) >= ATTACH_LINGER_TIMEOUT
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stalled {
+            let queued = self.clients[&id].queue.payload_len();
+            let reason = format!(
+                "no progress for {} s after the container's output ended ({queued} bytes queued)",
+                ATTACH_LINGER_TIMEOUT.as_secs()
+            );
+            self.drop_client(id, reason, backend);
+        }
+    }
+
+    /// When the earliest lingering client times out, if any lingers.
+    fn next_linger_deadline(&self) -> Option<Instant> {
+        self.clients
+            .values()
+            .filter(|client| client.is_lingering())
+            .map(|client| client.last_progress + ATTACH_LINGER_TIMEOUT)
+            .min()
+    }
+
+    /// Disconnects a client by policy or failure, and reports it.
+    fn drop_client(&mut self, id: ClientId, reason: String, backend: &mut dyn Backend) {
+        let Some(client) = self.clients.remove(&id) else {
+            return;
+        };
+        let key = client.key;
+        self.release_client(id, client, backend);
+        let dropped_total = self.attach_drops.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.events.send(EngineEvent::AttachClientDropped {
+            key,
+            dropped_total,
+            reason,
+        });
+    }
+
+    /// Disconnects a client that is done (or at shutdown).
+    fn close_client(&mut self, id: ClientId, backend: &mut dyn Backend) {
+        if let Some(client) = self.clients.remove(&id) {
+            self.release_client(id, client, backend);
+        }
+    }
+
+    fn release_client(&mut self, id: ClientId, client: AttachClient, backend: &mut dyn Backend) {
+        if let Some(container) = self.containers.get_mut(&client.key) {
+            container.attach_clients.retain(|&other| other != id);
+        }
+        match client.socket {
+            ClientSocket::Held(fd) => shut_down_writing(fd.as_fd()),
+            ClientSocket::Registered(sink) => {
+                shut_down_writing(backend.sink_fd(sink));
+                self.client_of_sink.remove(&sink);
+                backend.remove_sink(sink);
+            }
+        }
+    }
+
+    fn close_all_clients(&mut self, backend: &mut dyn Backend) {
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.close_client(id, backend);
+        }
+    }
+}
+
+/// Ends the server→client direction of an attach socket. Closing our fd is
+/// not enough for the client to see EOF: the control thread keeps its own
+/// descriptor of the same socket to read the client's stdin.
+fn shut_down_writing(socket: BorrowedFd<'_>) {
+    // ENOTCONN: the client is gone already, which is just as good.
+    let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), Shutdown::Write);
 }

@@ -49,6 +49,13 @@ impl SlotId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The slot with index `index`, for callers that keep slot indices as
+    /// their own ids. Any value is sound: ring methods panic on an index
+    /// that is not an allocated slot in the state they need.
+    pub fn from_index(index: u32) -> SlotId {
+        SlotId(index)
+    }
 }
 
 /// A reaped completion.
@@ -125,6 +132,10 @@ pub struct Ring {
     /// Read by the kernel when the drop-time timeout is submitted; lives in
     /// the ring so that it outlives that submission.
     drain_timeout: types::Timespec,
+    /// Read by the kernel when a wait timeout operation is submitted (only
+    /// on kernels without `IORING_FEAT_EXT_ARG`); lives in the ring for the
+    /// same reason as `drain_timeout`.
+    wait_timeout: types::Timespec,
 }
 
 impl Ring {
@@ -145,6 +156,7 @@ impl Ring {
             vacant: Vec::new(),
             in_flight: 0,
             drain_timeout: DROP_DRAIN_TIMEOUT.into(),
+            wait_timeout: types::Timespec::new(),
         })
     }
 
@@ -237,13 +249,48 @@ impl Ring {
     /// # Panics
     /// If the slot is not idle.
     pub fn poll_readable(&mut self, slot: SlotId, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.poll(slot, fd, libc::POLLIN)
+    }
+
+    /// Queues a one-shot poll for writability (`POLLOUT`; errors and
+    /// hang-ups are always reported) of `fd`, as [`Ring::poll_readable`].
+    ///
+    /// # Panics
+    /// If the slot is not idle.
+    pub fn poll_writable(&mut self, slot: SlotId, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.poll(slot, fd, libc::POLLOUT)
+    }
+
+    fn poll(&mut self, slot: SlotId, fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<()> {
         self.mark_busy(slot);
-        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+        // The mask is a bit set: reinterpreting the sign bit is intended.
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), events as u16 as u32)
             .build()
             .user_data(u64::from(slot.0));
         // SAFETY: a poll operation references no user memory.
         let pushed = unsafe { self.push(&entry) };
         self.unmark_if_failed(slot, pushed)
+    }
+
+    /// Asks the kernel to cancel the operation in flight on `slot`. The slot
+    /// stays busy until that operation's completion is reaped by
+    /// [`Ring::pop_completion`] (usually `-ECANCELED`; the operation's own
+    /// result if it finished first). The cancellation's own completion is
+    /// internal and never reported.
+    ///
+    /// # Panics
+    /// If no operation of the slot is in flight.
+    pub fn cancel(&mut self, slot: SlotId) -> io::Result<()> {
+        assert_eq!(
+            self.slots[slot.index()].state,
+            SlotState::Busy,
+            "cancelling an idle slot"
+        );
+        let entry = opcode::AsyncCancel::new(u64::from(slot.0))
+            .build()
+            .user_data(INTERNAL_USER_DATA);
+        // SAFETY: a cancellation references no user memory.
+        unsafe { self.push(&entry) }
     }
 
     /// Submits queued operations and waits until at least `want` completions
@@ -257,6 +304,41 @@ impl Ring {
             Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
             Err(err) => Err(err),
         }
+    }
+
+    /// As [`Ring::submit_and_wait`], but returns after `timeout` even if
+    /// fewer completions are available.
+    pub fn submit_and_wait_timeout(&mut self, want: usize, timeout: Duration) -> io::Result<()> {
+        if self.ring.params().is_feature_ext_arg() {
+            // 5.11+: the timeout is an argument of the wait itself.
+            let timespec = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&timespec);
+            return match self.ring.submitter().submit_with_args(want, &args) {
+                Ok(_) => Ok(()),
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            };
+        }
+        // Older kernels: a timeout operation that also completes as soon as
+        // one other completion is posted, so none lingers in the kernel
+        // after a wait that ended for another reason.
+        self.wait_timeout = timeout.into();
+        let entry = opcode::Timeout::new(&self.wait_timeout)
+            .count(1)
+            .build()
+            .user_data(INTERNAL_USER_DATA);
+        // SAFETY: the timespec lives in `self.wait_timeout` until the ring is
+        // dropped (it is only overwritten with another valid timespec), and
+        // the kernel copies it while consuming the submission anyway.
+        unsafe { self.push(&entry) }?;
+        self.submit_and_wait(want)
     }
 
     /// Reaps the next completion of a slot operation, marking its slot idle.
@@ -433,6 +515,45 @@ mod tests {
         assert_eq!(ring.in_flight(), 5);
         ring.cancel_all_and_drain();
         assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn poll_reports_writability_and_cancel_ends_a_pending_poll() {
+        let mut ring = Ring::new(8).unwrap();
+        let (read_end, write_end) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let slot = ring.add_slot(0);
+        ring.poll_writable(slot, write_end.as_fd()).unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let completion = ring.pop_completion().unwrap();
+        assert!(completion.outcome().unwrap() & libc::POLLOUT as u32 != 0);
+
+        // Nothing will ever be written: the poll stays pending until cancelled.
+        ring.poll_readable(slot, read_end.as_fd()).unwrap();
+        ring.submit_and_wait(0).unwrap();
+        ring.cancel(slot).unwrap();
+        let completion = loop {
+            ring.submit_and_wait(1).unwrap();
+            if let Some(completion) = ring.pop_completion() {
+                break completion;
+            }
+        };
+        assert_eq!(completion.slot, slot);
+        assert_eq!(completion.outcome(), Err(nix::errno::Errno::ECANCELED));
+        assert_eq!(ring.in_flight(), 0);
+        ring.remove_slot(slot);
+    }
+
+    #[test]
+    fn a_wait_with_timeout_returns_without_completions() {
+        let mut ring = Ring::new(4).unwrap();
+        let (read_end, _write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let slot = ring.add_slot(8);
+        ring.read(slot, read_end.as_fd()).unwrap();
+        ring.submit_and_wait_timeout(1, Duration::from_millis(10))
+            .unwrap();
+        assert!(ring.pop_completion().is_none());
+        assert_eq!(ring.in_flight(), 1);
     }
 
     #[test]
