@@ -31,7 +31,8 @@
 //!   backend is asked for a one-shot writability notification;
 //! * a client with more than [`ATTACH_QUEUE_LIMIT`] (4 MiB) of payload
 //!   queued is dropped, as is one whose send fails with anything but
-//!   `EAGAIN`: its write side is shut down (the client reads what it got,
+//!   `EAGAIN` (a client that hung up, `EPIPE`/`ECONNRESET`, is a detach and
+//!   is just closed, not counted): its write side is shut down (the client reads what it got,
 //!   then EOF) and `AttachClientDropped` is reported with an engine-wide
 //!   running count. Why 4 MiB: an interactive session has a few KiB in
 //!   flight, so a reader that is alive but descheduled for seconds keeps its

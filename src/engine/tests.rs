@@ -727,7 +727,7 @@ fn pty_output_is_attached_as_stdout() {
 }
 
 #[test]
-fn a_client_that_went_away_is_dropped_and_reported() {
+fn a_client_that_went_away_is_closed_without_counting_a_drop() {
     let (engine, mut events) = start(1);
     let (read_end, write_end) = pipe();
     engine
@@ -741,21 +741,11 @@ fn a_client_that_went_away_is_dropped_and_reported() {
     drop(client_end);
     engine.attach(15, engine_end).unwrap();
     feed(write_end, b"hello\n".to_vec(), 16).join().unwrap();
-    let mut events_seen = Vec::new();
-    while events_seen.len() < 2 {
-        events_seen.push(events.blocking_recv().unwrap());
+    // A detach is not a policy drop: the only event is the drain.
+    match events.blocking_recv().unwrap() {
+        EngineEvent::Drained { key: 15 } => {}
+        other => panic!("unexpected event {other:?}"),
     }
-    assert!(
-        events_seen.iter().any(|event| matches!(
-            event,
-            EngineEvent::AttachClientDropped { key: 15, dropped_total: 1, reason }
-                if reason.contains("sending failed")
-        )),
-        "{events_seen:?}"
-    );
-    assert!(events_seen
-        .iter()
-        .any(|event| matches!(event, EngineEvent::Drained { key: 15 })));
     engine.shutdown();
 }
 

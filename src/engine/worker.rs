@@ -530,6 +530,12 @@ impl Routing {
                 match client.queue.flush(socket) {
                     Ok(progress) if progress.sent_any => client.last_progress = now,
                     Ok(_) => {}
+                    Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {
+                        // The client hung up (a detach): not a policy drop.
+                        tracing::debug!(key = client.key, "attach client detached");
+                        self.close_client(id, backend);
+                        continue;
+                    }
                     Err(errno) => {
                         let reason = format!(
                             "sending failed: {} ({} bytes queued)",
