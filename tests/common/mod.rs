@@ -77,10 +77,30 @@ impl Server {
     }
 
     pub fn start_with(runtime: &Path, extra: &[&str]) -> Server {
+        Self::launch(runtime, extra, None)
+    }
+
+    /// Like [`Server::start_with`], with the server's stdout and stderr (its
+    /// own log, `--log-driver stdout`) appended to `log` instead of going to
+    /// the test's stdout.
+    pub fn start_logging_to(runtime: &Path, extra: &[&str], log: &Path) -> Server {
+        Self::launch(runtime, extra, Some(log))
+    }
+
+    fn launch(runtime: &Path, extra: &[&str], log: Option<&Path>) -> Server {
         let dir = TempDir::new("srv");
         let run_dir = dir.path().join("run");
         let runtime_root = dir.path().join("root");
-        let status = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(log) = log {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("open server log file");
+            cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        }
+        let status = cmd
             .arg("--runtime")
             .arg(runtime)
             .arg("--runtime-dir")
@@ -111,6 +131,29 @@ impl Server {
             socket,
             runtime_root,
         }
+    }
+
+    /// Waits (up to 5 s) until the control socket accepts connections.
+    /// `start` only waits for the socket file, which exists from `bind()`
+    /// on, a moment before `listen()`: a connect in between is refused.
+    pub fn wait_ready(&self) {
+        let mut last = None;
+        let ready =
+            wait_until(
+                Duration::from_secs(5),
+                || match std::os::unix::net::UnixStream::connect(&self.socket) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        last = Some(e);
+                        false
+                    }
+                },
+            );
+        assert!(
+            ready,
+            "{} does not accept connections: {last:?}",
+            self.socket.display()
+        );
     }
 
     pub async fn client(&self) -> Client {
