@@ -91,3 +91,52 @@ const CONFIG_TEMPLATE: &str = r#"{
     "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
   }
 }"#;
+
+/// Launches a ringmon server the way the conmon-rs Go client does (the
+/// process forks, the parent writes `<run_dir>/pidfile` and exits) with its
+/// own logs off, and returns the daemon's pid. Panics with the reason on
+/// failure: this is tool and test support.
+pub fn launch_server(binary: &Path, runtime: &Path, run_dir: &Path, runtime_root: &Path) -> u32 {
+    let status = std::process::Command::new(binary)
+        .arg("--runtime")
+        .arg(runtime)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .arg("--runtime-root")
+        .arg(runtime_root)
+        .args(["--log-driver", "none", "--log-level", "off"])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("launch {}: {e}", binary.display()));
+    assert!(
+        status.success(),
+        "{} exited with {status}",
+        binary.display()
+    );
+    let pidfile = run_dir.join("pidfile");
+    fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("read {}: {e}", pidfile.display()))
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not a bare pid: {e}", pidfile.display()))
+}
+
+/// A create request with one CRI log and one exit file, cgroupfs manager.
+pub fn cri_request(
+    id: &str,
+    bundle: &Path,
+    exit_file: &Path,
+    log: &Path,
+) -> crate::client::CreateRequest {
+    crate::client::CreateRequest {
+        id: id.to_string(),
+        bundle_path: bundle.display().to_string(),
+        exit_paths: vec![exit_file.display().to_string()],
+        log_drivers: vec![crate::client::LogDriver {
+            kind: 0,
+            path: log.display().to_string(),
+            max_size: 0,
+        }],
+        cgroup_manager: 1,
+        ..Default::default()
+    }
+}

@@ -35,18 +35,6 @@ fn start_server(rt: &Path) -> Server {
     server
 }
 
-fn for_each_runtime(test: impl Fn(&Path)) {
-    let runtimes = runtimes();
-    assert!(
-        !runtimes.is_empty(),
-        "no OCI runtime found (install runc or crun)"
-    );
-    for rt in runtimes {
-        eprintln!("--- runtime {}", rt.display());
-        test(&rt);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Raw attach client
 // ---------------------------------------------------------------------------

@@ -9,18 +9,6 @@ use common::*;
 
 const EXIT_WAIT: Duration = Duration::from_secs(15);
 
-fn for_each_runtime(test: impl Fn(&std::path::Path)) {
-    let runtimes = runtimes();
-    assert!(
-        !runtimes.is_empty(),
-        "no OCI runtime found (install runc or crun)"
-    );
-    for rt in runtimes {
-        eprintln!("--- runtime {}", rt.display());
-        test(&rt);
-    }
-}
-
 #[test]
 fn version_and_pidfile() {
     for_each_runtime(|rt| {

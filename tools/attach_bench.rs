@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{
     connect, recv, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
 };
-use ringmon::client::{Client, CreateRequest, LogDriver};
+use ringmon::client::Client;
 
 const LINE: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_\n";
 
@@ -121,18 +121,7 @@ async fn run_once(
     let log = dir.join("ctr.log");
     let exit = dir.join("exit");
     client
-        .create_container(&CreateRequest {
-            id: id.clone(),
-            bundle_path: bundle.display().to_string(),
-            exit_paths: vec![exit.display().to_string()],
-            log_drivers: vec![LogDriver {
-                kind: 0,
-                path: log.display().to_string(),
-                max_size: 0,
-            }],
-            cgroup_manager: 1,
-            ..Default::default()
-        })
+        .create_container(&ringmon::fixture::cri_request(&id, &bundle, &exit, &log))
         .await
         .expect("createContainer");
     let sock = dir.join("attach");
@@ -212,21 +201,8 @@ fn main() {
     let base = std::env::temp_dir().join(format!("ringmon-attach-bench-{}", std::process::id()));
     let run_dir = base.join("srv");
     std::fs::create_dir_all(&base).unwrap();
-    let status = Command::new(&args.binary)
-        .arg("--runtime")
-        .arg(&args.runtime)
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .arg("--runtime-root")
-        .arg(base.join("root"))
-        .args(["--log-driver", "none"])
-        .status()
-        .expect("launch ringmon");
-    assert!(status.success());
-    let pid: u32 = std::fs::read_to_string(run_dir.join("pidfile"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid =
+        ringmon::fixture::launch_server(&args.binary, &args.runtime, &run_dir, &base.join("root"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

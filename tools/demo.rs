@@ -5,10 +5,10 @@
 //! Usage: ringmon-demo [--binary PATH] [--runtime PATH]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ringmon::client::{Client, CreateRequest, LogDriver};
+use ringmon::client::Client;
 
 fn main() {
     let mut binary = std::env::current_exe()
@@ -38,22 +38,7 @@ fn main() {
         runtime.display(),
         run_dir.display()
     );
-    let status = Command::new(&binary)
-        .arg("--runtime")
-        .arg(&runtime)
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .arg("--runtime-root")
-        .arg(&root)
-        .args(["--log-driver", "none"])
-        .stdin(Stdio::null())
-        .status()
-        .expect("launch ringmon");
-    assert!(status.success(), "ringmon exited with {status}");
-    let pid: u32 = std::fs::read_to_string(run_dir.join("pidfile"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = ringmon::fixture::launch_server(&binary, &runtime, &run_dir, &root);
 
     let bundle = ringmon::fixture::make_bundle(
         &base,
@@ -88,18 +73,7 @@ fn main() {
             v.version, v.process_id
         );
         let cpid = client
-            .create_container(&CreateRequest {
-                id: id.clone(),
-                bundle_path: bundle.display().to_string(),
-                exit_paths: vec![exit.display().to_string()],
-                log_drivers: vec![LogDriver {
-                    kind: 0,
-                    path: log.display().to_string(),
-                    max_size: 0,
-                }],
-                cgroup_manager: 1,
-                ..Default::default()
-            })
+            .create_container(&ringmon::fixture::cri_request(&id, &bundle, &exit, &log))
             .await
             .expect("createContainer");
         println!("createContainer: container {id} has pid {cpid}");

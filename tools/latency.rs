@@ -56,22 +56,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn launch(binary: &Path, runtime: &Path, run_dir: &Path) -> u32 {
-    let status = Command::new(binary)
-        .arg("--runtime")
-        .arg(runtime)
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .arg("--runtime-root")
-        .arg(run_dir.join("root"))
-        .args(["--log-driver", "none", "--log-level", "off"])
-        .stdin(Stdio::null())
-        .status()
-        .expect("launch ringmon");
-    assert!(status.success());
-    std::fs::read_to_string(run_dir.join("pidfile"))
-        .expect("pidfile")
-        .parse()
-        .expect("pid")
+    ringmon::fixture::launch_server(binary, runtime, run_dir, &run_dir.join("root"))
 }
 
 fn stop(pid: u32) {

@@ -34,6 +34,19 @@ pub fn runtimes() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Runs `test` once per runtime under test, naming it in the output.
+pub fn for_each_runtime(test: impl Fn(&Path)) {
+    let runtimes = runtimes();
+    assert!(
+        !runtimes.is_empty(),
+        "no OCI runtime found (install runc or crun)"
+    );
+    for rt in runtimes {
+        eprintln!("--- runtime {}", rt.display());
+        test(&rt);
+    }
+}
+
 /// A unique scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
