@@ -166,3 +166,41 @@ fn server_flags_are_validated_before_forking() {
     assert_eq!(code, Some(2));
     assert!(err.contains("loud"), "{err}");
 }
+
+#[test]
+fn attach_rejects_bad_fields() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("badattach");
+    let bundle = make_bundle(dir.path(), &["/bin/sleep", "100"], false);
+    let id = container_id();
+    let req = basic_request(dir.path(), &id, &bundle, false);
+    run_local(async {
+        let c = server.client().await;
+        c.create_container(&req).await.unwrap();
+        let cases: [(&str, std::path::PathBuf, &str); 4] = [
+            (&id, "rel/attach".into(), "invalid socketPath 'rel/attach'"),
+            (
+                &id,
+                "/tmp/../tmp/attach".into(),
+                "invalid socketPath '/tmp/../tmp/attach'",
+            ),
+            ("", dir.path().join("attach"), "invalid id ''"),
+            ("a/b", dir.path().join("attach"), "invalid id 'a/b'"),
+        ];
+        for (target, path, needle) in cases {
+            let e = c
+                .attach_container(target, &path, "", false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "error {e:?} should contain {needle:?}");
+        }
+        // The container and the server are unaffected.
+        c.attach_container(&id, &dir.path().join("attach"), "", false)
+            .await
+            .unwrap();
+        c.version(false).await.unwrap();
+    });
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
