@@ -137,13 +137,16 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        Server {
+        let server = Server {
             dir,
             runtime: runtime.to_path_buf(),
             pid,
             socket,
             runtime_root,
-        }
+        };
+        // The socket file appears at bind(), a moment before listen().
+        server.wait_ready();
+        server
     }
 
     /// Waits (up to 5 s) until the control socket accepts connections.
