@@ -116,6 +116,27 @@ impl Client {
         Ok(Client { conmon })
     }
 
+    /// Dials `socket` until the server answers `version`, as the Go client
+    /// does after launching a server (the socket appears a few ms after the
+    /// launcher exits). Retries every 200 µs so start-up can be timed.
+    pub async fn connect_when_ready(
+        socket: &Path,
+        limit: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        let start = std::time::Instant::now();
+        loop {
+            let attempt = match Client::connect(socket).await {
+                Ok(c) => c.version(false).await.map(|_| c),
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() > limit => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_micros(200)).await,
+            }
+        }
+    }
+
     pub async fn version(&self, verbose: bool) -> Result<Version, ClientError> {
         let mut req = self.conmon.version_request();
         req.get().init_request().set_verbose(verbose);

@@ -16,6 +16,8 @@ pub mod log;
 pub mod rpc;
 pub mod server_log;
 pub mod sys;
+#[cfg(test)]
+mod test_support;
 pub mod version;
 
 /// Generated wire types for `rpc/conmon.capnp`.

@@ -209,12 +209,9 @@ fn main() {
         .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async {
         let socket = run_dir.join("conmon.sock");
-        let client = loop {
-            if let Ok(c) = Client::connect(&socket).await {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let client = Client::connect_when_ready(&socket, Duration::from_secs(10))
+            .await
+            .expect("ringmon answers on its socket");
         println!(
             "{} MiB of 64-byte lines per run, median of {} runs, runtime {}",
             args.mib,

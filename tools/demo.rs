@@ -59,14 +59,9 @@ fn main() {
         .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async {
         let socket = run_dir.join("conmon.sock");
-        let start = Instant::now();
-        let client = loop {
-            match Client::connect(&socket).await {
-                Ok(c) => break c,
-                Err(e) if start.elapsed() > Duration::from_secs(5) => panic!("{e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        };
+        let client = Client::connect_when_ready(&socket, Duration::from_secs(5))
+            .await
+            .expect("ringmon answers on its socket");
         let v = client.version(false).await.expect("version");
         println!(
             "ringmon {} (pid {}) answered version",

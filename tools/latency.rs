@@ -70,14 +70,9 @@ fn stop(pid: u32) {
 }
 
 async fn connect_and_version(socket: &Path) -> Client {
-    loop {
-        if let Ok(c) = Client::connect(socket).await {
-            if c.version(false).await.is_ok() {
-                return c;
-            }
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
+    Client::connect_when_ready(socket, Duration::from_secs(10))
+        .await
+        .expect("ringmon answers on its socket")
 }
 
 fn main() {

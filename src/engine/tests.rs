@@ -1,5 +1,6 @@
 //! Engine tests with real pipes, ptys and log files.
 
+use crate::test_support::TempDir;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -11,32 +12,6 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
 use crate::log::{LogFormat, LogSpec};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "ringmon-engine-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Deterministic xorshift64 generator (no extra dependency for tests). The
 /// seed must not be 0.
@@ -169,7 +144,7 @@ fn engine_handle_is_send_and_sync() {
 
 #[test]
 fn pipes_are_logged_byte_exact_to_every_writer() {
-    let dir = TempDir::new("pipes");
+    let dir = TempDir::new("engine", "pipes");
     let (engine, mut events) = start(2);
     assert_eq!(engine.backend_name(), "io_uring");
 
@@ -210,7 +185,7 @@ fn pipes_are_logged_byte_exact_to_every_writer() {
 
 #[test]
 fn many_containers_drain_exactly_once() {
-    let dir = TempDir::new("many");
+    let dir = TempDir::new("engine", "many");
     let (engine, mut events) = start(2);
     let mut feeders = Vec::new();
     for key in 0..20u64 {
@@ -267,7 +242,7 @@ fn container_without_sources_drains_at_once() {
 
 #[test]
 fn failing_writer_is_reported_once_and_others_keep_logging() {
-    let dir = TempDir::new("failing");
+    let dir = TempDir::new("engine", "failing");
     let (engine, mut events) = start(1);
     let (read_end, write_end) = pipe();
     let full = LogWriter::open(&LogSpec {
@@ -303,7 +278,7 @@ fn failing_writer_is_reported_once_and_others_keep_logging() {
 
 #[test]
 fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys() {
-    let dir = TempDir::new("reopen");
+    let dir = TempDir::new("engine", "reopen");
     let (engine, mut events) = start(1);
     let unknown = engine.reopen_logs(99).blocking_recv().unwrap();
     assert_eq!(unknown, Ok(()));
@@ -341,7 +316,7 @@ fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys() {
 
 #[test]
 fn pty_output_is_logged_until_the_slave_closes() {
-    let dir = TempDir::new("pty");
+    let dir = TempDir::new("engine", "pty");
     let (engine, mut events) = start(1);
     let pty = nix::pty::openpty(None, None).unwrap();
     let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).unwrap());
@@ -383,7 +358,7 @@ fn pty_output_is_logged_until_the_slave_closes() {
 
 #[test]
 fn non_blocking_pipes_work_too() {
-    let dir = TempDir::new("nonblocking");
+    let dir = TempDir::new("engine", "nonblocking");
     let (engine, mut events) = start(1);
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
     // Only the read end should be non-blocking for the feeder's sake.
@@ -535,7 +510,7 @@ fn assert_complete(received: &Received, stdout: &[u8], stderr: &[u8]) {
 
 #[test]
 fn attach_clients_and_logs_get_the_same_bytes() {
-    let dir = TempDir::new("attach");
+    let dir = TempDir::new("engine", "attach");
     let (engine, mut events) = start(2);
     // Less than the queue limit in total: a reader starved by the scheduler
     // must not be dropped, the test checks bytes, not speed.
@@ -585,7 +560,7 @@ fn attach_clients_and_logs_get_the_same_bytes() {
 
 #[test]
 fn a_stuck_attach_client_is_dropped_without_stalling_anything() {
-    let dir = TempDir::new("stuck");
+    let dir = TempDir::new("engine", "stuck");
     let (engine, mut events) = start(1);
     let data = random_output(31, 20 << 20);
     let (read_end, write_end) = pipe();

@@ -1,36 +1,11 @@
 //! Tests of `LogWriter` against real files.
 
+use crate::test_support::TempDir;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use super::*;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "ringmon-log-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn spec(format: LogFormat, path: PathBuf, max_size: u64) -> LogSpec {
     LogSpec {
@@ -47,7 +22,7 @@ fn long_ts() -> TimestampCache {
 
 #[test]
 fn cri_writes_records_and_creates_mode_0600() {
-    let dir = TempDir::new("cri");
+    let dir = TempDir::new("log", "cri");
     let path = dir.path("ctr.log");
     fs::write(&path, b"old content that must be truncated").unwrap();
     let mut writer = LogWriter::open(&spec(LogFormat::Cri, path.clone(), 0)).unwrap();
@@ -75,7 +50,7 @@ fn cri_writes_records_and_creates_mode_0600() {
 
 #[test]
 fn cri_refuses_a_symlink() {
-    let dir = TempDir::new("symlink");
+    let dir = TempDir::new("log", "symlink");
     let target = dir.path("target");
     fs::write(&target, b"keep").unwrap();
     let link = dir.path("link.log");
@@ -107,7 +82,7 @@ fn cri_max_size_truncates_without_counting_the_record() {
     // The upstream test "should reopen logs based on max size".
     for ts in [long_ts(), TimestampCache::fixed(1_787_317_753, 0, 0)] {
         for chunks in [&[&b"hello\nworld\n"[..]][..], &[b"hello\n", b"world\n"]] {
-            let dir = TempDir::new("maxsize");
+            let dir = TempDir::new("log", "maxsize");
             let path = dir.path("ctr.log");
             let mut writer = LogWriter::open(&spec(LogFormat::Cri, path.clone(), 50)).unwrap();
             for chunk in chunks {
@@ -125,7 +100,7 @@ fn cri_max_size_truncates_without_counting_the_record() {
 fn cri_max_size_counts_records_that_fit() {
     // Short timestamp (20 bytes): records of "a\n" cost 32; two fit in 64.
     let ts = TimestampCache::fixed(1_787_317_753, 0, 0);
-    let dir = TempDir::new("maxsize-fit");
+    let dir = TempDir::new("log", "maxsize-fit");
     let path = dir.path("ctr.log");
     let mut writer = LogWriter::open(&spec(LogFormat::Cri, path.clone(), 64)).unwrap();
     writer
@@ -151,7 +126,7 @@ fn cri_max_size_counts_records_that_fit() {
 
 #[test]
 fn reopen_starts_a_fresh_file_after_rotation() {
-    let dir = TempDir::new("reopen");
+    let dir = TempDir::new("log", "reopen");
     let path = dir.path("ctr.log");
     let rotated = dir.path("ctr.log.1");
     let ts = long_ts();
@@ -182,7 +157,7 @@ fn reopen_starts_a_fresh_file_after_rotation() {
 #[test]
 fn reopen_resets_the_size_counter() {
     let ts = TimestampCache::fixed(1_787_317_753, 0, 0);
-    let dir = TempDir::new("reopen-counter");
+    let dir = TempDir::new("log", "reopen-counter");
     let path = dir.path("ctr.log");
     let mut writer = LogWriter::open(&spec(LogFormat::Cri, path.clone(), 64)).unwrap();
     writer.write_chunk(StreamKind::Stdout, b"1\n", &ts).unwrap();
@@ -197,7 +172,7 @@ fn reopen_resets_the_size_counter() {
 #[test]
 fn json_entries_and_max_size() {
     let ts = TimestampCache::fixed(1_787_317_753, 0, 0);
-    let dir = TempDir::new("json");
+    let dir = TempDir::new("log", "json");
     let path = dir.path("ctr.json");
     // Each entry below is 60 bytes.
     let entry = |text: &str| {
@@ -229,7 +204,7 @@ fn json_entries_and_max_size() {
 
 #[test]
 fn journald_sends_entries_and_ignores_reopen() {
-    let dir = TempDir::new("journald");
+    let dir = TempDir::new("log", "journald");
     let socket_path = dir.path("journal.socket");
     let journal = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut writer = LogWriter::journal_at(&socket_path).unwrap();
@@ -256,7 +231,7 @@ fn journald_sends_entries_and_ignores_reopen() {
 #[test]
 fn huge_chunk_of_empty_lines_is_written_completely() {
     let ts = long_ts();
-    let dir = TempDir::new("huge");
+    let dir = TempDir::new("log", "huge");
     let path = dir.path("ctr.log");
     let mut writer = LogWriter::open(&spec(LogFormat::Cri, path.clone(), 0)).unwrap();
     let chunk = vec![b'\n'; 64 * 1024];
