@@ -158,7 +158,10 @@ impl AttachConn {
         let mut buf = vec![0u8; 65536];
         let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) => n,
-            Err(Errno::ECONNRESET) => return Some(Packet::Eof),
+            // The kernel reports a reset ahead of packets still queued for
+            // us: the server closed with our input unread, which it must
+            // never do (output would be lost).
+            Err(Errno::ECONNRESET) => panic!("{}: connection reset by the server", self.name),
             Err(Errno::EAGAIN) => return self.recv_packet(limit),
             Err(e) => panic!("{}: recv: {e}", self.name),
         };

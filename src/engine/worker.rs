@@ -533,7 +533,7 @@ impl Routing {
                     Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {
                         // The client hung up (a detach): not a policy drop.
                         tracing::debug!(key = client.key, "attach client detached");
-                        self.close_client(id, backend);
+                        self.close_client(id, Release::PeerGone, backend);
                         continue;
                     }
                     Err(errno) => {
@@ -549,7 +549,7 @@ impl Routing {
             }
             if client.queue.is_empty() {
                 if client.done_queued {
-                    self.close_client(id, backend);
+                    self.close_client(id, Release::HangUp, backend);
                 }
                 continue;
             }
@@ -643,7 +643,7 @@ impl Routing {
             return;
         };
         let key = client.key;
-        self.release_client(id, client, backend);
+        self.release_client(id, client, Release::HangUp, backend);
         let dropped_total = self.attach_drops.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = self.events.send(EngineEvent::AttachClientDropped {
             key,
@@ -652,21 +652,27 @@ impl Routing {
         });
     }
 
-    /// Disconnects a client that is done (or at shutdown).
-    fn close_client(&mut self, id: ClientId, backend: &mut dyn Backend) {
+    /// Disconnects a client that is done, detached, or at shutdown.
+    fn close_client(&mut self, id: ClientId, how: Release, backend: &mut dyn Backend) {
         if let Some(client) = self.clients.remove(&id) {
-            self.release_client(id, client, backend);
+            self.release_client(id, client, how, backend);
         }
     }
 
-    fn release_client(&mut self, id: ClientId, client: AttachClient, backend: &mut dyn Backend) {
+    fn release_client(
+        &mut self,
+        id: ClientId,
+        client: AttachClient,
+        how: Release,
+        backend: &mut dyn Backend,
+    ) {
         if let Some(container) = self.containers.get_mut(&client.key) {
             container.attach_clients.retain(|&other| other != id);
         }
         match client.socket {
-            ClientSocket::Held(fd) => shut_down_writing(fd.as_fd()),
+            ClientSocket::Held(fd) => how.apply(fd.as_fd()),
             ClientSocket::Registered(sink) => {
-                shut_down_writing(backend.sink_fd(sink));
+                how.apply(backend.sink_fd(sink));
                 self.client_of_sink.remove(&sink);
                 backend.remove_sink(sink);
             }
@@ -676,15 +682,35 @@ impl Routing {
     fn close_all_clients(&mut self, backend: &mut dyn Backend) {
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
         for id in ids {
-            self.close_client(id, backend);
+            self.close_client(id, Release::HangUp, backend);
         }
     }
 }
 
-/// Ends the server→client direction of an attach socket. Closing our fd is
-/// not enough for the client to see EOF: the control thread keeps its own
+/// How the engine lets go of an attach socket. Closing our fd alone is not
+/// enough for the client to see EOF: the control thread keeps its own
 /// descriptor of the same socket to read the client's stdin.
-fn shut_down_writing(socket: BorrowedFd<'_>) {
-    // ENOTCONN: the client is gone already, which is just as good.
-    let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), Shutdown::Write);
+#[derive(Clone, Copy)]
+enum Release {
+    /// The client hung up (EPIPE/ECONNRESET on send): end our direction
+    /// only; the control thread still reads whatever input the client sent
+    /// before it left, up to its EOF.
+    PeerGone,
+    /// The client is still there (done, dropped, or shutdown): end both
+    /// directions and discard unread input, so that our last close cannot
+    /// turn into ECONNRESET ahead of the packets the client has yet to read
+    /// (see `sys::socket::hang_up`).
+    HangUp,
+}
+
+impl Release {
+    fn apply(self, socket: BorrowedFd<'_>) {
+        match self {
+            // ENOTCONN: the client is gone already, which is just as good.
+            Release::PeerGone => {
+                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), Shutdown::Write);
+            }
+            Release::HangUp => crate::sys::socket::hang_up(socket),
+        }
+    }
 }

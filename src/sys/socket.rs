@@ -125,3 +125,22 @@ pub fn recv_packet(fd: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
     buf.truncate(n.min(len));
     Ok(Some(buf))
 }
+
+/// Ends both directions of a connected SOCK_SEQPACKET socket and discards
+/// the input still queued on it.
+///
+/// Why the discard: when the last descriptor of a unix socket is closed
+/// with unread data in its receive queue, the kernel sets ECONNRESET on the
+/// peer, and the peer's next `recv` reports that error *before* the packets
+/// already queued for it. An attach client that typed something we never
+/// read would lose the tail of the output and the done packet. Shutting
+/// down reading first means nothing can arrive after the discard.
+pub fn hang_up(fd: impl AsFd) {
+    let raw = fd.as_fd().as_raw_fd();
+    // ENOTCONN: the peer is gone already, which is just as good.
+    let _ = nix::sys::socket::shutdown(raw, nix::sys::socket::Shutdown::Both);
+    let mut sink = [0u8; 1];
+    // Each recv removes one packet (truncated into `sink`); 0 means the
+    // queue is empty now that reading is shut down.
+    while let Ok(1..) = recv(raw, &mut sink, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {}
+}
