@@ -123,6 +123,12 @@ pub struct Cli {
     /// I/O backend of the engine workers.
     #[arg(long, env = "RINGMON_IO_BACKEND", default_value = "auto", value_enum)]
     pub io_backend: IoBackend,
+
+    /// Capacity a container pipe is grown to once it shows it is busy (a
+    /// read fills the whole buffer); capped by fs.pipe-max-size; 0 = never
+    /// grow (for measurements).
+    #[arg(long, env = "RINGMON_BUSY_PIPE_SIZE", hide = true)]
+    pub busy_pipe_size: Option<usize>,
 }
 
 /// A configuration error found before forking (spec §1.1 validation order).
@@ -156,6 +162,7 @@ pub struct ServerConfig {
     pub skip_fork: bool,
     pub engine_workers: usize,
     pub io_backend: BackendChoice,
+    pub busy_pipe_size: Option<usize>,
 }
 
 impl Cli {
@@ -202,6 +209,7 @@ impl Cli {
             skip_fork: self.skip_fork,
             engine_workers,
             io_backend: self.io_backend.into(),
+            busy_pipe_size: self.busy_pipe_size,
         })
     }
 }

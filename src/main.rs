@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use ringmon::cli::Cli;
 use ringmon::core::runtime::RuntimeConfig;
 use ringmon::core::Monitor;
-use ringmon::engine::{Engine, EngineConfig};
+use ringmon::engine::{BackendChoice, Engine, EngineConfig};
 use ringmon::sys::process::{self, ForkResult};
 use ringmon::version::BUILD;
 
@@ -44,6 +44,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Missing sufficient privileges to adjust OOM score");
         }
         Err(e) => return Err(e).context("write /proc/self/oom_score_adj"),
+    }
+    if config.io_backend == BackendChoice::Uring {
+        ringmon::engine::probe_io_uring().context("--io-backend uring: io_uring setup failed")?;
     }
     let socket_path = config.runtime_dir.join(SOCKET_NAME);
     let fd_socket_path = config.runtime_dir.join(FD_SOCKET_NAME);
@@ -84,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 EngineConfig {
                     workers: config.engine_workers,
                     backend: config.io_backend,
+                    busy_pipe_size: config.busy_pipe_size,
                 },
                 events_tx,
             )
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             version = BUILD.version,
             pid = std::process::id(),
             backend = engine.backend_name(),
+            backend_reason = engine.backend_reason(),
             workers = config.engine_workers,
             "ringmon listening on {}",
             socket_path.display()

@@ -59,7 +59,12 @@ fn logs_and_exit_code() {
         assert_eq!(exit, b"3");
         let log = fs::read(dir.path().join("ctr.log")).unwrap();
         let (out, err) = parse_cri(&log);
-        assert_eq!(out, b"hello world\nno newline");
+        // The line left open at EOF is closed by an F record.
+        assert_eq!(out, b"hello world\nno newline\n");
+        assert!(
+            String::from_utf8_lossy(&log).ends_with(" stdout F \n"),
+            "no closing F record"
+        );
         assert_eq!(err, b"oops\n");
         let text = String::from_utf8(log).unwrap();
         assert!(
@@ -263,7 +268,8 @@ fn lossless_output_at_exit() {
         server.start_container(&id);
         assert_eq!(wait_for_file(&dir.path().join("exit"), EXIT_WAIT), b"0");
         let (out, _) = parse_cri(&fs::read(dir.path().join("ctr.log")).unwrap());
-        assert_eq!(out.len(), 8 * 1024 * 1024);
+        // 8 MiB cut mid-line, plus the closing F record's line end.
+        assert_eq!(out.len(), 8 * 1024 * 1024 + 1);
         assert!(out
             .chunks(37)
             .all(|l| l.len() < 37 || l == b"0123456789abcdefghijklmnopqrstuvwxyz\n"));

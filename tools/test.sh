@@ -6,7 +6,9 @@
 # Steps: install system dependencies, rustfmt check, clippy, release build,
 # Rust unit + integration tests, then the Go client compatibility suite
 # (tests/go, driving the server through the upstream conmon-rs Go client)
-# once per OCI runtime.
+# once per OCI runtime. The integration tests and the Go suite run once per
+# engine backend (io_uring, epoll); the unit tests cover both backends in
+# one run.
 #
 # Must run as root (containers are created). Exits non-zero if any step
 # fails. Lint and test steps keep going after a failure so one run reports
@@ -14,6 +16,8 @@
 #
 # Environment knobs:
 #   RINGMON_TEST_RUNTIMES  OCI runtimes to test (default "/usr/sbin/runc /usr/bin/crun")
+#   RINGMON_TEST_BACKENDS  engine backends to test (default "uring epoll"); the
+#                          server under test gets RINGMON_IO_BACKEND from it
 #   RINGMON_FAIL_FAST=1    stop at the first failing step
 #   RINGMON_SKIP_DEPS=1    do not run tools/install-deps.sh
 #   GO_TEST_TIMEOUT        per-runtime go test timeout (default 10m)
@@ -35,6 +39,7 @@ done
 export PATH
 
 export RINGMON_TEST_RUNTIMES="${RINGMON_TEST_RUNTIMES:-/usr/sbin/runc /usr/bin/crun}"
+RINGMON_TEST_BACKENDS="${RINGMON_TEST_BACKENDS:-uring epoll}"
 GO_TEST_TIMEOUT="${GO_TEST_TIMEOUT:-10m}"
 GO_TEST_RUN="${GO_TEST_RUN:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -98,11 +103,13 @@ go_suite() {
         echo "OCI runtime $runtime not found" >&2
         return 1
     fi
+    local backend=$2
     local args=(test -count=1 -v -timeout "$GO_TEST_TIMEOUT")
     if [[ -n "$GO_TEST_RUN" ]]; then
         args+=(-run "$GO_TEST_RUN")
     fi
-    (cd "$ROOT/tests/go" && RUNTIME_BINARY="$runtime" go "${args[@]}" ./...)
+    (cd "$ROOT/tests/go" &&
+        RUNTIME_BINARY="$runtime" RINGMON_IO_BACKEND="$backend" go "${args[@]}" ./...)
 }
 
 # --------------------------------------------------------------------------
@@ -126,8 +133,18 @@ if [[ "$GO_ONLY" != 1 ]]; then
     RESULTS+=("ok      $((SECONDS - t0))s  cargo build --release")
     "$RINGMON_BINARY" --version
 
-    step "cargo test --release (RINGMON_TEST_RUNTIMES=\"$RINGMON_TEST_RUNTIMES\")" \
-        cargo test --release
+    first=1
+    for backend in $RINGMON_TEST_BACKENDS; do
+        if ((first)); then
+            # Unit tests (both backends inside), doc tests, integration tests.
+            step "cargo test --release, server on $backend (RINGMON_TEST_RUNTIMES=\"$RINGMON_TEST_RUNTIMES\")" \
+                env RINGMON_IO_BACKEND="$backend" cargo test --release
+            first=0
+        else
+            step "cargo test --release --test '*', server on $backend" \
+                env RINGMON_IO_BACKEND="$backend" cargo test --release --test '*'
+        fi
+    done
 fi
 
 # shellcheck disable=SC2317  # invoked indirectly through step
@@ -136,8 +153,11 @@ go_prepare() {
 }
 step "Go module download + vet (tests/go)" go_prepare
 
-for runtime in $RINGMON_TEST_RUNTIMES; do
-    step "Go client suite with $(basename "$runtime") ($runtime)" go_suite "$runtime"
+for backend in $RINGMON_TEST_BACKENDS; do
+    for runtime in $RINGMON_TEST_RUNTIMES; do
+        step "Go client suite with $(basename "$runtime") ($runtime), server on $backend" \
+            go_suite "$runtime" "$backend"
+    done
 done
 
 summary

@@ -2,7 +2,9 @@
 //! writers and attach clients.
 //!
 //! Shape: `config.workers` threads (`ringmon-io-N`), each owning one
-//! [`Backend`](backend::Backend) (one io_uring today) with every source of
+//! [`Backend`](backend::Backend) (an io_uring, or an epoll set where
+//! io_uring is unavailable or `--io-backend epoll` asks for it; see
+//! `resolve_backend`) with every source of
 //! the containers assigned to it, plus those containers' log writers and
 //! attach clients. A container is assigned to the least-loaded worker at
 //! registration and stays there, so its bytes never cross threads and need
@@ -72,6 +74,8 @@ use crate::log::{LogWriter, StreamKind};
 
 mod attach;
 pub mod backend;
+mod epoll;
+pub mod pipe_size;
 mod uring;
 mod worker;
 
@@ -126,6 +130,64 @@ pub struct EngineConfig {
     /// Number of worker threads (>= 1).
     pub workers: usize,
     pub backend: BackendChoice,
+    /// Capacity busy pipes are grown to (`None`: the default of
+    /// [`pipe_size::BUSY_PIPE_CAPACITY`]; `Some(0)`: never grow).
+    pub busy_pipe_size: Option<usize>,
+}
+
+/// The backend the workers actually run, once `Auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResolvedBackend {
+    Uring,
+    Epoll,
+}
+
+impl ResolvedBackend {
+    fn name(self) -> &'static str {
+        match self {
+            ResolvedBackend::Uring => "io_uring",
+            ResolvedBackend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Whether an io_uring can be set up here (a ring is created and dropped).
+/// Lets the server refuse `--io-backend uring` before it forks, where the
+/// error still reaches whoever started it.
+pub fn probe_io_uring() -> std::io::Result<()> {
+    crate::sys::uring::Ring::new(8).map(drop)
+}
+
+/// Picks the backend for `choice` and says why. `Auto` prefers io_uring and
+/// falls back to epoll when the kernel disables io_uring
+/// (`kernel.io_uring_disabled`) or refuses to set up a ring (`EPERM` or
+/// `ENOSYS` under seccomp, `ENOMEM` under a tight memlock limit on old
+/// kernels): what matters is whether a ring can be created here, not the
+/// kernel version.
+fn resolve_backend(choice: BackendChoice) -> (ResolvedBackend, String) {
+    match choice {
+        BackendChoice::Uring => (ResolvedBackend::Uring, "forced by --io-backend".into()),
+        BackendChoice::Epoll => (ResolvedBackend::Epoll, "forced by --io-backend".into()),
+        BackendChoice::Auto => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            if disabled == 2 {
+                return (
+                    ResolvedBackend::Epoll,
+                    "io_uring is disabled (kernel.io_uring_disabled = 2)".into(),
+                );
+            }
+            match probe_io_uring() {
+                Ok(()) => (ResolvedBackend::Uring, "auto: io_uring is available".into()),
+                Err(err) => (
+                    ResolvedBackend::Epoll,
+                    format!("auto: io_uring is unavailable ({err})"),
+                ),
+            }
+        }
+    }
 }
 
 /// What workers report to the control thread.
@@ -168,6 +230,8 @@ pub struct Engine {
     /// Attach clients dropped so far, by every worker.
     attach_drops: Arc<AtomicU64>,
     backend_name: &'static str,
+    /// Why that backend runs (forced, or what the probe found).
+    backend_reason: String,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -227,27 +291,28 @@ impl Engine {
         config: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Engine, EngineError> {
-        match config.backend {
-            BackendChoice::Auto | BackendChoice::Uring => {}
-            BackendChoice::Epoll => {
-                return Err(EngineError::Setup(
-                    "epoll backend not implemented yet".to_string(),
-                ))
-            }
-        }
+        let (backend, backend_reason) = resolve_backend(config.backend);
+        let pipe_sizer = match config.busy_pipe_size {
+            None => pipe_size::PipeSizer::new(),
+            Some(0) => pipe_size::PipeSizer::disabled(),
+            Some(bytes) => pipe_size::PipeSizer::with_target(bytes),
+        };
         let worker_count = config.workers.max(1);
         let assignments = Arc::new(Mutex::new(Assignments::new(worker_count)));
         let mut engine = Engine {
             workers: Vec::with_capacity(worker_count),
             assignments,
             attach_drops: Arc::new(AtomicU64::new(0)),
-            backend_name: "io_uring",
+            backend_name: backend.name(),
+            backend_reason,
             threads: Mutex::new(Vec::with_capacity(worker_count)),
         };
         for index in 0..worker_count {
             // If this fails, dropping `engine` stops the workers started so far.
             let (handle, thread) = spawn_worker(
                 index,
+                backend,
+                pipe_sizer,
                 events.clone(),
                 engine.assignments.clone(),
                 engine.attach_drops.clone(),
@@ -265,6 +330,12 @@ impl Engine {
     /// Name of the backend actually running ("io_uring" or "epoll").
     pub fn backend_name(&self) -> &'static str {
         self.backend_name
+    }
+
+    /// Why `backend_name` runs: forced by configuration, or what the probe
+    /// for io_uring found.
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
     }
 
     /// Hands a container's sources and log writers to a worker.
@@ -380,6 +451,8 @@ impl Drop for Engine {
 /// Spawns worker `index`; returns once its backend is set up (or failed).
 fn spawn_worker(
     index: usize,
+    backend: ResolvedBackend,
+    pipe_sizer: pipe_size::PipeSizer,
     events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
     attach_drops: Arc<AtomicU64>,
@@ -396,24 +469,39 @@ fn spawn_worker(
     let thread = std::thread::Builder::new()
         .name(format!("ringmon-io-{index}"))
         .spawn(move || {
-            // The ring is created on the thread that uses it.
-            let backend = match uring::UringBackend::new(worker_waker) {
-                Ok(backend) => backend,
-                Err(err) => {
-                    let _ = ready_tx.send(Err(format!("io_uring setup: {err}")));
-                    return;
-                }
+            // The ring (or epoll set) is created on the thread that uses it.
+            let setup = |result: std::io::Result<()>| {
+                let ready = result.map_err(|err| format!("{} setup: {err}", backend.name()));
+                let ok = ready.is_ok();
+                let _ = ready_tx.send(ready);
+                ok
             };
-            let _ = ready_tx.send(Ok(()));
-            Worker::new(
-                index,
-                backend,
-                commands_rx,
-                events,
-                assignments,
-                attach_drops,
-            )
-            .run();
+            match backend {
+                ResolvedBackend::Uring => {
+                    match uring::UringBackend::new(worker_waker, pipe_sizer) {
+                        Ok(ring) if setup(Ok(())) => {
+                            Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
+                                .run()
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            setup(Err(err));
+                        }
+                    }
+                }
+                ResolvedBackend::Epoll => {
+                    match epoll::EpollBackend::new(worker_waker, pipe_sizer) {
+                        Ok(set) if setup(Ok(())) => {
+                            Worker::new(index, set, commands_rx, events, assignments, attach_drops)
+                                .run()
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            setup(Err(err));
+                        }
+                    }
+                }
+            }
         })
         .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;
     let ready = ready_rx

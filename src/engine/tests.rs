@@ -61,6 +61,16 @@ fn random_output(seed: u64, total: usize) -> Vec<u8> {
 }
 
 /// Writes `data` to `fd` in random-sized writes, then closes it.
+/// What a CRI log reassembles to for `data`: output that ends mid-line is
+/// closed with an `F` record (a line end) at EOF.
+fn logged(data: &[u8]) -> Vec<u8> {
+    let mut logged = data.to_vec();
+    if logged.last().is_some_and(|&byte| byte != b'\n') {
+        logged.push(b'\n');
+    }
+    logged
+}
+
 fn feed(fd: OwnedFd, data: Vec<u8>, seed: u64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut random = Random(seed);
@@ -106,12 +116,13 @@ fn parse_cri(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (stdout, stderr)
 }
 
-fn start(workers: usize) -> (Engine, UnboundedReceiver<EngineEvent>) {
+fn start(backend: BackendChoice, workers: usize) -> (Engine, UnboundedReceiver<EngineEvent>) {
     let (events_tx, events_rx) = unbounded_channel();
     let engine = Engine::start(
         EngineConfig {
             workers,
-            backend: BackendChoice::Auto,
+            backend,
+            busy_pipe_size: None,
         },
         events_tx,
     )
@@ -142,11 +153,14 @@ fn engine_handle_is_send_and_sync() {
     assert_send_sync::<Engine>();
 }
 
-#[test]
-fn pipes_are_logged_byte_exact_to_every_writer() {
+fn pipes_are_logged_byte_exact_to_every_writer(backend: BackendChoice) {
     let dir = TempDir::new("engine", "pipes");
-    let (engine, mut events) = start(2);
-    assert_eq!(engine.backend_name(), "io_uring");
+    let (engine, mut events) = start(backend, 2);
+    let want = match backend {
+        BackendChoice::Epoll => "epoll",
+        _ => "io_uring",
+    };
+    assert_eq!(engine.backend_name(), want);
 
     let stdout_data = random_output(1, 3 << 20);
     let stderr_data = random_output(2, 2 << 20);
@@ -176,17 +190,16 @@ fn pipes_are_logged_byte_exact_to_every_writer() {
     }
     for name in ["a.log", "b.log"] {
         let (stdout, stderr) = parse_cri(&fs::read(dir.path(name)).unwrap());
-        assert!(stdout == stdout_data, "stdout differs in {name}");
-        assert!(stderr == stderr_data, "stderr differs in {name}");
+        assert!(stdout == logged(&stdout_data), "stdout differs in {name}");
+        assert!(stderr == logged(&stderr_data), "stderr differs in {name}");
     }
     engine.shutdown();
     assert!(events.try_recv().is_err(), "only one event expected");
 }
 
-#[test]
-fn many_containers_drain_exactly_once() {
+fn many_containers_drain_exactly_once(backend: BackendChoice) {
     let dir = TempDir::new("engine", "many");
-    let (engine, mut events) = start(2);
+    let (engine, mut events) = start(backend, 2);
     let mut feeders = Vec::new();
     for key in 0..20u64 {
         let (read_end, write_end) = pipe();
@@ -223,9 +236,8 @@ fn many_containers_drain_exactly_once() {
     }
 }
 
-#[test]
-fn container_without_sources_drains_at_once() {
-    let (engine, mut events) = start(1);
+fn container_without_sources_drains_at_once(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
     engine
         .register(Registration {
             key: 1,
@@ -240,10 +252,9 @@ fn container_without_sources_drains_at_once() {
     drop(engine);
 }
 
-#[test]
-fn failing_writer_is_reported_once_and_others_keep_logging() {
+fn failing_writer_is_reported_once_and_others_keep_logging(backend: BackendChoice) {
     let dir = TempDir::new("engine", "failing");
-    let (engine, mut events) = start(1);
+    let (engine, mut events) = start(backend, 1);
     let (read_end, write_end) = pipe();
     let full = LogWriter::open(&LogSpec {
         format: LogFormat::Cri,
@@ -272,14 +283,13 @@ fn failing_writer_is_reported_once_and_others_keep_logging() {
         EngineEvent::Drained { key: 3 }
     ));
     let (stdout, _) = parse_cri(&fs::read(dir.path("good.log")).unwrap());
-    assert!(stdout == data);
+    assert!(stdout == logged(&data));
     drop(engine);
 }
 
-#[test]
-fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys() {
+fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys(backend: BackendChoice) {
     let dir = TempDir::new("engine", "reopen");
-    let (engine, mut events) = start(1);
+    let (engine, mut events) = start(backend, 1);
     let unknown = engine.reopen_logs(99).blocking_recv().unwrap();
     assert_eq!(unknown, Ok(()));
 
@@ -314,10 +324,9 @@ fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys() {
     drop(engine);
 }
 
-#[test]
-fn pty_output_is_logged_until_the_slave_closes() {
+fn pty_output_is_logged_until_the_slave_closes(backend: BackendChoice) {
     let dir = TempDir::new("engine", "pty");
-    let (engine, mut events) = start(1);
+    let (engine, mut events) = start(backend, 1);
     let pty = nix::pty::openpty(None, None).unwrap();
     let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).unwrap());
     fcntl(
@@ -356,10 +365,9 @@ fn pty_output_is_logged_until_the_slave_closes() {
     drop(engine);
 }
 
-#[test]
-fn non_blocking_pipes_work_too() {
+fn non_blocking_pipes_work_too(backend: BackendChoice) {
     let dir = TempDir::new("engine", "nonblocking");
-    let (engine, mut events) = start(1);
+    let (engine, mut events) = start(backend, 1);
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
     // Only the read end should be non-blocking for the feeder's sake.
     let flags = OFlag::from_bits_truncate(fcntl(write_end.as_fd(), FcntlArg::F_GETFL).unwrap());
@@ -382,25 +390,12 @@ fn non_blocking_pipes_work_too() {
         EngineEvent::Drained { key: 2 }
     ));
     let (_, stderr) = parse_cri(&fs::read(dir.path("nb.log")).unwrap());
-    assert!(stderr == data);
+    assert!(stderr == logged(&data));
     drop(engine);
 }
 
-#[test]
-fn duplicate_keys_and_epoll_are_rejected() {
-    let (events_tx, _events_rx) = unbounded_channel();
-    let err = Engine::start(
-        EngineConfig {
-            workers: 1,
-            backend: BackendChoice::Epoll,
-        },
-        events_tx,
-    )
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("epoll"), "{err}");
-
-    let (engine, _events) = start(1);
+fn duplicate_keys_are_rejected(backend: BackendChoice) {
+    let (engine, _events) = start(backend, 1);
     let (read_end, _write_end) = pipe();
     let (other_read_end, _other_write_end) = pipe();
     engine
@@ -508,10 +503,9 @@ fn assert_complete(received: &Received, stdout: &[u8], stderr: &[u8]) {
     assert_eq!(received.packets_after_done, 0);
 }
 
-#[test]
-fn attach_clients_and_logs_get_the_same_bytes() {
+fn attach_clients_and_logs_get_the_same_bytes(backend: BackendChoice) {
     let dir = TempDir::new("engine", "attach");
-    let (engine, mut events) = start(2);
+    let (engine, mut events) = start(backend, 2);
     // Less than the queue limit in total: a reader starved by the scheduler
     // must not be dropped, the test checks bytes, not speed.
     let stdout_data = random_output(21, 1 << 20);
@@ -553,15 +547,14 @@ fn attach_clients_and_logs_get_the_same_bytes() {
         assert_eq!(received.largest_packet, 8192);
     }
     let (stdout, stderr) = parse_cri(&fs::read(dir.path("ctr.log")).unwrap());
-    assert!(stdout == stdout_data && stderr == stderr_data);
+    assert!(stdout == logged(&stdout_data) && stderr == logged(&stderr_data));
     engine.shutdown();
     assert!(events.try_recv().is_err(), "no drop expected");
 }
 
-#[test]
-fn a_stuck_attach_client_is_dropped_without_stalling_anything() {
+fn a_stuck_attach_client_is_dropped_without_stalling_anything(backend: BackendChoice) {
     let dir = TempDir::new("engine", "stuck");
-    let (engine, mut events) = start(1);
+    let (engine, mut events) = start(backend, 1);
     let data = random_output(31, 20 << 20);
     let (read_end, write_end) = pipe();
     engine
@@ -616,7 +609,7 @@ fn a_stuck_attach_client_is_dropped_without_stalling_anything() {
     let received = reader.join().unwrap();
     assert_complete(&received, &data, b"");
     let (stdout, _) = parse_cri(&fs::read(dir.path("ctr.log")).unwrap());
-    assert!(stdout == data);
+    assert!(stdout == logged(&data));
 
     // The stuck client gets what its socket held, a prefix, then EOF.
     let stuck = read_attach(stuck_client_end, None);
@@ -626,9 +619,8 @@ fn a_stuck_attach_client_is_dropped_without_stalling_anything() {
     engine.shutdown();
 }
 
-#[test]
-fn a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything() {
-    let (engine, mut events) = start(1);
+fn a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
     let (read_end, write_end) = pipe();
     engine
         .register(Registration {
@@ -653,9 +645,8 @@ fn a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything() {
     assert!(events.try_recv().is_err(), "no drop expected");
 }
 
-#[test]
-fn attaching_to_an_unknown_container_gets_the_done_packet_at_once() {
-    let (engine, mut events) = start(2);
+fn attaching_to_an_unknown_container_gets_the_done_packet_at_once(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 2);
     let (engine_end, client_end) = attach_pair();
     engine.attach(12345, engine_end).unwrap();
     let received = read_attach(client_end, None);
@@ -664,9 +655,8 @@ fn attaching_to_an_unknown_container_gets_the_done_packet_at_once() {
     assert!(events.try_recv().is_err());
 }
 
-#[test]
-fn pty_output_is_attached_as_stdout() {
-    let (engine, mut events) = start(1);
+fn pty_output_is_attached_as_stdout(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
     let pty = nix::pty::openpty(None, None).unwrap();
     let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).unwrap());
     fcntl(
@@ -701,9 +691,8 @@ fn pty_output_is_attached_as_stdout() {
     engine.shutdown();
 }
 
-#[test]
-fn a_client_that_went_away_is_closed_without_counting_a_drop() {
-    let (engine, mut events) = start(1);
+fn a_client_that_went_away_is_closed_without_counting_a_drop(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
     let (read_end, write_end) = pipe();
     engine
         .register(Registration {
@@ -724,9 +713,8 @@ fn a_client_that_went_away_is_closed_without_counting_a_drop() {
     engine.shutdown();
 }
 
-#[test]
-fn shutdown_closes_attach_clients() {
-    let (engine, _events) = start(1);
+fn shutdown_closes_attach_clients(backend: BackendChoice) {
+    let (engine, _events) = start(backend, 1);
     let (read_end, _write_end) = pipe();
     engine
         .register(Registration {
@@ -742,4 +730,115 @@ fn shutdown_closes_attach_clients() {
     let received = read_attach(client_end, None);
     assert_eq!(received.done_packets, 0);
     assert!(received.stdout.is_empty());
+}
+
+/// A pipe that fills a whole read is grown to the busy capacity; one that
+/// only ever carries a line keeps the default.
+fn busy_pipes_grow_and_idle_pipes_do_not(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
+    let (busy_read, busy_write) = pipe();
+    let (idle_read, idle_write) = pipe();
+    let default_capacity = crate::sys::fd::pipe_capacity(busy_write.as_fd()).unwrap();
+    engine
+        .register(Registration {
+            key: 1,
+            sources: vec![
+                source(busy_read, StreamKind::Stdout, SourceKind::Pipe),
+                source(idle_read, StreamKind::Stderr, SourceKind::Pipe),
+            ],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let mut busy = std::fs::File::from(busy_write);
+    let mut idle = std::fs::File::from(idle_write);
+    idle.write_all(b"one line\n").unwrap();
+    // Blocks until the worker reads: the first reads come back full.
+    busy.write_all(&vec![b'x'; 4 << 20]).unwrap();
+    let grown = crate::sys::fd::pipe_capacity(busy.as_fd()).unwrap();
+    let kept = crate::sys::fd::pipe_capacity(idle.as_fd()).unwrap();
+    let want = pipe_size::BUSY_PIPE_CAPACITY.min(crate::sys::fd::pipe_max_size().unwrap());
+    assert_eq!(grown, want, "busy pipe capacity");
+    assert_eq!(kept, default_capacity, "idle pipe capacity");
+    drop((busy, idle));
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 1 }
+    ));
+}
+
+/// Without a forced choice io_uring runs where it can, and the engine says
+/// why; a forced epoll says so.
+#[test]
+fn the_backend_choice_is_explained() {
+    let (engine, _events) = start(BackendChoice::Auto, 1);
+    let io_uring_disabled = fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|text| text.trim() == "2")
+        .unwrap_or(false);
+    if io_uring_disabled {
+        assert_eq!(engine.backend_name(), "epoll");
+    }
+    assert!(
+        engine.backend_reason().starts_with("auto"),
+        "{}",
+        engine.backend_reason()
+    );
+    let (engine, _events) = start(BackendChoice::Epoll, 1);
+    assert_eq!(engine.backend_name(), "epoll");
+    assert!(engine.backend_reason().contains("forced"));
+}
+
+/// Every engine test above runs once per backend.
+macro_rules! per_backend {
+    ($backend:ident, $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                super::$name(super::BackendChoice::$backend);
+            }
+        )*
+    };
+}
+
+mod uring {
+    per_backend!(
+        Uring,
+        busy_pipes_grow_and_idle_pipes_do_not,
+        pipes_are_logged_byte_exact_to_every_writer,
+        many_containers_drain_exactly_once,
+        container_without_sources_drains_at_once,
+        failing_writer_is_reported_once_and_others_keep_logging,
+        reopen_logs_rotates_a_live_container_and_ignores_unknown_keys,
+        pty_output_is_logged_until_the_slave_closes,
+        non_blocking_pipes_work_too,
+        duplicate_keys_are_rejected,
+        attach_clients_and_logs_get_the_same_bytes,
+        a_stuck_attach_client_is_dropped_without_stalling_anything,
+        a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
+        attaching_to_an_unknown_container_gets_the_done_packet_at_once,
+        pty_output_is_attached_as_stdout,
+        a_client_that_went_away_is_closed_without_counting_a_drop,
+        shutdown_closes_attach_clients
+    );
+}
+
+mod epoll {
+    per_backend!(
+        Epoll,
+        busy_pipes_grow_and_idle_pipes_do_not,
+        pipes_are_logged_byte_exact_to_every_writer,
+        many_containers_drain_exactly_once,
+        container_without_sources_drains_at_once,
+        failing_writer_is_reported_once_and_others_keep_logging,
+        reopen_logs_rotates_a_live_container_and_ignores_unknown_keys,
+        pty_output_is_logged_until_the_slave_closes,
+        non_blocking_pipes_work_too,
+        duplicate_keys_are_rejected,
+        attach_clients_and_logs_get_the_same_bytes,
+        a_stuck_attach_client_is_dropped_without_stalling_anything,
+        a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
+        attaching_to_an_unknown_container_gets_the_done_packet_at_once,
+        pty_output_is_attached_as_stdout,
+        a_client_that_went_away_is_closed_without_counting_a_drop,
+        shutdown_closes_attach_clients
+    );
 }

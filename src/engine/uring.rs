@@ -28,6 +28,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
+use super::pipe_size::PipeSizer;
 use super::SourceKind;
 use crate::sys::uring::{Completion, Ring, SlotId};
 
@@ -54,6 +55,9 @@ enum ReadMode {
 struct UringSource {
     fd: OwnedFd,
     mode: ReadMode,
+    kind: SourceKind,
+    /// Pipe growth was tried already (see `PipeSizer`).
+    grown: bool,
 }
 
 struct UringSink {
@@ -86,6 +90,7 @@ pub struct UringBackend {
     /// Indexed by slot index; a source's `SourceId` and a sink's `SinkId`
     /// are its slot index.
     slot_users: Vec<Option<SlotUser>>,
+    pipe_sizer: PipeSizer,
 }
 
 /// The source using `slot`, if a source does (a free function so that the
@@ -100,7 +105,7 @@ fn source_at(slot_users: &[Option<SlotUser>], slot: SlotId) -> Option<&UringSour
 impl UringBackend {
     /// Sets up the ring and starts reading `waker` (which must be a blocking
     /// eventfd).
-    pub fn new(waker: Arc<EventFd>) -> io::Result<UringBackend> {
+    pub fn new(waker: Arc<EventFd>, pipe_sizer: PipeSizer) -> io::Result<UringBackend> {
         let mut ring = Ring::new(RING_ENTRIES)?;
         let wake_slot = ring.add_slot(std::mem::size_of::<u64>());
         ring.read(wake_slot, waker.as_fd())?;
@@ -110,6 +115,7 @@ impl UringBackend {
             wake_slot,
             wake_armed: true,
             slot_users: Vec::new(),
+            pipe_sizer,
         })
     }
 
@@ -180,6 +186,9 @@ impl UringBackend {
         match (mode, completion.outcome()) {
             (ReadMode::RingRead, Ok(0)) => self.close(slot, None, on_event),
             (ReadMode::RingRead, Ok(len)) => {
+                if len as usize == SOURCE_BUFFER_LEN {
+                    self.grow_once(slot);
+                }
                 on_event(BackendEvent::Data {
                     source: source_id,
                     bytes: &self.ring.buffer(slot)[..len as usize],
@@ -202,6 +211,19 @@ impl UringBackend {
         }
     }
 
+    /// A read filled the whole buffer: the producer outruns the worker, so
+    /// grow its pipe (once per source; see `PipeSizer`).
+    fn grow_once(&mut self, slot: SlotId) {
+        if let Some(SlotUser::Source(source)) = &mut self.slot_users[slot.index()] {
+            if !source.grown {
+                source.grown = true;
+                if source.kind == SourceKind::Pipe {
+                    self.pipe_sizer.grow(source.fd.as_fd());
+                }
+            }
+        }
+    }
+
     /// `read(2)` a readable non-blocking source until `EAGAIN` (then re-arm
     /// the poll) or EOF, at most `MAX_READS_PER_POLL` times.
     fn read_until_drained(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
@@ -212,10 +234,15 @@ impl UringBackend {
             };
             match nix::unistd::read(&source.fd, self.ring.buffer_mut(slot)) {
                 Ok(0) => return self.close(slot, None, on_event),
-                Ok(len) => on_event(BackendEvent::Data {
-                    source: source_id,
-                    bytes: &self.ring.buffer(slot)[..len],
-                }),
+                Ok(len) => {
+                    if len == SOURCE_BUFFER_LEN {
+                        self.grow_once(slot);
+                    }
+                    on_event(BackendEvent::Data {
+                        source: source_id,
+                        bytes: &self.ring.buffer(slot)[..len],
+                    })
+                }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => {}
                 // A pty master reads EIO once every slave fd is closed.
@@ -256,7 +283,12 @@ impl Backend for UringBackend {
         };
         let slot = self.add_slot_user(
             SOURCE_BUFFER_LEN,
-            SlotUser::Source(UringSource { fd, mode }),
+            SlotUser::Source(UringSource {
+                fd,
+                mode,
+                kind,
+                grown: false,
+            }),
         );
         if let Err(err) = self.arm(slot) {
             self.free_slot(slot);

@@ -405,6 +405,19 @@ impl Routing {
         }
         if let Some(container) = self.containers.get_mut(&route.key) {
             container.open_sources -= 1;
+            self.timestamps.refresh();
+            for sink in &mut container.logs {
+                if sink.failed {
+                    continue;
+                }
+                if let Err(err) = sink.writer.end_stream(route.stream, &self.timestamps) {
+                    sink.failed = true;
+                    let _ = self.events.send(EngineEvent::LogError {
+                        key: route.key,
+                        message: err.to_string(),
+                    });
+                }
+            }
         }
         self.finish_if_drained(route.key);
     }

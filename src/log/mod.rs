@@ -97,6 +97,9 @@ struct LogFile {
     written: u64,
     /// Encoded records not yet written to `file`; reused across chunks.
     pending: Vec<u8>,
+    /// Per stream (stdout, stderr): the last CRI record was a `P`, so the
+    /// line is still open (closed at EOF by `end_stream`).
+    line_open: [bool; 2],
 }
 
 impl LogWriter {
@@ -114,6 +117,7 @@ impl LogWriter {
                 max_size: spec.max_size,
                 written: 0,
                 pending: Vec::with_capacity(WRITE_THRESHOLD),
+                line_open: [false; 2],
             }),
         })
     }
@@ -155,6 +159,26 @@ impl LogWriter {
         if result.is_err() {
             // Whatever was pending is lost with the failed write; never let
             // the buffer grow on a broken destination.
+            log.pending.clear();
+        }
+        result
+    }
+
+    /// The stream reached EOF. CRI: if its output ended in the middle of a
+    /// line, the line is closed with an `F` record holding just the line end
+    /// (readers such as the kubelet only treat a line as complete at `F`;
+    /// conmon leaves the `P` dangling). The log then shows a newline the
+    /// container did not write: CRI has no record for "ended mid-line".
+    /// Other formats: nothing to do.
+    pub fn end_stream(&mut self, stream: StreamKind, ts: &TimestampCache) -> Result<(), LogError> {
+        let Destination::File(log) = &mut self.destination else {
+            return Ok(());
+        };
+        if log.format != LogFormat::Cri || !log.line_open[stream_index(stream)] {
+            return Ok(());
+        }
+        let result = log.write_cri(stream, b"\n", ts.as_bytes());
+        if result.is_err() {
             log.pending.clear();
         }
         result
@@ -222,6 +246,7 @@ impl LogFile {
                 }
             }
             self.make_room(segment.record_len(timestamp.len()))?;
+            self.line_open[stream_index(stream)] = segment.partial;
             cri::encode_segment(&mut self.pending, timestamp, stream, segment);
         }
         Ok(())
@@ -291,6 +316,13 @@ impl LogFile {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+fn stream_index(stream: StreamKind) -> usize {
+    match stream {
+        StreamKind::Stdout => 0,
+        StreamKind::Stderr => 1,
     }
 }
 

@@ -1,8 +1,10 @@
 //! The only place with syscalls and `unsafe`. Every `unsafe` block carries a
 //! `// SAFETY:` comment; everything exported here is a safe API.
 
+pub mod fd;
 pub mod process;
 pub mod reactor;
+pub mod seccomp;
 pub mod socket;
 pub mod time;
 pub mod tty;

@@ -90,21 +90,39 @@ impl Server {
     }
 
     pub fn start_with(runtime: &Path, extra: &[&str]) -> Server {
-        Self::launch(runtime, extra, None)
+        Self::launch(None, runtime, extra, None)
     }
 
     /// Like [`Server::start_with`], with the server's stdout and stderr (its
     /// own log, `--log-driver stdout`) appended to `log` instead of going to
     /// the test's stdout.
     pub fn start_logging_to(runtime: &Path, extra: &[&str], log: &Path) -> Server {
-        Self::launch(runtime, extra, Some(log))
+        Self::launch(None, runtime, extra, Some(log))
     }
 
-    fn launch(runtime: &Path, extra: &[&str], log: Option<&Path>) -> Server {
+    /// Like [`Server::start_logging_to`], with the server started through
+    /// `wrapper` (a program that runs its arguments as a command).
+    pub fn start_wrapped(wrapper: &Path, runtime: &Path, extra: &[&str], log: &Path) -> Server {
+        Self::launch(Some(wrapper), runtime, extra, Some(log))
+    }
+
+    fn launch(
+        wrapper: Option<&Path>,
+        runtime: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Server {
         let dir = TempDir::new("srv");
         let run_dir = dir.path().join("run");
         let runtime_root = dir.path().join("root");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper {
+            Some(wrapper) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         if let Some(log) = log {
             let file = fs::OpenOptions::new()
                 .create(true)
@@ -268,6 +286,16 @@ pub fn container_id() -> String {
 
 /// Parses a CRI log back into per-stream byte streams (P records joined,
 /// F records keep their newline).
+/// What a CRI log reassembles to (with [`parse_cri`]) for `data`: output
+/// that ends mid-line is closed with an `F` record, a line end, at EOF.
+pub fn as_logged(data: &[u8]) -> Vec<u8> {
+    let mut logged = data.to_vec();
+    if logged.last().is_some_and(|&byte| byte != b'\n') {
+        logged.push(b'\n');
+    }
+    logged
+}
+
 pub fn parse_cri(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut out = (Vec::new(), Vec::new());
     for rec in log.split_inclusive(|b| *b == b'\n') {
