@@ -222,6 +222,19 @@ fn check_interrupt() -> Result<(), Failure> {
     }
 }
 
+/// Sleeps `d`, waking every 100 ms to stop early on Ctrl-C.
+async fn pause(d: Duration) -> Result<(), Failure> {
+    let end = Instant::now() + d;
+    loop {
+        check_interrupt()?;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -900,15 +913,14 @@ async fn density_run(
         // One second for every container to begin its cycle (phases are
         // below one second), then whole seconds while all of them log.
         let window = Duration::from_secs(duration.saturating_sub(2).max(1));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        check_interrupt()?;
+        pause(Duration::from_secs(1)).await?;
         let bytes0: u64 = logs.iter().map(|l| file_len(l)).sum();
         let (cpu0, ctx0) = (
             total(&pids, procfs::cpu_ns),
             total(&pids, procfs::context_switches),
         );
         let t0 = Instant::now();
-        tokio::time::sleep(window).await;
+        pause(window).await?;
         let (cpu1, ctx1) = (
             total(&pids, procfs::cpu_ns),
             total(&pids, procfs::context_switches),
@@ -1081,7 +1093,7 @@ async fn idle_run(
             fleet.runtime().start(id)?;
         }
         // Let deferred frees (RCU, per-CPU caches) settle.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        pause(Duration::from_secs(2)).await?;
         let kernel1 = procfs::kernel_memory_kib();
         let pids = fleet.pids();
         let n = containers as f64;
@@ -1108,7 +1120,11 @@ async fn idle_run(
 }
 
 async fn idle(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
-    let mut labels = vec![NO_MONITOR.to_string()];
+    // The no-monitor row is the kernel-memory baseline of the containers.
+    let mut labels = Vec::new();
+    if bench.has(Family::Raw) {
+        labels.push(NO_MONITOR.to_string());
+    }
     labels.extend(monitor_labels(bench));
     let (runs, containers) = (bench.args.runs, bench.args.idle_containers);
     let mut samples: Vec<Vec<IdleSample>> = vec![Vec::new(); labels.len()];

@@ -507,10 +507,16 @@ pub fn forget_monitor(pid: u32) {
     registry().monitors.retain(|p| *p != pid);
 }
 
+/// Held for the whole of a cleanup: a forced cleanup from the signal
+/// watcher waits for one the main thread already began, instead of exiting
+/// the process half-way through it.
+static CLEANING: Mutex<()> = Mutex::new(());
+
 /// Deletes every container under every runtime root the run used, stops
 /// every monitor it started and removes its scratch directory. Safe to call
-/// more than once.
+/// more than once, and from more than one thread.
 pub fn cleanup_all() {
+    let _one_at_a_time = CLEANING.lock().unwrap_or_else(|e| e.into_inner());
     let (runtimes, monitors, base, keep) = {
         let mut r = registry();
         (

@@ -455,19 +455,20 @@ const COLORS: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
 
-/// A grouped bar chart: one cluster per group, one bar per series, value
-/// labels on the bars (a missing value is marked "n/a").
+/// A grouped bar chart: one cluster per group, one bar per series, the
+/// value written upright above each bar (a missing value is marked "n/a").
 pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &Series) -> String {
-    let (width, height) = (860.0, 440.0);
-    let (left, right, top, bottom) = (70.0, 190.0, 40.0, 50.0);
+    let (width, height) = (900.0, 460.0);
+    let (left, right, top, bottom) = (70.0, 300.0, 40.0, 50.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
     let max = series
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
         .fold(0.0f64, |a, &b| a.max(b));
-    let step = nice_step(max / 5.0);
-    let y_max = (max / step).ceil().max(1.0) * step;
+    // Headroom for the upright value labels above the tallest bar.
+    let step = nice_step(max * 1.15 / 5.0);
+    let y_max = (max * 1.15 / step).ceil().max(1.0) * step;
     let y = |v: f64| top + plot_h - v / y_max * plot_h;
     let mut svg = String::new();
     let _ = writeln!(
@@ -500,7 +501,9 @@ pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &Seri
         xml(y_label)
     );
     let group_w = plot_w / groups.len().max(1) as f64;
-    let bar_w = (group_w * 0.8) / series.len().max(1) as f64;
+    // Bars no wider than 48 px; the cluster is centred in its group.
+    let bar_w = ((group_w * 0.8) / series.len().max(1) as f64).min(48.0);
+    let cluster_w = bar_w * series.len() as f64;
     for (gi, g) in groups.iter().enumerate() {
         let gx = left + gi as f64 * group_w;
         let _ = writeln!(
@@ -511,31 +514,27 @@ pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &Seri
             xml(g)
         );
         for (si, (_, values)) in series.iter().enumerate() {
-            let bx = gx + group_w * 0.1 + si as f64 * bar_w;
+            let bx = gx + (group_w - cluster_w) / 2.0 + si as f64 * bar_w;
+            let cx = bx + bar_w * 0.46;
             let color = COLORS[si % COLORS.len()];
-            match values.get(gi).copied().flatten() {
+            let (label, label_y) = match values.get(gi).copied().flatten() {
                 Some(v) => {
                     let by = y(v);
                     let _ = writeln!(
                         svg,
-                        r#"<rect x="{bx:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+                        r#"<rect x="{bx:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}</title></rect>"#,
                         bar_w * 0.92,
                         top + plot_h - by,
-                        trim_number(v),
-                        bx + bar_w * 0.46,
-                        by - 3.0,
                         trim_number(v)
                     );
+                    (trim_number(v), by - 4.0)
                 }
-                None => {
-                    let _ = writeln!(
-                        svg,
-                        r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">n/a</text>"#,
-                        bx + bar_w * 0.46,
-                        top + plot_h - 4.0
-                    );
-                }
-            }
+                None => ("n/a".to_string(), top + plot_h - 4.0),
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{cx:.1}" y="{label_y:.1}" font-size="10" transform="rotate(-90 {cx:.1} {label_y:.1})" dy="3">{label}</text>"#
+            );
         }
     }
     let _ = writeln!(
