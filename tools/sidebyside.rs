@@ -323,17 +323,18 @@ struct TransferSample {
     exact: bool,
 }
 
-/// When the first byte showed up in `output` and when `done` became true,
-/// polled every millisecond from now; `runtime start` (if any) runs
-/// meanwhile and must succeed.
+/// Seconds from the first byte seen in `output`, and from `started` (just
+/// before `runtime start` or the producer was spawned), until `done` is
+/// true, polled every millisecond; `runtime start` (if any) runs meanwhile
+/// and must succeed.
 async fn time_transfer(
+    started: Instant,
     output: &Path,
     mut starter: Option<Child>,
     mut done: impl FnMut() -> bool,
     mut each_poll: impl FnMut(),
 ) -> Result<(f64, f64), Failure> {
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let mut first_byte = None;
     loop {
         each_poll();
@@ -354,7 +355,7 @@ async fn time_transfer(
             let first = first_byte.unwrap_or(now);
             // A transfer finished within one poll has no measurable duration.
             let from_first = (now - first).as_secs_f64().max(1e-3);
-            return Ok((from_first, (now - t0).as_secs_f64()));
+            return Ok((from_first, (now - started).as_secs_f64()));
         }
         check_interrupt()?;
         if now > deadline {
@@ -390,9 +391,10 @@ async fn ringmon_transfer(
     let result = async {
         procfs::reset_peak_rss(server.pid).map_err(|e| format!("clear_refs: {e}"))?;
         let cpu0 = procfs::cpu_ns(server.pid).ok_or("ringmon is gone")?;
+        let started = Instant::now();
         let starter = spawn_start(&server.runtime, &id)?;
         let (from_first, from_start) =
-            time_transfer(&log, Some(starter), || exit.exists(), || {}).await?;
+            time_transfer(started, &log, Some(starter), || exit.exists(), || {}).await?;
         let cpu1 = procfs::cpu_ns(server.pid).ok_or("ringmon is gone")?;
         let check = cri::check_cri_log(&log, data).map_err(|e| format!("read log: {e}"))?;
         Ok(TransferSample {
@@ -423,9 +425,16 @@ async fn conmon_transfer(
     let result = async {
         procfs::reset_peak_rss(ctr.pid).map_err(|e| format!("clear_refs: {e}"))?;
         let cpu0 = procfs::cpu_ns(ctr.pid).ok_or("conmon is gone")?;
+        let started = Instant::now();
         let starter = spawn_start(&conmon.runtime, &id)?;
-        let (from_first, from_start) =
-            time_transfer(&log, Some(starter), || ctr.exit_file.exists(), || {}).await?;
+        let (from_first, from_start) = time_transfer(
+            started,
+            &log,
+            Some(starter),
+            || ctr.exit_file.exists(),
+            || {},
+        )
+        .await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let (cpu1, hwm) = loop {
             if let Some(s) = procfs::read_snapshot(&snapshot) {
@@ -504,12 +513,14 @@ async fn raw_transfer(
         c.arg("cat").arg(data).stdin(Stdio::null()).stdout(stdout);
         c
     };
+    let started = Instant::now();
     let result = match path {
         RawPath::Direct => {
             let mut producer = producer_cmd(out_file.into())
                 .spawn()
                 .map_err(|e| format!("spawn busybox: {e}"))?;
             let timing = time_transfer(
+                started,
                 &out,
                 None,
                 || matches!(producer.try_wait(), Ok(Some(_))),
@@ -546,6 +557,7 @@ async fn raw_transfer(
             let mut peak = 0u64;
             let mut relay_cpu = None;
             let timing = time_transfer(
+                started,
                 &out,
                 None,
                 || {
@@ -1247,7 +1259,23 @@ fn environment(args: &Args, ringmon: &Path) -> Vec<(String, String)> {
             "fs.pipe-max-size".into(),
             read("/proc/sys/fs/pipe-max-size"),
         ),
+        (
+            "open files limit (soft)".into(),
+            open_files_limit().map_or("unknown".into(), |n| n.to_string()),
+        ),
     ]
+}
+
+/// The soft limit on open files, which the monitors inherit from the tool.
+fn open_files_limit() -> Option<u64> {
+    fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn write_outputs(dir: &Path, report: &Report) -> std::io::Result<()> {
@@ -1306,6 +1334,22 @@ fn main() {
         monitors::cleanup_all();
     }));
 
+    // One ringmon server holds about six fds per container (pipes, log,
+    // pidfd) and inherits this limit from the tool.
+    let most_containers = args
+        .containers
+        .iter()
+        .copied()
+        .chain([args.idle_containers])
+        .max()
+        .unwrap_or(0) as u64;
+    if let Some(limit) = open_files_limit().filter(|&l| l < 8 * most_containers + 256) {
+        eprintln!(
+            "warning: open files limit {limit} is too low for one ringmon server with \
+             {most_containers} containers; run `ulimit -n {}` first",
+            8 * most_containers + 256
+        );
+    }
     let ringmon = args.binary.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
