@@ -99,7 +99,19 @@ impl Monitor {
                     }
                 }
                 EngineEvent::LogError { key, message } => {
-                    warn!(key, "container log write failed: {message}");
+                    warn!(
+                        key,
+                        "container log write failed (output is discarded for that log, \
+                         retried every second): {message}"
+                    );
+                }
+                EngineEvent::LogResumed { key, dropped_bytes } => {
+                    warn!(
+                        key,
+                        dropped_bytes,
+                        "container log writable again, logging resumed \
+                         ({dropped_bytes} bytes of output were lost meanwhile)"
+                    );
                 }
                 EngineEvent::AttachClientDropped {
                     key,

@@ -198,8 +198,15 @@ pub enum EngineEvent {
     /// worker has dropped the container's state (fds, log files) by then.
     Drained { key: ContainerKey },
     /// A log writer failed; the stream keeps being drained (never blocks the
-    /// container) and the error is reported once per writer.
+    /// container), its output for that writer is discarded, and the writer
+    /// is retried every second. Reported once per failure.
     LogError { key: ContainerKey, message: String },
+    /// A failed log writer works again; `dropped_bytes` of container output
+    /// were discarded for it in between.
+    LogResumed {
+        key: ContainerKey,
+        dropped_bytes: u64,
+    },
     /// An attach client was disconnected by the engine: its queue exceeded
     /// `ATTACH_QUEUE_LIMIT` (a slow or stuck reader), sending to it failed
     /// (usually: the client went away), or it made no progress for

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::Shutdown;
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,7 +31,7 @@ use super::{
     Assignments, ContainerKey, EngineEvent, Registration, SourceKind, ATTACH_LINGER_TIMEOUT,
     ATTACH_QUEUE_LIMIT,
 };
-use crate::log::{LogWriter, StreamKind, TimestampCache};
+use crate::log::{LogError, LogWriter, StreamKind, TimestampCache};
 
 /// Failed backend waits in a row after which a worker gives up (its handle
 /// then reports `WorkerGone`).
@@ -54,11 +54,81 @@ pub enum Command {
     Shutdown,
 }
 
-/// A log writer and whether it already failed (then it is skipped: output
-/// keeps being drained and discarded for it, the error was reported once).
+/// How often a failed log writer is tried again (a full disk that gets
+/// space back, a log directory that was restored).
+const LOG_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A log writer and, once a write failed, its failure: output for it is
+/// then discarded (and counted) rather than queued — the container must
+/// never block on its log — and the writer is tried again every
+/// `LOG_RETRY_INTERVAL`. The failure is reported once, the recovery once.
 struct LogSink {
     writer: LogWriter,
-    failed: bool,
+    failure: Option<LogFailure>,
+}
+
+struct LogFailure {
+    last_attempt: Instant,
+    /// Output bytes discarded since the failure (the failed chunk included).
+    dropped: u64,
+}
+
+/// What an attempt to use a log writer came to.
+enum LogAttempt {
+    Done,
+    /// The writer failed just now (report it).
+    Failed(LogError),
+    /// A failed writer works again (report it).
+    Resumed {
+        dropped: u64,
+    },
+    /// A failed writer was left alone (not time to retry) or failed again.
+    Skipped,
+}
+
+impl LogSink {
+    fn new(writer: LogWriter) -> LogSink {
+        LogSink {
+            writer,
+            failure: None,
+        }
+    }
+
+    /// Runs `write` (which carries `bytes` of container output) unless the
+    /// writer is failing and not due for a retry.
+    fn attempt(
+        &mut self,
+        bytes: usize,
+        write: impl FnOnce(&mut LogWriter) -> Result<(), LogError>,
+    ) -> LogAttempt {
+        if let Some(failure) = &mut self.failure {
+            let now = Instant::now();
+            if now.duration_since(failure.last_attempt) < LOG_RETRY_INTERVAL {
+                failure.dropped += bytes as u64;
+                return LogAttempt::Skipped;
+            }
+            failure.last_attempt = now;
+        }
+        match (write(&mut self.writer), &mut self.failure) {
+            (Ok(()), None) => LogAttempt::Done,
+            (Ok(()), Some(failure)) => {
+                let dropped = failure.dropped;
+                self.failure = None;
+                LogAttempt::Resumed { dropped }
+            }
+            (Err(err), None) => {
+                self.failure = Some(LogFailure {
+                    last_attempt: Instant::now(),
+                    dropped: bytes as u64,
+                });
+                LogAttempt::Failed(err)
+            }
+            (Err(_), Some(failure)) => {
+                failure.dropped += bytes as u64;
+                LogAttempt::Skipped
+            }
+        }
+    }
 }
 
 struct Container {
@@ -246,13 +316,7 @@ impl<B: Backend> Worker<B> {
             key,
             Container {
                 open_sources: 0,
-                logs: logs
-                    .into_iter()
-                    .map(|writer| LogSink {
-                        writer,
-                        failed: false,
-                    })
-                    .collect(),
+                logs: logs.into_iter().map(LogSink::new).collect(),
                 attach_clients: Vec::new(),
             },
         );
@@ -364,21 +428,14 @@ impl Routing {
             return;
         };
         self.timestamps.refresh();
+        let timestamps = &self.timestamps;
         for sink in &mut container.logs {
-            if sink.failed {
-                continue;
-            }
-            let written = sink
-                .writer
-                .write_chunk(route.stream, bytes, &self.timestamps)
-                .and_then(|()| sink.writer.flush());
-            if let Err(err) = written {
-                sink.failed = true;
-                let _ = self.events.send(EngineEvent::LogError {
-                    key: route.key,
-                    message: err.to_string(),
-                });
-            }
+            let attempt = sink.attempt(bytes.len(), |writer| {
+                writer
+                    .write_chunk(route.stream, bytes, timestamps)
+                    .and_then(|()| writer.flush())
+            });
+            report_log_attempt(&self.events, route.key, attempt);
         }
         for &id in &container.attach_clients {
             let Some(client) = self.clients.get_mut(&id) else {
@@ -406,17 +463,10 @@ impl Routing {
         if let Some(container) = self.containers.get_mut(&route.key) {
             container.open_sources -= 1;
             self.timestamps.refresh();
+            let timestamps = &self.timestamps;
             for sink in &mut container.logs {
-                if sink.failed {
-                    continue;
-                }
-                if let Err(err) = sink.writer.end_stream(route.stream, &self.timestamps) {
-                    sink.failed = true;
-                    let _ = self.events.send(EngineEvent::LogError {
-                        key: route.key,
-                        message: err.to_string(),
-                    });
-                }
+                let attempt = sink.attempt(0, |writer| writer.end_stream(route.stream, timestamps));
+                report_log_attempt(&self.events, route.key, attempt);
             }
         }
         self.finish_if_drained(route.key);
@@ -477,16 +527,11 @@ impl Routing {
 
     fn flush_container(&self, key: ContainerKey, container: &mut Container) {
         for sink in &mut container.logs {
-            if sink.failed {
+            if sink.failure.is_some() {
                 continue;
             }
-            if let Err(err) = sink.writer.flush() {
-                sink.failed = true;
-                let _ = self.events.send(EngineEvent::LogError {
-                    key,
-                    message: err.to_string(),
-                });
-            }
+            let attempt = sink.attempt(0, LogWriter::flush);
+            report_log_attempt(&self.events, key, attempt);
         }
     }
 
@@ -501,7 +546,7 @@ impl Routing {
         let mut errors = Vec::new();
         for sink in &mut container.logs {
             match sink.writer.reopen() {
-                Ok(()) => sink.failed = false,
+                Ok(()) => sink.failure = None,
                 // The writer keeps its old (renamed) file and stays usable.
                 Err(err) => errors.push(err.to_string()),
             }
@@ -698,6 +743,26 @@ impl Routing {
             self.close_client(id, Release::HangUp, backend);
         }
     }
+}
+
+/// Reports a log writer's failure or recovery to the control thread.
+fn report_log_attempt(
+    events: &UnboundedSender<EngineEvent>,
+    key: ContainerKey,
+    attempt: LogAttempt,
+) {
+    let event = match attempt {
+        LogAttempt::Done | LogAttempt::Skipped => return,
+        LogAttempt::Failed(err) => EngineEvent::LogError {
+            key,
+            message: err.to_string(),
+        },
+        LogAttempt::Resumed { dropped } => EngineEvent::LogResumed {
+            key,
+            dropped_bytes: dropped,
+        },
+    };
+    let _ = events.send(event);
 }
 
 /// How the engine lets go of an attach socket. Closing our fd alone is not

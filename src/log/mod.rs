@@ -100,6 +100,8 @@ struct LogFile {
     /// Per stream (stdout, stderr): the last CRI record was a `P`, so the
     /// line is still open (closed at EOF by `end_stream`).
     line_open: [bool; 2],
+    /// A failed write left a record cut short at the end of the file.
+    torn: bool,
 }
 
 impl LogWriter {
@@ -118,6 +120,7 @@ impl LogWriter {
                 written: 0,
                 pending: Vec::with_capacity(WRITE_THRESHOLD),
                 line_open: [false; 2],
+                torn: false,
             }),
         })
     }
@@ -303,6 +306,7 @@ impl LogFile {
     fn reopen_truncated(&mut self) -> Result<(), LogError> {
         self.file = open_truncated(self.format, &self.path)?;
         self.written = 0;
+        self.torn = false;
         Ok(())
     }
 
@@ -310,12 +314,35 @@ impl LogFile {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.pending);
+        let result = self.write_records();
         self.pending.clear();
         result.map_err(|source| LogError::Write {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Writes `pending` out. A write that fails part-way (ENOSPC) leaves a
+    /// record cut short in the file; it is ended with a line end before the
+    /// next records, so the file stays one record per line.
+    fn write_records(&mut self) -> std::io::Result<()> {
+        if self.torn {
+            self.file.write_all(b"\n")?;
+            self.torn = false;
+        }
+        let mut written = 0;
+        while written < self.pending.len() {
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    self.torn = written > 0 && self.pending[written - 1] != b'\n';
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
