@@ -25,12 +25,12 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
-use super::pipe_size::PipeSizer;
+use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 
-/// The shared read buffer: as large as a grown pipe's capacity is not
-/// needed, 64 KiB reads already amortise the syscall and the log write.
-const READ_BUFFER_LEN: usize = 64 * 1024;
+/// The shared read buffer: 256 KiB drains a default pipe in one read and a
+/// grown (1 MiB) one in four, and costs the same for any number of sources.
+const READ_BUFFER_LEN: usize = 256 * 1024;
 
 /// Reads per readiness report before moving on to the next ready source.
 const MAX_READS_PER_WAKE: usize = 16;
@@ -120,7 +120,7 @@ impl EpollBackend {
             match nix::unistd::read(&source.fd, &mut self.buffer) {
                 Ok(0) => return self.close(index, None, on_event),
                 Ok(len) => {
-                    if len == self.buffer.len() && !source.grown {
+                    if len >= FULL_DEFAULT_PIPE && !source.grown {
                         // A full read: the producer outruns us; give it room.
                         source.grown = true;
                         if source.kind == SourceKind::Pipe {

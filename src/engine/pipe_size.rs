@@ -1,8 +1,8 @@
 //! Adaptive pipe capacity: the monitor creates the containers' stdio pipes
 //! with the kernel's default capacity (64 KiB) and grows one to
-//! [`BUSY_PIPE_CAPACITY`] the first time a single read fills the whole read
-//! buffer, i.e. once the container has shown that it writes faster than one
-//! wake-up of the worker drains.
+//! [`BUSY_PIPE_CAPACITY`] the first time a single read returns a full
+//! default pipe ([`FULL_DEFAULT_PIPE`]), i.e. once the container has shown
+//! that it writes faster than one wake-up of the worker drains.
 //!
 //! Why: with a 64 KiB pipe a busy producer fills it between two reads and
 //! blocks, and both sides pay a wake-up per 64 KiB; at 1 MiB the worker
@@ -20,6 +20,10 @@
 //! refused by the kernel; the pipe then simply keeps its capacity.
 
 use std::os::fd::BorrowedFd;
+
+/// A read of at least this many bytes (the kernel's default pipe capacity)
+/// found the pipe full: its producer outruns the worker.
+pub const FULL_DEFAULT_PIPE: usize = 64 * 1024;
 
 /// The capacity a busy pipe is grown to (capped by `fs.pipe-max-size`).
 pub const BUSY_PIPE_CAPACITY: usize = 1024 * 1024;

@@ -28,13 +28,15 @@ use nix::errno::Errno;
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
-use super::pipe_size::PipeSizer;
+use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 use crate::sys::uring::{Completion, Ring, SlotId};
 
 /// Per-source read buffer: large reads mean few completions and large log
-/// writes; at 64 KiB a pipe's default capacity is drained in one read.
-const SOURCE_BUFFER_LEN: usize = 64 * 1024;
+/// writes; 256 KiB drains a default pipe in one read and a grown (1 MiB)
+/// one in four. Only the pages a source actually fills become resident, so
+/// an idle container's buffers cost address space, not memory.
+const SOURCE_BUFFER_LEN: usize = 256 * 1024;
 
 /// `read(2)` calls per readiness notification before re-arming the poll, so a
 /// chatty pty cannot starve the worker's other sources.
@@ -186,7 +188,7 @@ impl UringBackend {
         match (mode, completion.outcome()) {
             (ReadMode::RingRead, Ok(0)) => self.close(slot, None, on_event),
             (ReadMode::RingRead, Ok(len)) => {
-                if len as usize == SOURCE_BUFFER_LEN {
+                if len as usize >= FULL_DEFAULT_PIPE {
                     self.grow_once(slot);
                 }
                 on_event(BackendEvent::Data {
@@ -235,7 +237,7 @@ impl UringBackend {
             match nix::unistd::read(&source.fd, self.ring.buffer_mut(slot)) {
                 Ok(0) => return self.close(slot, None, on_event),
                 Ok(len) => {
-                    if len == SOURCE_BUFFER_LEN {
+                    if len >= FULL_DEFAULT_PIPE {
                         self.grow_once(slot);
                     }
                     on_event(BackendEvent::Data {
