@@ -62,6 +62,28 @@ pub struct CreateRequest {
     pub cgroup_manager: u16,
 }
 
+/// An exec sync request; empty fields are left unset on the wire.
+#[derive(Clone, Debug, Default)]
+pub struct ExecSyncRequest {
+    pub id: String,
+    pub command: Vec<String>,
+    /// Seconds; 0 = no timeout.
+    pub timeout_sec: u64,
+    pub terminal: bool,
+    pub env_vars: Vec<(String, String)>,
+    /// 0 = systemd (wire default), 1 = cgroupfs, others test the checks.
+    pub cgroup_manager: u16,
+}
+
+/// The reply to an exec sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecSyncResponse {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub timed_out: bool,
+}
+
 /// A connection to a ringmon (or conmon-rs) server.
 pub struct Client {
     conmon: conmon::Client,
@@ -261,5 +283,45 @@ impl Client {
         r.set_height(height);
         req.send().promise.await?;
         Ok(())
+    }
+
+    /// Runs a command in a container and returns its exit code and output.
+    pub async fn exec_sync(&self, e: &ExecSyncRequest) -> Result<ExecSyncResponse, ClientError> {
+        let mut req = self.conmon.exec_sync_container_request();
+        {
+            let mut r = req.get().init_request();
+            if !e.id.is_empty() {
+                r.set_id(e.id.as_str());
+            }
+            r.set_timeout_sec(e.timeout_sec);
+            if !e.command.is_empty() {
+                set_texts(
+                    r.reborrow().init_command(e.command.len() as u32),
+                    &e.command,
+                );
+            }
+            r.set_terminal(e.terminal);
+            if !e.env_vars.is_empty() {
+                let mut list = r.reborrow().init_env_vars(e.env_vars.len() as u32);
+                for (i, (k, v)) in e.env_vars.iter().enumerate() {
+                    let mut entry = list.reborrow().get(i as u32);
+                    entry.set_key(k.as_str());
+                    entry.set_value(v.as_str());
+                }
+            }
+            set_enum::<conmon::CgroupManager>(
+                r.reborrow().into(),
+                "cgroupManager",
+                e.cgroup_manager,
+            )?;
+        }
+        let reply = req.send().promise.await?;
+        let r = reply.get()?.get_response()?;
+        Ok(ExecSyncResponse {
+            exit_code: r.get_exit_code(),
+            stdout: r.get_stdout()?.to_vec(),
+            stderr: r.get_stderr()?.to_vec(),
+            timed_out: r.get_timed_out(),
+        })
     }
 }

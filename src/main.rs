@@ -108,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.runtime_root.clone(),
                 config.log_level,
             ),
+            config.runtime_dir.clone(),
             Arc::clone(&engine),
             events_rx,
         );

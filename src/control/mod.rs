@@ -48,12 +48,6 @@ fn failed(err: &dyn std::error::Error) -> capnp::Error {
     capnp::Error::failed(msg)
 }
 
-fn not_implemented(method: &str) -> capnp::Error {
-    capnp::Error::unimplemented(format!(
-        "{method} is not implemented by this ringmon version yet"
-    ))
-}
-
 impl conmon::Server for ConmonServer {
     async fn version(
         self: Rc<Self>,
@@ -113,10 +107,19 @@ impl conmon::Server for ConmonServer {
 
     async fn exec_sync_container(
         self: Rc<Self>,
-        _: conmon::ExecSyncContainerParams,
-        _: conmon::ExecSyncContainerResults,
+        params: conmon::ExecSyncContainerParams,
+        mut results: conmon::ExecSyncContainerResults,
     ) -> Result<(), capnp::Error> {
-        Err(not_implemented("execSyncContainer"))
+        let req = rpc::exec_sync_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(id = %req.id, command = ?req.command, terminal = req.terminal, "execSyncContainer");
+        let out = self.monitor.exec_sync(&req).await;
+        let mut r = results.get().init_response();
+        r.set_exit_code(out.exit_code);
+        r.set_stdout(&out.stdout);
+        r.set_stderr(&out.stderr);
+        r.set_timed_out(out.timed_out);
+        Ok(())
     }
 
     async fn attach_container(

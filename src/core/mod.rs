@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use crate::log::LogSpec;
 
 pub mod attach;
+pub mod exec;
 pub mod exit_files;
 pub mod monitor;
 pub mod oom;
 pub mod runtime;
 
+pub use exec::{ExecOutcome, ExecSync};
 pub use monitor::Monitor;
 pub use runtime::CgroupManager;
 

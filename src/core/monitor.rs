@@ -3,8 +3,10 @@
 //!
 //! Runs on the control thread (a tokio current-thread runtime with a
 //! `LocalSet`); state lives in `RefCell`s because nothing here is shared
-//! across threads. Bytes never pass through this module: the engine owns
-//! the read ends of the container's stdio once it is registered.
+//! across threads. Container bytes never pass through this module: the
+//! engine owns the read ends of the container's stdio once it is
+//! registered. Exec sync output (never logged) is the exception: it is
+//! collected here by `core::exec`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -20,13 +22,14 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use super::attach::{Attach, StdinTarget};
+use super::exec::{self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT};
 use super::exit_files::{write_exit_files, write_oom_files};
 use super::oom::OomWatcher;
-use super::runtime::{CreateArgs, RuntimeConfig};
+use super::runtime::{CreateArgs, ExecArgs, RuntimeConfig};
 use super::{CoreError, CreateContainer};
 use crate::engine::{ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource};
 use crate::log::{LogWriter, StreamKind};
@@ -57,6 +60,13 @@ struct State {
     creating: HashSet<String>,
     /// Pids that have a watcher of their own; the SIGCHLD sweep skips them.
     tracked: HashSet<u32>,
+    /// Running exec sync processes (killed at shutdown).
+    exec_pids: HashSet<u32>,
+    /// Exec syncs between spawning the runtime and tracking the exec
+    /// process. While any is pending the sweep waits: the exec process
+    /// becomes our child (reparented) when the runtime exits, before its pid
+    /// is known, and a quick one may already be a zombie then.
+    pending_execs: usize,
     /// Waiters for the engine's `Drained` event.
     drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
     /// Exit handlers still running (awaited at shutdown).
@@ -66,9 +76,14 @@ struct State {
 /// The container monitor.
 pub struct Monitor {
     runtime: RuntimeConfig,
+    /// The server's `--runtime-dir` (exec sync pid files).
+    runtime_dir: PathBuf,
     engine: Arc<Engine>,
     state: RefCell<State>,
     next_key: Cell<ContainerKey>,
+    /// Asks the stray sweep to run without a SIGCHLD (a pid was handed back
+    /// to it, or a sweep was held back by a pending exec).
+    sweep: Notify,
 }
 
 impl Monitor {
@@ -76,14 +91,17 @@ impl Monitor {
     /// SIGCHLD sweep). Must be called inside a `LocalSet`.
     pub fn start(
         runtime: RuntimeConfig,
+        runtime_dir: PathBuf,
         engine: Arc<Engine>,
         events: mpsc::UnboundedReceiver<EngineEvent>,
     ) -> Rc<Monitor> {
         let monitor = Rc::new(Monitor {
             runtime,
+            runtime_dir,
             engine,
             state: RefCell::new(State::default()),
             next_key: Cell::new(1),
+            sweep: Notify::new(),
         });
         tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
         tokio::task::spawn_local(Rc::clone(&monitor).reap_strays());
@@ -132,7 +150,15 @@ impl Monitor {
             warn!("cannot watch SIGCHLD; untracked children will not be reaped");
             return;
         };
-        while sigchld.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                signal = sigchld.recv() => if signal.is_none() { return },
+                () = self.sweep.notified() => {}
+            }
+            if self.state.borrow().pending_execs > 0 {
+                // Resumed by the last pending exec (SweepHold::drop).
+                continue;
+            }
             let n = sys::process::reap_untracked(|pid| self.state.borrow().tracked.contains(&pid));
             if n > 0 {
                 debug!("reaped {n} untracked children");
@@ -311,6 +337,8 @@ impl Monitor {
     }
 
     /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
+    /// If the wait is abandoned (the call was cancelled), the runtime is
+    /// left running and handed to the sweep, which reaps it.
     async fn run_to_exit(&self, mut cmd: Command) -> Result<sys::process::Exit, CoreError> {
         let child = cmd.spawn().map_err(|e| {
             CoreError::io(
@@ -320,10 +348,152 @@ impl Monitor {
         })?;
         drop(cmd); // closes our copies of the child's stdio
         let pid = child.id();
-        self.state.borrow_mut().tracked.insert(pid);
+        let tracked = Tracked::new(self, pid, false);
         let exit = wait_exit(pid).await;
-        self.state.borrow_mut().tracked.remove(&pid);
+        if exit.is_ok() {
+            tracked.reaped();
+        }
         exit.map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+    }
+
+    /// Runs `req.command` in the container with `runtime exec -d`, collects
+    /// its output (not logged) and waits for its exit (spec §3.3). Failures
+    /// of the runtime are not errors: they reply exit code -2.
+    ///
+    /// The container id is not looked up: exec works for any container the
+    /// runtime knows. The exec process is not registered as a child of the
+    /// container either, so attach, resize and reopen keep acting on the
+    /// container while an exec runs (upstream redirects them to the exec).
+    pub async fn exec_sync(&self, req: &ExecSync) -> ExecOutcome {
+        let pid_file = self
+            .runtime_dir
+            .join(format!("exec_sync{}pid", random_uuid()));
+        let _remove_pid_file = RemoveOnDrop(&pid_file);
+        let hold = SweepHold::new(self);
+        let (process, streams) = match self.exec_start(req, &pid_file).await {
+            Ok(started) => started,
+            Err(e) => {
+                warn!(id = %req.id, "exec sync: runtime failed: {e}");
+                return ExecOutcome::runtime_failed();
+            }
+        };
+        drop(hold);
+        let pid = process.pid;
+        debug!(id = %req.id, pid, "exec sync started");
+
+        // The deadline counts from the runtime's return.
+        let deadline = req
+            .timeout
+            .and_then(|t| tokio::time::Instant::now().checked_add(t));
+        let mut stdout = CappedOutput::default();
+        let mut stderr = CappedOutput::default();
+        let output = async {
+            let (out_fd, out_kind) = streams.stdout;
+            let out = exec::collect(out_fd, out_kind, &mut stdout);
+            let err = async {
+                match streams.stderr {
+                    Some(fd) => exec::collect(fd, ExecStream::Pipe, &mut stderr).await,
+                    None => Ok(()),
+                }
+            };
+            let (a, b) = futures::join!(out, err);
+            for e in [a, b].into_iter().filter_map(Result::err) {
+                warn!(id = %req.id, pid, "exec sync output: {e}");
+            }
+        };
+        let (collected, exited) =
+            tokio::join!(until(deadline, output), until(deadline, wait_exit(pid)));
+        let mut timed_out = collected.is_none();
+        let exit_code = match exited {
+            Some(Ok(exit)) => {
+                process.reaped();
+                exit.code()
+            }
+            Some(Err(e)) => {
+                warn!(id = %req.id, pid, "exec sync: cannot get exit status: {e}");
+                process.reaped();
+                -1
+            }
+            None => {
+                // Dropping `process` kills it; the sweep reaps it.
+                timed_out = true;
+                EXIT_TIMED_OUT
+            }
+        };
+        if stdout.is_full() || stderr.is_full() {
+            debug!(id = %req.id, pid, "exec sync output cut at the 16 MiB limit");
+        }
+        debug!(id = %req.id, pid, exit_code, timed_out, "exec sync done");
+        ExecOutcome {
+            exit_code,
+            stdout: stdout.into_bytes(),
+            stderr: stderr.into_bytes(),
+            timed_out,
+        }
+    }
+
+    /// Runs `runtime exec -d` and returns the tracked exec process and the
+    /// streams to read its output from.
+    async fn exec_start(
+        &self,
+        req: &ExecSync,
+        pid_file: &Path,
+    ) -> Result<(Tracked<'_>, ExecStreams), CoreError> {
+        let console = if req.terminal {
+            Some(ConsoleSocket::bind()?)
+        } else {
+            None
+        };
+        let (stdout_r, stdout_w) = pipe("stdout")?;
+        let (stderr_r, stderr_w) = pipe("stderr")?;
+        let args = self.runtime.exec_args(&ExecArgs {
+            id: &req.id,
+            pid_file,
+            cgroup: req.cgroup_manager,
+            command: &req.command,
+            console_socket: console.as_ref().map(|c| c.path.as_path()),
+        });
+        debug!(id = %req.id, ?args, "spawning runtime exec");
+        let mut cmd = Command::new(&self.runtime.path);
+        cmd.args(&args)
+            .envs(req.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout_w))
+            .stderr(Stdio::from(stderr_w));
+        match self.run_to_exit(cmd).await? {
+            sys::process::Exit::Code(0) => {}
+            sys::process::Exit::Code(code) => {
+                return Err(CoreError::RuntimeFailed {
+                    code,
+                    stderr: read_available(stderr_r),
+                })
+            }
+            sys::process::Exit::Signal(signal) => {
+                return Err(CoreError::RuntimeSignaled {
+                    signal,
+                    stderr: read_available(stderr_r),
+                })
+            }
+        }
+        let master = match &console {
+            Some(c) => Some(c.receive_master()?),
+            None => None,
+        };
+        drop(console);
+        let pid = read_pid_file(pid_file)?;
+        let process = Tracked::new(self, pid, true);
+        let streams = match master {
+            // The runtime's own output pipes carry nothing of the process.
+            Some(master) => ExecStreams {
+                stdout: (master, ExecStream::Pty),
+                stderr: None,
+            },
+            None => ExecStreams {
+                stdout: (stdout_r, ExecStream::Pipe),
+                stderr: Some(stderr_r),
+            },
+        };
+        Ok((process, streams))
     }
 
     /// Waits for the container, drains its output, then writes OOM files,
@@ -437,7 +607,13 @@ impl Monitor {
     pub async fn shutdown(&self) {
         let (pids, watchers): (Vec<u32>, Vec<_>) = {
             let mut st = self.state.borrow_mut();
-            let pids = st.children.values().flatten().map(|c| c.pid).collect();
+            let pids = st
+                .children
+                .values()
+                .flatten()
+                .map(|c| c.pid)
+                .chain(st.exec_pids.iter().copied())
+                .collect();
             (pids, std::mem::take(&mut st.watchers))
         };
         for pid in &pids {
@@ -451,6 +627,109 @@ impl Monitor {
             warn!("exit handling of some containers did not finish during shutdown");
         }
         info!(killed = pids.len(), "all containers handled");
+    }
+}
+
+/// Where an exec process's output is read from: a pty master (terminal,
+/// everything is stdout) or the stdout and stderr pipes.
+struct ExecStreams {
+    stdout: (OwnedFd, ExecStream),
+    stderr: Option<OwnedFd>,
+}
+
+/// Keeps a child's pid out of the SIGCHLD sweep while its owner waits for
+/// it. Unless [`Tracked::reaped`] was called, dropping it (a cancelled call,
+/// an exec deadline) kills an exec process and hands the pid back to the
+/// sweep, so an abandoned wait leaves neither a zombie nor a stale entry.
+struct Tracked<'a> {
+    monitor: &'a Monitor,
+    pid: u32,
+    /// An exec process: listed for shutdown, killed when abandoned.
+    exec: bool,
+    reaped: bool,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(monitor: &'a Monitor, pid: u32, exec: bool) -> Tracked<'a> {
+        let mut st = monitor.state.borrow_mut();
+        st.tracked.insert(pid);
+        if exec {
+            st.exec_pids.insert(pid);
+        }
+        Tracked {
+            monitor,
+            pid,
+            exec,
+            reaped: false,
+        }
+    }
+
+    /// The owner reaped the pid itself.
+    fn reaped(mut self) {
+        self.reaped = true;
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if !self.reaped && self.exec {
+            sys::process::kill_tree(self.pid, Signal::SIGKILL);
+        }
+        {
+            let mut st = self.monitor.state.borrow_mut();
+            st.tracked.remove(&self.pid);
+            st.exec_pids.remove(&self.pid);
+        }
+        if !self.reaped {
+            // It may have exited already, its SIGCHLD swept past it.
+            self.monitor.sweep.notify_one();
+        }
+    }
+}
+
+/// Holds the stray sweep back while an exec's process is not tracked yet.
+struct SweepHold<'a>(&'a Monitor);
+
+impl<'a> SweepHold<'a> {
+    fn new(monitor: &'a Monitor) -> SweepHold<'a> {
+        monitor.state.borrow_mut().pending_execs += 1;
+        SweepHold(monitor)
+    }
+}
+
+impl Drop for SweepHold<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.borrow_mut();
+        st.pending_execs -= 1;
+        if st.pending_execs == 0 {
+            // Sweeps skipped meanwhile: catch up.
+            self.0.sweep.notify_one();
+        }
+    }
+}
+
+/// Removes a file when dropped (exec sync pid files).
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        match fs::remove_file(self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                warn!("remove {}: {e}", self.0.display());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs `f` until `deadline` (`None`: no deadline); `None` if it passed.
+async fn until<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    f: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
     }
 }
 
@@ -514,10 +793,15 @@ fn read_pid_file(path: &Path) -> Result<u32, CoreError> {
         path: path.to_path_buf(),
         source,
     })?;
-    content.trim().parse().map_err(|_| CoreError::PidParse {
-        path: path.to_path_buf(),
-        content,
-    })
+    // Pids 0 and 1 would make a later kill hit our own process group or
+    // init: never accept them from a file.
+    match content.trim().parse::<u32>() {
+        Ok(pid) if pid > 1 => Ok(pid),
+        _ => Err(CoreError::PidParse {
+            path: path.to_path_buf(),
+            content,
+        }),
+    }
 }
 
 /// The console socket a runtime in terminal mode sends the pty master to.

@@ -1,4 +1,4 @@
-//! OCI runtime argv construction (spec §3.0.2, §3.2). Pure functions.
+//! OCI runtime argv construction (spec §3.0.2, §3.2, §3.3). Pure functions.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,27 @@ impl RuntimeConfig {
         args.push(c.id.into());
         args
     }
+
+    /// argv (without the program) of `runtime exec -d` for execSync:
+    /// `<global> exec -d [--console-socket=<sock> --tty] --pid-file=<file>
+    /// <id> <command...>` (`--pid-file=` joined, unlike `create`).
+    pub fn exec_args(&self, e: &ExecArgs<'_>) -> Vec<OsString> {
+        let mut args = self.global_args(e.id, e.cgroup);
+        args.push("exec".into());
+        args.push("-d".into());
+        if let Some(sock) = e.console_socket {
+            let mut a = OsString::from("--console-socket=");
+            a.push(sock);
+            args.push(a);
+            args.push("--tty".into());
+        }
+        let mut a = OsString::from("--pid-file=");
+        a.push(e.pid_file);
+        args.push(a);
+        args.push(e.id.into());
+        args.extend(e.command.iter().map(OsString::from));
+        args
+    }
 }
 
 /// The per-request parts of a `create` invocation.
@@ -107,6 +128,16 @@ pub struct CreateArgs<'a> {
     pub cgroup: CgroupManager,
     pub global_args: &'a [String],
     pub command_args: &'a [String],
+    pub console_socket: Option<&'a Path>,
+}
+
+/// The per-request parts of an `exec -d` invocation (execSync).
+pub struct ExecArgs<'a> {
+    pub id: &'a str,
+    pub pid_file: &'a Path,
+    pub cgroup: CgroupManager,
+    pub command: &'a [String],
+    /// Terminal mode: where the runtime sends the pty master.
     pub console_socket: Option<&'a Path>,
 }
 
@@ -199,6 +230,82 @@ mod tests {
         assert_eq!(
             strs(c.global_args("id", CgroupManager::Cgroupfs)),
             ["--log=journald:id"]
+        );
+    }
+
+    #[test]
+    fn runc_exec_pipes_systemd() {
+        let c = cfg("/usr/sbin/runc", Some("/run/r"), LogLevel::Debug);
+        let args = c.exec_args(&ExecArgs {
+            id: "abc",
+            pid_file: Path::new("/run/d/exec_syncXpid"),
+            cgroup: CgroupManager::Systemd,
+            command: &[
+                "/busybox".into(),
+                "echo".into(),
+                "-n".into(),
+                "hi there".into(),
+            ],
+            console_socket: None,
+        });
+        assert_eq!(
+            strs(args),
+            [
+                "--root=/run/r",
+                "--systemd-cgroup",
+                "exec",
+                "-d",
+                "--pid-file=/run/d/exec_syncXpid",
+                "abc",
+                "/busybox",
+                "echo",
+                "-n",
+                "hi there"
+            ]
+        );
+    }
+
+    #[test]
+    fn crun_exec_terminal_cgroupfs() {
+        let c = cfg("/usr/bin/crun", None, LogLevel::Error);
+        let args = c.exec_args(&ExecArgs {
+            id: "x",
+            pid_file: Path::new("/d/p"),
+            cgroup: CgroupManager::Cgroupfs,
+            command: &["sh".into()],
+            console_socket: Some(Path::new("/tmp/t.sock")),
+        });
+        assert_eq!(
+            strs(args),
+            [
+                "--log=journald:x",
+                "--log-level=error",
+                "exec",
+                "-d",
+                "--console-socket=/tmp/t.sock",
+                "--tty",
+                "--pid-file=/d/p",
+                "x",
+                "sh"
+            ]
+        );
+    }
+
+    #[test]
+    fn exec_command_words_follow_the_id_verbatim() {
+        // Words that look like runtime flags must stay after the id, where
+        // the runtime treats them as the command.
+        let c = cfg("/usr/sbin/runc", None, LogLevel::Info);
+        let args = c.exec_args(&ExecArgs {
+            id: "c",
+            pid_file: Path::new("/p"),
+            cgroup: CgroupManager::Cgroupfs,
+            command: &["--tty".into(), "".into()],
+            console_socket: None,
+        });
+        assert_eq!(
+            strs(args),
+            ["exec", "-d", "--pid-file=/p", "c", "--tty", ""]
         );
     }
 }

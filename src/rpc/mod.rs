@@ -4,11 +4,12 @@
 //! as empty values (the Go client leaves empty lists unset).
 
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use capnp::text_list;
 
 use crate::conmon_capnp::conmon;
-use crate::core::{CgroupManager, CreateContainer};
+use crate::core::{CgroupManager, CreateContainer, ExecSync};
 use crate::log::{LogFormat, LogSpec};
 
 /// A request field with a bad value.
@@ -185,23 +186,7 @@ pub fn create_container(
             max_size: d.get_max_size(),
         });
     }
-    let mut env = Vec::new();
-    for (i, e) in r
-        .get_env_vars()
-        .map_err(decode("envVars"))?
-        .iter()
-        .enumerate()
-    {
-        let key = text("envVars.key", e.get_key())?;
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(invalid(
-                format!("envVars[{i}].key"),
-                key,
-                "must be non-empty without '=' or NUL",
-            ));
-        }
-        env.push((key, text("envVars.value", e.get_value())?));
-    }
+    let env = env_vars(r.get_env_vars())?;
     for (field, list) in [
         (
             "additionalFds",
@@ -229,6 +214,50 @@ pub fn create_container(
         global_args: texts("globalArgs", r.get_global_args())?,
         command_args: texts("commandArgs", r.get_command_args())?,
         env,
+        cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+    })
+}
+
+/// Reads `envVars` (a TextTextMap) as (key, value) pairs in wire order.
+fn env_vars(
+    r: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,
+) -> Result<Vec<(String, String)>, RequestError> {
+    let mut env = Vec::new();
+    for (i, e) in r.map_err(decode("envVars"))?.iter().enumerate() {
+        let key = text("envVars.key", e.get_key())?;
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(
+                format!("envVars[{i}].key"),
+                key,
+                "must be non-empty without '=' or NUL",
+            ));
+        }
+        env.push((key, text("envVars.value", e.get_value())?));
+    }
+    Ok(env)
+}
+
+/// Translates and checks an `execSyncContainer` request. The id is only
+/// checked for shape: exec is not limited to containers this server
+/// created.
+pub fn exec_sync_container(
+    r: conmon::exec_sync_container_request::Reader<'_>,
+) -> Result<ExecSync, RequestError> {
+    let id = container_id("id", text("id", r.get_id())?)?;
+    let command = texts("command", r.get_command())?;
+    if command.is_empty() {
+        return Err(invalid("command", "", "must not be empty"));
+    }
+    let timeout = match r.get_timeout_sec() {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    Ok(ExecSync {
+        id,
+        command,
+        timeout,
+        terminal: r.get_terminal(),
+        env: env_vars(r.get_env_vars())?,
         cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
     })
 }

@@ -90,20 +90,26 @@ impl Server {
     }
 
     pub fn start_with(runtime: &Path, extra: &[&str]) -> Server {
-        Self::launch(None, runtime, extra, None)
+        Self::launch(None, runtime, extra, None, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables for the
+    /// server (e.g. its own `TMPDIR`).
+    pub fn start_with_env(runtime: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Server {
+        Self::launch(None, runtime, extra, None, env)
     }
 
     /// Like [`Server::start_with`], with the server's stdout and stderr (its
     /// own log, `--log-driver stdout`) appended to `log` instead of going to
     /// the test's stdout.
     pub fn start_logging_to(runtime: &Path, extra: &[&str], log: &Path) -> Server {
-        Self::launch(None, runtime, extra, Some(log))
+        Self::launch(None, runtime, extra, Some(log), &[])
     }
 
     /// Like [`Server::start_logging_to`], with the server started through
     /// `wrapper` (a program that runs its arguments as a command).
     pub fn start_wrapped(wrapper: &Path, runtime: &Path, extra: &[&str], log: &Path) -> Server {
-        Self::launch(Some(wrapper), runtime, extra, Some(log))
+        Self::launch(Some(wrapper), runtime, extra, Some(log), &[])
     }
 
     fn launch(
@@ -111,6 +117,7 @@ impl Server {
         runtime: &Path,
         extra: &[&str],
         log: Option<&Path>,
+        env: &[(&str, &Path)],
     ) -> Server {
         let dir = TempDir::new("srv");
         let run_dir = dir.path().join("run");
@@ -132,6 +139,7 @@ impl Server {
             cmd.stdout(file.try_clone().unwrap()).stderr(file);
         }
         let status = cmd
+            .envs(env.iter().copied())
             .arg("--runtime")
             .arg(runtime)
             .arg("--runtime-dir")

@@ -2,6 +2,7 @@ package conmontest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -334,44 +335,64 @@ func skipIfUnimplemented(t *testing.T, err error) {
 	}
 }
 
+// startedContainer creates and starts a `sleep 600` container (pipes) for
+// exec tests.
+func startedContainer(t *testing.T, e *env, cl *client.ConmonClient) *container {
+	t.Helper()
+
+	c := e.newContainer(false, "/busybox", "sleep", "600")
+
+	if _, err := cl.CreateContainer(rpcContext(t), c.createConfig(false)); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+
+	if _, err := e.runtime("start", c.id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+
+	return c
+}
+
 func TestExecSync(t *testing.T) {
 	terminalModes(t, func(t *testing.T, terminal bool) {
 		e := newEnv(t)
 		cl := e.startServer()
-		c := e.newContainer(terminal, "/busybox", "sleep", "600")
+		c := startedContainer(t, e, cl)
 
-		if _, err := cl.CreateContainer(rpcContext(t), c.createConfig(terminal)); err != nil {
-			t.Fatalf("CreateContainer: %v", err)
+		for _, timeout := range []uint64{0, 20} {
+			res, err := cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
+				ID:       c.id,
+				Command:  []string{"/busybox", "echo", "-n", "hello world"},
+				Timeout:  timeout,
+				Terminal: terminal,
+			})
+			if err != nil {
+				t.Fatalf("ExecSyncContainer (timeout %d): %v", timeout, err)
+			}
+
+			if res.ExitCode != 0 || res.TimedOut {
+				t.Errorf("exit code %d, timed out %v; want 0, false", res.ExitCode, res.TimedOut)
+			}
+
+			if string(res.Stdout) != "hello world" {
+				t.Errorf("stdout = %q, want %q", res.Stdout, "hello world")
+			}
+
+			if len(res.Stderr) != 0 {
+				t.Errorf("stderr = %q, want empty", res.Stderr)
+			}
 		}
 
-		if _, err := e.runtime("start", c.id); err != nil {
-			t.Fatalf("start: %v", err)
+		// Exec output is never logged: the container's log stays empty.
+		if err := cl.ReopenLogContainer(rpcContext(t), &client.ReopenLogContainerConfig{ID: c.id}); err != nil {
+			t.Errorf("ReopenLogContainer: %v", err)
+		}
+
+		if data, err := os.ReadFile(c.logPath); err != nil || len(data) != 0 {
+			t.Errorf("container log = %q (err %v), want empty", data, err)
 		}
 
 		res, err := cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
-			ID:       c.id,
-			Command:  []string{"/busybox", "echo", "-n", "hello world"},
-			Timeout:  20,
-			Terminal: terminal,
-		})
-		if err != nil {
-			skipIfUnimplemented(t, err)
-			t.Fatalf("ExecSyncContainer: %v", err)
-		}
-
-		if res.ExitCode != 0 || res.TimedOut {
-			t.Errorf("exit code %d, timed out %v; want 0, false", res.ExitCode, res.TimedOut)
-		}
-
-		if string(res.Stdout) != "hello world" {
-			t.Errorf("stdout = %q, want %q", res.Stdout, "hello world")
-		}
-
-		if len(res.Stderr) != 0 {
-			t.Errorf("stderr = %q, want empty", res.Stderr)
-		}
-
-		res, err = cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
 			ID:       c.id,
 			Command:  []string{"/busybox", "sh", "-c", "exit 7"},
 			Terminal: terminal,
@@ -382,6 +403,112 @@ func TestExecSync(t *testing.T) {
 
 		if res.ExitCode != 7 {
 			t.Errorf("exit code = %d, want 7", res.ExitCode)
+		}
+
+		res, err = cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
+			ID:       c.id,
+			Command:  []string{"/busybox", "invalid"},
+			Terminal: terminal,
+		})
+		if err != nil {
+			t.Fatalf("ExecSyncContainer (invalid applet): %v", err)
+		}
+
+		if res.ExitCode != 127 {
+			t.Errorf("exit code = %d, want 127", res.ExitCode)
+		}
+
+		got, other, want := res.Stderr, res.Stdout, "invalid: applet not found\n"
+		if terminal {
+			got, other, want = res.Stdout, res.Stderr, "invalid: applet not found\r\n"
+		}
+
+		if string(got) != want || len(other) != 0 {
+			t.Errorf("stdout %q, stderr %q; want %q on the terminal/stderr", res.Stdout, res.Stderr, want)
+		}
+	})
+}
+
+func TestExecSyncTimeout(t *testing.T) {
+	terminalModes(t, func(t *testing.T, terminal bool) {
+		e := newEnv(t)
+		cl := e.startServer()
+		c := startedContainer(t, e, cl)
+
+		start := time.Now()
+
+		res, err := cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
+			ID:       c.id,
+			Command:  []string{"/busybox", "sleep", "5"},
+			Timeout:  2,
+			Terminal: terminal,
+		})
+		if err != nil {
+			t.Fatalf("ExecSyncContainer: %v", err)
+		}
+
+		took := time.Since(start)
+
+		if !res.TimedOut || res.ExitCode != -3 {
+			t.Errorf("timed out %v, exit code %d; want true, -3", res.TimedOut, res.ExitCode)
+		}
+
+		if took < 2*time.Second || took > 4500*time.Millisecond {
+			t.Errorf("call took %v, want about 2s", took)
+		}
+
+		// A runtime failure (unknown container) is an exit code, not an error.
+		res, err = cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
+			ID:       randomID(t),
+			Command:  []string{"/busybox", "true"},
+			Terminal: terminal,
+		})
+		if err != nil {
+			t.Fatalf("ExecSyncContainer (unknown container): %v", err)
+		}
+
+		if res.ExitCode != -2 || res.TimedOut || len(res.Stdout)+len(res.Stderr) != 0 {
+			t.Errorf("unknown container: %+v, want exit code -2 and nothing else", res)
+		}
+	})
+}
+
+func TestExecSyncConcurrent(t *testing.T) {
+	terminalModes(t, func(t *testing.T, terminal bool) {
+		e := newEnv(t)
+		cl := e.startServer()
+		c := startedContainer(t, e, cl)
+
+		const n = 10
+
+		errs := make(chan error, n)
+
+		for i := range n {
+			go func() {
+				want := fmt.Sprintf("hello world %d", i)
+
+				res, err := cl.ExecSyncContainer(rpcContext(t), &client.ExecSyncConfig{
+					ID:       c.id,
+					Command:  []string{"/busybox", "echo", "-n", want},
+					Timeout:  30,
+					Terminal: terminal,
+				})
+
+				switch {
+				case err != nil:
+					errs <- fmt.Errorf("exec %d: %w", i, err)
+				case res.ExitCode != 0 || string(res.Stdout) != want:
+					errs <- fmt.Errorf("exec %d: exit code %d, stdout %q; want 0, %q", i, res.ExitCode, res.Stdout, want)
+				default:
+					errs <- nil
+				}
+			}()
+		}
+
+		for range n {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
 		}
 	})
 }
