@@ -31,20 +31,23 @@
 //! * after each batch of output the worker sends queued packets with
 //!   `send(MSG_DONTWAIT)`; what the socket does not take stays queued and the
 //!   backend is asked for a one-shot writability notification;
-//! * a client with more than [`ATTACH_QUEUE_LIMIT`] (4 MiB) of payload
+//! * a client with more than [`ATTACH_QUEUE_LIMIT`] (16 MiB) of payload
 //!   queued is dropped, as is one whose send fails with anything but
 //!   `EAGAIN` (a client that hung up, `EPIPE`/`ECONNRESET`, is a detach and
-//!   is just closed, not counted): its write side is shut down (the client reads what it got,
-//!   then EOF) and `AttachClientDropped` is reported with an engine-wide
-//!   running count. Why 4 MiB: an interactive session has a few KiB in
-//!   flight, so a reader that is alive but descheduled for seconds keeps its
-//!   session; a container writing flat out outruns any slower reader whatever
-//!   the bound, which only sets the slack (and 4 MiB is still ~1 s at
-//!   4 MB/s); and memory stays bounded at 4 MiB plus one batch of reads
-//!   (≤ 1 MiB) per client, checked after each batch so that a reader that
-//!   keeps up is never dropped for the batching itself. Upstream stops a
-//!   client 16 messages (≈ 64 KiB) behind; being more lenient only costs
-//!   memory, never correctness;
+//!   is just closed, not counted): both directions are shut down (the
+//!   client reads what it got, then EOF) and `AttachClientDropped` is
+//!   reported with an engine-wide running count. Why 16 MiB: a container
+//!   writing flat out outruns any slower reader whatever the bound, which
+//!   only sets the slack for a reader that is alive but descheduled. With
+//!   busy pipes grown to 1 MiB and 256 KiB reads, a container on a 2-core
+//!   machine writes ~150 MB/s; measured with `ringmon-attach-bench`, 4 MiB
+//!   (~30 ms of such output) dropped a single full-speed reader in 2 runs
+//!   out of 3 when it lost the CPU for a moment, 16 MiB (~100 ms) in none.
+//!   Memory stays bounded at 16 MiB plus one batch of reads per client,
+//!   checked after each batch so that a reader that keeps up is never
+//!   dropped for the batching itself. Upstream stops a client 16 messages
+//!   (≈ 64 KiB) behind and silently skips data; being more lenient only
+//!   costs memory, never correctness;
 //! * the done packet never delays `Drained` (exit files depend on it): a
 //!   client whose queue is not empty at that point *lingers* — it keeps
 //!   being flushed on writability and is closed once the done packet is
@@ -86,7 +89,7 @@ use worker::{Command, Worker};
 
 /// Payload bytes an attach client may have queued before it is dropped (see
 /// the module docs for the reasoning).
-pub const ATTACH_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
+pub const ATTACH_QUEUE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How long an attach client may make no progress after its container's
 /// output ended before it is dropped (see the module docs).
