@@ -112,11 +112,45 @@ go_suite() {
         RUNTIME_BINARY="$runtime" RINGMON_IO_BACKEND="$backend" go "${args[@]}" ./...)
 }
 
+# The journald log driver tests need a journal on /run/systemd/journal/socket.
+# PID 1 may not be systemd (containers, CI VMs): then start systemd-journald by
+# hand, detached and left running (it creates its sockets itself and stores
+# into /run/log/journal). The tests check again themselves (tests/common/
+# journal.rs, tests/go/journal_test.go) and fall back to a stand-in listener
+# on machines without journald; this only makes the common case explicit.
+start_journald() {
+    local bin
+    for bin in /lib/systemd/systemd-journald /usr/lib/systemd/systemd-journald ""; do
+        [[ -x "$bin" ]] && break
+    done
+    if [[ -z "$bin" ]]; then
+        echo "no systemd-journald: the journald tests use their stand-in listener"
+        return 0
+    fi
+    if pgrep -x systemd-journal >/dev/null; then
+        echo "systemd-journald is running"
+        return 0
+    fi
+    echo "starting $bin"
+    mkdir -p /run/systemd/journal
+    rm -f /run/systemd/journal/socket # left by a dead journald
+    setsid "$bin" </dev/null >/dev/null 2>&1 &
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -S /run/systemd/journal/socket ]] && return 0
+        sleep 0.1
+    done
+    echo "warning: $bin did not create /run/systemd/journal/socket" >&2
+}
+
 # --------------------------------------------------------------------------
 if [[ "${RINGMON_SKIP_DEPS:-0}" != 1 ]]; then
     section "System dependencies (tools/install-deps.sh)"
     bash "$ROOT/tools/install-deps.sh"
 fi
+
+section "Journal for the journald log driver tests"
+start_journald
 
 if [[ "$GO_ONLY" != 1 ]]; then
     step "cargo fmt --check" cargo fmt --all -- --check

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub use ringmon::client::{Client, CreateRequest, LogDriver};
 
+pub mod journal;
+
 /// The server binary under test.
 pub fn binary() -> PathBuf {
     std::env::var_os("RINGMON_BINARY")

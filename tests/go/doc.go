@@ -15,6 +15,9 @@
 //	RUNTIME_BINARY          OCI runtime, runc or crun (default: runc in $PATH)
 //	BUSYBOX_BINARY          static busybox for the test rootfs (default /usr/bin/busybox)
 //	RINGMON_TEST_LOG_LEVEL  server --log-level (default trace)
+//	RINGMON_TEST_JOURNALD   systemd-journald binary to start when no journal listens
+//	                        (default /lib/systemd/systemd-journald); "none" forces the
+//	                        stand-in journal (journal_test.go)
 //
 // Each test gets its own directory below a per-run temporary base
 // directory (server run dir, runtime root, bundles, logs); it is removed on

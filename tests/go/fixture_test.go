@@ -35,6 +35,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Started by ensureJournal as the stand-in journal: serve, no tests.
+	if os.Getenv(standInEnv) == "serve" {
+		os.Exit(standInProcess())
+	}
+
 	os.Exit(runMain(m))
 }
 
