@@ -140,3 +140,21 @@ pub fn cri_request(
         ..Default::default()
     }
 }
+
+/// Deterministic xorshift64 pseudo-random numbers for test data (no extra
+/// dependency). The seed must not be 0.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `bound` (> 0).
+    pub fn below(&mut self, bound: u64) -> usize {
+        (self.next_u64() % bound) as usize
+    }
+}

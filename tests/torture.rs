@@ -14,31 +14,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringmon::fixture::Xorshift;
 
 const EXIT_WAIT: Duration = Duration::from_secs(60);
-
-/// Deterministic xorshift64 bytes (no dependency; the seed must not be 0).
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> usize {
-        (self.next() % bound) as usize
-    }
-}
 
 /// About `total` bytes of lines of random length — mostly short, some
 /// longer than any read buffer — of random bytes: NULs, `\r` and invalid
 /// UTF-8 included, newlines only at line ends. Ends with a newline unless
 /// `open_end`.
 fn random_lines(seed: u64, total: usize, open_end: bool) -> Vec<u8> {
-    let mut random = Random(seed);
+    let mut random = Xorshift(seed);
     let mut out = Vec::with_capacity(total + 1);
     while out.len() < total {
         let len = match random.below(200) {
@@ -50,7 +35,7 @@ fn random_lines(seed: u64, total: usize, open_end: bool) -> Vec<u8> {
             let byte = match random.below(16) {
                 0 => 0,
                 1 => b'\r',
-                _ => (random.next() >> 29) as u8,
+                _ => (random.next_u64() >> 29) as u8,
             };
             out.push(if byte == b'\n' { 0xff } else { byte });
         }

@@ -235,21 +235,7 @@ impl Monitor {
             _ => None,
         };
         drop(console);
-        match exit {
-            sys::process::Exit::Code(0) => {}
-            sys::process::Exit::Code(code) => {
-                return Err(CoreError::RuntimeFailed {
-                    code,
-                    stderr: read_available(stderr_r),
-                })
-            }
-            sys::process::Exit::Signal(signal) => {
-                return Err(CoreError::RuntimeSignaled {
-                    signal,
-                    stderr: read_available(stderr_r),
-                })
-            }
-        }
+        runtime_succeeded(exit, &stderr_r)?;
         let pid = read_pid_file(&pid_file)?;
 
         let key = self.next_key.get();
@@ -460,21 +446,7 @@ impl Monitor {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout_w))
             .stderr(Stdio::from(stderr_w));
-        match self.run_to_exit(cmd).await? {
-            sys::process::Exit::Code(0) => {}
-            sys::process::Exit::Code(code) => {
-                return Err(CoreError::RuntimeFailed {
-                    code,
-                    stderr: read_available(stderr_r),
-                })
-            }
-            sys::process::Exit::Signal(signal) => {
-                return Err(CoreError::RuntimeSignaled {
-                    signal,
-                    stderr: read_available(stderr_r),
-                })
-            }
-        }
+        runtime_succeeded(self.run_to_exit(cmd).await?, &stderr_r)?;
         let master = match &console {
             Some(c) => Some(c.receive_master()?),
             None => None,
@@ -774,13 +746,28 @@ fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), CoreError> {
 
 /// Reads what is buffered in a pipe whose writers are gone or idle, without
 /// blocking (the runtime's diagnostics after a failed create).
-fn read_available(fd: OwnedFd) -> String {
-    let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    let mut file = fs::File::from(fd);
+/// Ok if the runtime exited 0; else its failure with what it wrote to
+/// stderr (read from the pipe's read end `stderr_r`).
+fn runtime_succeeded(exit: sys::process::Exit, stderr_r: &OwnedFd) -> Result<(), CoreError> {
+    match exit {
+        sys::process::Exit::Code(0) => Ok(()),
+        sys::process::Exit::Code(code) => Err(CoreError::RuntimeFailed {
+            code,
+            stderr: read_available(stderr_r),
+        }),
+        sys::process::Exit::Signal(signal) => Err(CoreError::RuntimeSignaled {
+            signal,
+            stderr: read_available(stderr_r),
+        }),
+    }
+}
+
+fn read_available(fd: &OwnedFd) -> String {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     let mut buf = vec![0u8; 64 * 1024];
     let mut len = 0;
     while len < buf.len() {
-        match file.read(&mut buf[len..]) {
+        match nix::unistd::read(fd, &mut buf[len..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => len += n,
         }

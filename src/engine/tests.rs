@@ -1,5 +1,6 @@
 //! Engine tests with real pipes, ptys and log files.
 
+use crate::fixture::Xorshift;
 use crate::test_support::TempDir;
 use std::fs;
 use std::io::Write;
@@ -13,28 +14,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::*;
 use crate::log::{LogFormat, LogSpec};
 
-/// Deterministic xorshift64 generator (no extra dependency for tests). The
-/// seed must not be 0.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> usize {
-        (self.next() % bound) as usize
-    }
-}
-
 /// `total` bytes of lines of random length (mostly short, some longer than
 /// the read buffer), with random bytes including NULs, `\r` and invalid
 /// UTF-8; no trailing newline at the end.
 fn random_output(seed: u64, total: usize) -> Vec<u8> {
-    let mut random = Random(seed);
+    let mut random = Xorshift(seed);
     let mut out = Vec::with_capacity(total + 1);
     while out.len() < total {
         let len = match random.below(100) {
@@ -46,7 +30,7 @@ fn random_output(seed: u64, total: usize) -> Vec<u8> {
             let byte = match random.below(10) {
                 0 => 0,
                 1 => b'\r',
-                _ => (random.next() >> 24) as u8,
+                _ => (random.next_u64() >> 24) as u8,
             };
             // Newlines only where we put them, so line lengths stay as drawn.
             out.push(if byte == b'\n' { b'x' } else { byte });
@@ -73,7 +57,7 @@ fn logged(data: &[u8]) -> Vec<u8> {
 
 fn feed(fd: OwnedFd, data: Vec<u8>, seed: u64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut random = Random(seed);
+        let mut random = Xorshift(seed);
         let mut file = fs::File::from(fd);
         let mut rest = &data[..];
         while !rest.is_empty() {
@@ -787,58 +771,45 @@ fn the_backend_choice_is_explained() {
     assert!(engine.backend_reason().contains("forced"));
 }
 
-/// Every engine test above runs once per backend.
+/// Every engine test above runs once per backend: `per_backend!(tests...)`
+/// makes a module per backend with one `#[test]` per name.
 macro_rules! per_backend {
-    ($backend:ident, $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                super::$name(super::BackendChoice::$backend);
-            }
-        )*
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::BackendChoice::Uring);
+                }
+            )*
+        }
+
+        mod epoll {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::BackendChoice::Epoll);
+                }
+            )*
+        }
     };
 }
 
-mod uring {
-    per_backend!(
-        Uring,
-        busy_pipes_grow_and_idle_pipes_do_not,
-        pipes_are_logged_byte_exact_to_every_writer,
-        many_containers_drain_exactly_once,
-        container_without_sources_drains_at_once,
-        failing_writer_is_reported_once_and_others_keep_logging,
-        reopen_logs_rotates_a_live_container_and_ignores_unknown_keys,
-        pty_output_is_logged_until_the_slave_closes,
-        non_blocking_pipes_work_too,
-        duplicate_keys_are_rejected,
-        attach_clients_and_logs_get_the_same_bytes,
-        a_stuck_attach_client_is_dropped_without_stalling_anything,
-        a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
-        attaching_to_an_unknown_container_gets_the_done_packet_at_once,
-        pty_output_is_attached_as_stdout,
-        a_client_that_went_away_is_closed_without_counting_a_drop,
-        shutdown_closes_attach_clients
-    );
-}
-
-mod epoll {
-    per_backend!(
-        Epoll,
-        busy_pipes_grow_and_idle_pipes_do_not,
-        pipes_are_logged_byte_exact_to_every_writer,
-        many_containers_drain_exactly_once,
-        container_without_sources_drains_at_once,
-        failing_writer_is_reported_once_and_others_keep_logging,
-        reopen_logs_rotates_a_live_container_and_ignores_unknown_keys,
-        pty_output_is_logged_until_the_slave_closes,
-        non_blocking_pipes_work_too,
-        duplicate_keys_are_rejected,
-        attach_clients_and_logs_get_the_same_bytes,
-        a_stuck_attach_client_is_dropped_without_stalling_anything,
-        a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
-        attaching_to_an_unknown_container_gets_the_done_packet_at_once,
-        pty_output_is_attached_as_stdout,
-        a_client_that_went_away_is_closed_without_counting_a_drop,
-        shutdown_closes_attach_clients
-    );
-}
+per_backend!(
+    busy_pipes_grow_and_idle_pipes_do_not,
+    pipes_are_logged_byte_exact_to_every_writer,
+    many_containers_drain_exactly_once,
+    container_without_sources_drains_at_once,
+    failing_writer_is_reported_once_and_others_keep_logging,
+    reopen_logs_rotates_a_live_container_and_ignores_unknown_keys,
+    pty_output_is_logged_until_the_slave_closes,
+    non_blocking_pipes_work_too,
+    duplicate_keys_are_rejected,
+    attach_clients_and_logs_get_the_same_bytes,
+    a_stuck_attach_client_is_dropped_without_stalling_anything,
+    a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
+    attaching_to_an_unknown_container_gets_the_done_packet_at_once,
+    pty_output_is_attached_as_stdout,
+    a_client_that_went_away_is_closed_without_counting_a_drop,
+    shutdown_closes_attach_clients
+);
