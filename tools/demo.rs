@@ -1,10 +1,15 @@
 //! ringmon-demo: the README's first command. Starts ringmon the way CRI-O's
-//! client does, runs one busybox container through it, and prints the
-//! container's CRI log and exit code.
+//! client does, runs one busybox container through it, attaches to it, runs
+//! an execSync in it while it waits for input, types a line into it through
+//! the attach socket, and prints what the attach client received, the
+//! container's CRI log and its exit code.
 //!
 //! Usage: ringmon-demo [--binary PATH] [--runtime PATH]
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use nix::sys::socket::MsgFlags;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,7 +50,8 @@ fn main() {
         &[
             "/bin/sh",
             "-c",
-            "echo hello from $(hostname); echo to stderr >&2; exit 7",
+            "echo hello from $(hostname); echo to stderr >&2; read -r line; \
+             echo \"attach said: $line\"; exit 7",
         ],
         false,
     );
@@ -67,14 +73,65 @@ fn main() {
             "ringmon {} (pid {}) answered version",
             v.version, v.process_id
         );
+        let mut request = ringmon::fixture::cri_request(&id, &bundle, &exit, &log);
+        request.stdin = true;
         let cpid = client
-            .create_container(&ringmon::fixture::cri_request(&id, &bundle, &exit, &log))
+            .create_container(&request)
             .await
             .expect("createContainer");
         println!("createContainer: container {id} has pid {cpid}");
+
+        let attach_path = base.join("attach");
+        client
+            .attach_container(&id, &attach_path, "", false)
+            .await
+            .expect("attachContainer");
+        let attach = connect_seqpacket(&attach_path);
+        println!("attachContainer: attached at {}", attach_path.display());
+
+        run(&runtime, &root, &["start", &id]);
+        // The container now waits for a line on its stdin.
+        let exec = client
+            .exec_sync(&ringmon::client::ExecSyncRequest {
+                id: id.clone(),
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo hello from exec in $(hostname)".into(),
+                ],
+                timeout_sec: 10,
+                cgroup_manager: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("execSyncContainer");
+        println!(
+            "execSyncContainer: exit code {}, stdout {:?}",
+            exec.exit_code,
+            String::from_utf8_lossy(&exec.stdout)
+        );
+
+        nix::sys::socket::send(
+            attach.as_raw_fd(),
+            b"hi from the attach client\n",
+            MsgFlags::empty(),
+        )
+        .expect("send through the attach socket");
+        println!("--- attach client received:");
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = nix::sys::socket::recv(attach.as_raw_fd(), &mut buf, MsgFlags::empty())
+                .expect("recv from the attach socket");
+            match buf[..n].first() {
+                None | Some(0) => break,
+                Some(2) => print!("[stdout] {}", String::from_utf8_lossy(&buf[1..n])),
+                Some(3) => print!("[stderr] {}", String::from_utf8_lossy(&buf[1..n])),
+                Some(other) => println!("[packet type {other}]"),
+            }
+        }
+        println!("--- attach: done packet (the container's output ended)");
     });
 
-    run(&runtime, &root, &["start", &id]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !exit.exists() {
         assert!(Instant::now() < deadline, "no exit file");
@@ -88,6 +145,21 @@ fn main() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A blocking SOCK_SEQPACKET connection to the attach socket at `path`.
+fn connect_seqpacket(path: &Path) -> OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let addr = UnixAddr::new(path).expect("attach socket path");
+    connect(fd.as_raw_fd(), &addr).expect("connect to the attach socket");
+    fd
 }
 
 fn run(runtime: &Path, root: &Path, args: &[&str]) {
