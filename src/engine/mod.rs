@@ -179,7 +179,7 @@ fn resolve_backend(choice: BackendChoice) -> (ResolvedBackend, String) {
             if disabled == 2 {
                 return (
                     ResolvedBackend::Epoll,
-                    "io_uring is disabled (kernel.io_uring_disabled = 2)".into(),
+                    "auto: io_uring is disabled (kernel.io_uring_disabled = 2)".into(),
                 );
             }
             match probe_io_uring() {
@@ -302,11 +302,11 @@ impl Engine {
         events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<Engine, EngineError> {
         let (backend, backend_reason) = resolve_backend(config.backend);
-        let pipe_sizer = match config.busy_pipe_size {
-            None => pipe_size::PipeSizer::new(),
-            Some(0) => pipe_size::PipeSizer::disabled(),
-            Some(bytes) => pipe_size::PipeSizer::with_target(bytes),
-        };
+        let pipe_sizer = pipe_size::PipeSizer::with_target(
+            config
+                .busy_pipe_size
+                .unwrap_or(pipe_size::BUSY_PIPE_CAPACITY),
+        );
         let worker_count = config.workers.max(1);
         let assignments = Arc::new(Mutex::new(Assignments::new(worker_count)));
         let mut engine = Engine {
@@ -458,6 +458,26 @@ impl Drop for Engine {
     }
 }
 
+/// Reports the outcome of setting up a worker's backend to `spawn_worker`,
+/// then runs the worker on it (unless setup failed or nobody waits).
+fn serve_when_ready<B: backend::Backend>(
+    built: std::io::Result<B>,
+    kind: ResolvedBackend,
+    ready: &mpsc::SyncSender<Result<(), String>>,
+    run: impl FnOnce(B),
+) {
+    match built {
+        Ok(backend) => {
+            if ready.send(Ok(())).is_ok() {
+                run(backend);
+            }
+        }
+        Err(err) => {
+            let _ = ready.send(Err(format!("{} setup: {err}", kind.name())));
+        }
+    }
+}
+
 /// Spawns worker `index`; returns once its backend is set up (or failed).
 fn spawn_worker(
     index: usize,
@@ -480,37 +500,25 @@ fn spawn_worker(
         .name(format!("ringmon-io-{index}"))
         .spawn(move || {
             // The ring (or epoll set) is created on the thread that uses it.
-            let setup = |result: std::io::Result<()>| {
-                let ready = result.map_err(|err| format!("{} setup: {err}", backend.name()));
-                let ok = ready.is_ok();
-                let _ = ready_tx.send(ready);
-                ok
-            };
             match backend {
-                ResolvedBackend::Uring => {
-                    match uring::UringBackend::new(worker_waker, pipe_sizer) {
-                        Ok(ring) if setup(Ok(())) => {
-                            Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
-                                .run()
-                        }
-                        Ok(_) => {}
-                        Err(err) => {
-                            setup(Err(err));
-                        }
-                    }
-                }
-                ResolvedBackend::Epoll => {
-                    match epoll::EpollBackend::new(worker_waker, pipe_sizer) {
-                        Ok(set) if setup(Ok(())) => {
-                            Worker::new(index, set, commands_rx, events, assignments, attach_drops)
-                                .run()
-                        }
-                        Ok(_) => {}
-                        Err(err) => {
-                            setup(Err(err));
-                        }
-                    }
-                }
+                ResolvedBackend::Uring => serve_when_ready(
+                    uring::UringBackend::new(worker_waker, pipe_sizer),
+                    backend,
+                    &ready_tx,
+                    |ring| {
+                        Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
+                            .run()
+                    },
+                ),
+                ResolvedBackend::Epoll => serve_when_ready(
+                    epoll::EpollBackend::new(worker_waker, pipe_sizer),
+                    backend,
+                    &ready_tx,
+                    |set| {
+                        Worker::new(index, set, commands_rx, events, assignments, attach_drops)
+                            .run()
+                    },
+                ),
             }
         })
         .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;

@@ -36,22 +36,13 @@ pub struct PipeSizer {
 }
 
 impl PipeSizer {
-    /// Reads `fs.pipe-max-size` once.
-    pub fn new() -> PipeSizer {
-        PipeSizer::with_target(BUSY_PIPE_CAPACITY)
-    }
-
-    /// Grows busy pipes to `bytes` (still capped by `fs.pipe-max-size`).
+    /// Grows busy pipes to `bytes` (still capped by `fs.pipe-max-size`,
+    /// read once here); 0 never grows anything (for measurements).
     pub fn with_target(bytes: usize) -> PipeSizer {
         let max = crate::sys::fd::pipe_max_size().unwrap_or(bytes);
         PipeSizer {
             target: bytes.min(max),
         }
-    }
-
-    /// A sizer that never grows anything (for measurements).
-    pub fn disabled() -> PipeSizer {
-        PipeSizer { target: 0 }
     }
 
     /// Grows the pipe `fd` to the busy capacity unless it is that big
@@ -67,11 +58,5 @@ impl PipeSizer {
                 Err(err) => tracing::debug!("growing a busy container pipe: {err}"),
             },
         }
-    }
-}
-
-impl Default for PipeSizer {
-    fn default() -> Self {
-        PipeSizer::new()
     }
 }
