@@ -165,6 +165,79 @@ fn server_flags_are_validated_before_forking() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("loud"), "{err}");
+    for (flag, value) in [("--io-backend", "fast"), ("--busy-pipe-size", "lots")] {
+        let (code, err) = run(&[
+            "--runtime",
+            "/usr/bin/true",
+            "--runtime-dir",
+            &rd,
+            flag,
+            value,
+        ]);
+        assert_eq!(code, Some(2), "{flag} {value}");
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
+}
+
+/// execSyncContainer: every bad field is an RPC error naming it and the
+/// value, and the container is not disturbed (a good exec still works).
+#[test]
+fn exec_sync_rejects_bad_fields() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("badexec");
+    let bundle = make_bundle(dir.path(), &["/bin/sleep", "100"], false);
+    let id = container_id();
+    let req = basic_request(dir.path(), &id, &bundle, false);
+    run_local(async {
+        let c = server.client().await;
+        c.create_container(&req).await.unwrap();
+        server.start_container(&id);
+        let good = ringmon::client::ExecSyncRequest {
+            id: id.clone(),
+            command: vec!["/bin/echo".into(), "ok".into()],
+            timeout_sec: 10,
+            cgroup_manager: 1,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                ringmon::client::ExecSyncRequest {
+                    command: Vec::new(),
+                    ..good.clone()
+                },
+                "invalid command '': must not be empty",
+            ),
+            (
+                ringmon::client::ExecSyncRequest {
+                    id: "../escape".into(),
+                    ..good.clone()
+                },
+                "invalid id '../escape'",
+            ),
+            (
+                ringmon::client::ExecSyncRequest {
+                    env_vars: vec![("A=B".into(), "x".into())],
+                    ..good.clone()
+                },
+                "invalid envVars[0].key 'A=B'",
+            ),
+            (
+                ringmon::client::ExecSyncRequest {
+                    cgroup_manager: 7,
+                    ..good.clone()
+                },
+                "invalid cgroupManager '7'",
+            ),
+        ];
+        for (bad, want) in cases {
+            let err = c.exec_sync(&bad).await.unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?}, got {err}");
+        }
+        let ok = c.exec_sync(&good).await.unwrap();
+        assert_eq!((ok.exit_code, ok.stdout.as_slice()), (0, &b"ok\n"[..]));
+    });
+    server.runtime_cmd(&["delete", "-f", &id]);
 }
 
 #[test]
