@@ -2,7 +2,7 @@
 //! tests and the measurement tools. Must run inside a tokio `LocalSet`
 //! (capnp-rpc objects are not `Send`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::FutureExt;
@@ -60,6 +60,10 @@ pub struct CreateRequest {
     pub env_vars: Vec<(String, String)>,
     /// 0 = systemd (wire default), 1 = cgroupfs, others test the checks.
     pub cgroup_manager: u16,
+    /// fd-socket slots passed to the runtime as fd 3, 4, ...
+    pub additional_fds: Vec<u64>,
+    /// fd-socket slots held open while the container lives.
+    pub leak_fds: Vec<u64>,
 }
 
 /// An exec sync request; empty fields are left unset on the wire.
@@ -238,9 +242,37 @@ impl Client {
                 "cgroupManager",
                 c.cgroup_manager,
             )?;
+            if !c.additional_fds.is_empty() {
+                let mut list = r
+                    .reborrow()
+                    .init_additional_fds(c.additional_fds.len() as u32);
+                for (i, slot) in c.additional_fds.iter().enumerate() {
+                    list.set(i as u32, *slot);
+                }
+            }
+            if !c.leak_fds.is_empty() {
+                let mut list = r.reborrow().init_leak_fds(c.leak_fds.len() as u32);
+                for (i, slot) in c.leak_fds.iter().enumerate() {
+                    list.set(i as u32, *slot);
+                }
+            }
         }
         let reply = req.send().promise.await?;
         Ok(reply.get()?.get_response()?.get_container_pid())
+    }
+
+    /// Starts (or finds) the server's fd socket; returns its path.
+    pub async fn start_fd_socket(&self) -> Result<PathBuf, ClientError> {
+        let mut req = self.conmon.start_fd_socket_request();
+        req.get().init_request();
+        let reply = req.send().promise.await?;
+        let path = reply
+            .get()?
+            .get_response()?
+            .get_path()?
+            .to_string()
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        Ok(PathBuf::from(path))
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<(), ClientError> {

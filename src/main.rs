@@ -10,6 +10,7 @@ use clap::Parser;
 use tracing::{info, warn};
 
 use ringmon::cli::Cli;
+use ringmon::core::monitor::FD_SOCKET_NAME;
 use ringmon::core::runtime::RuntimeConfig;
 use ringmon::core::Monitor;
 use ringmon::engine::{BackendChoice, Engine, EngineConfig};
@@ -17,7 +18,6 @@ use ringmon::sys::process::{self, ForkResult};
 use ringmon::version::BUILD;
 
 const SOCKET_NAME: &str = "conmon.sock";
-const FD_SOCKET_NAME: &str = "conmon-fd.sock";
 
 fn main() {
     let cli = Cli::parse();

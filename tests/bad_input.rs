@@ -103,6 +103,18 @@ fn create_rejects_bad_fields() {
             &["invalid envVars[0].key 'A=B'"],
         )
         .await;
+        expect_error(
+            &c,
+            &with(&|r| r.additional_fds = vec![77]),
+            &["no file descriptor in slot 77"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.leak_fds = vec![3, 3]),
+            &["invalid leakFds[1] '3'", "slot named twice"],
+        )
+        .await;
 
         // A valid create works after all that, and a second one with the
         // same id is refused while the first lives.

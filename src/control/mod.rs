@@ -122,6 +122,19 @@ impl conmon::Server for ConmonServer {
         Ok(())
     }
 
+    async fn start_fd_socket(
+        self: Rc<Self>,
+        _params: conmon::StartFdSocketParams,
+        mut results: conmon::StartFdSocketResults,
+    ) -> Result<(), capnp::Error> {
+        let path = self.monitor.start_fd_socket().map_err(|e| failed(&e))?;
+        let path = path.to_str().ok_or_else(|| {
+            capnp::Error::failed(format!("fd socket path {} is not UTF-8", path.display()))
+        })?;
+        results.get().init_response().set_path(path);
+        Ok(())
+    }
+
     async fn attach_container(
         self: Rc<Self>,
         params: conmon::AttachContainerParams,

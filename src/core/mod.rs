@@ -9,6 +9,7 @@ use crate::log::LogSpec;
 pub mod attach;
 pub mod exec;
 pub mod exit_files;
+pub mod fd_socket;
 pub mod monitor;
 pub mod oom;
 pub mod runtime;
@@ -32,6 +33,10 @@ pub struct CreateContainer {
     pub command_args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cgroup_manager: CgroupManager,
+    /// fd-socket slots whose fds the runtime gets as fd 3, 4, ... in order.
+    pub additional_fds: Vec<u64>,
+    /// fd-socket slots whose fds are held open until the container exits.
+    pub leak_fds: Vec<u64>,
 }
 
 /// Errors of the core layer. The messages are what RPC clients see.
@@ -77,6 +82,8 @@ pub enum CoreError {
     NoTerminal,
     #[error("log reopen: {0}")]
     Reopen(String),
+    #[error(transparent)]
+    NoSuchSlot(#[from] fd_socket::NoSuchSlot),
 }
 
 fn stderr_suffix(stderr: &str) -> String {

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::attach::{Attach, StdinTarget};
 use super::exec::{self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT};
 use super::exit_files::{write_exit_files, write_oom_files};
+use super::fd_socket::{FdSocket, NoSuchSlot};
 use super::oom::OomWatcher;
 use super::runtime::{CreateArgs, ExecArgs, RuntimeConfig};
 use super::{CoreError, CreateContainer};
@@ -42,6 +43,9 @@ use crate::sys;
 /// anyway while the engine keeps logging that stream.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// The fd socket's file name in the runtime dir (spec §1.5).
+pub const FD_SOCKET_NAME: &str = "conmon-fd.sock";
+
 /// One monitored process registered under a container id.
 struct Child {
     key: ContainerKey,
@@ -50,6 +54,9 @@ struct Child {
     terminal: Option<OwnedFd>,
     /// Attach listeners and the stdin forwarder.
     attach: Attach,
+    /// `leakFds`: held open while the container lives, closed when it is
+    /// forgotten.
+    _leaked: Vec<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -76,9 +83,11 @@ struct State {
 /// The container monitor.
 pub struct Monitor {
     runtime: RuntimeConfig,
-    /// The server's `--runtime-dir` (exec sync pid files).
+    /// The server's `--runtime-dir` (exec sync pid files, fd socket).
     runtime_dir: PathBuf,
     engine: Arc<Engine>,
+    /// Started by the first `startFdSocket`.
+    fd_socket: RefCell<Option<FdSocket>>,
     state: RefCell<State>,
     next_key: Cell<ContainerKey>,
     /// Asks the stray sweep to run without a SIGCHLD (a pid was handed back
@@ -99,6 +108,7 @@ impl Monitor {
             runtime,
             runtime_dir,
             engine,
+            fd_socket: RefCell::new(None),
             state: RefCell::new(State::default()),
             next_key: Cell::new(1),
             sweep: Notify::new(),
@@ -169,6 +179,13 @@ impl Monitor {
     /// Runs `runtime create` and starts monitoring the container. Returns the
     /// container's pid once the runtime exited successfully.
     pub async fn create_container(self: &Rc<Self>, req: CreateContainer) -> Result<u32, CoreError> {
+        // Slots are spent by the request that names them, whatever its fate.
+        let additional_fds = self.take_slots(&req.additional_fds);
+        let leak_fds = self.take_slots(&req.leak_fds);
+        let fds = PassedFds {
+            additional: additional_fds?,
+            leaked: leak_fds?,
+        };
         {
             let mut st = self.state.borrow_mut();
             if st.children.get(&req.id).is_some_and(|c| !c.is_empty())
@@ -177,12 +194,39 @@ impl Monitor {
                 return Err(CoreError::DuplicateId(req.id));
             }
         }
-        let result = self.create_inner(&req).await;
+        let result = self.create_inner(&req, fds).await;
         self.state.borrow_mut().creating.remove(&req.id);
         result
     }
 
-    async fn create_inner(self: &Rc<Self>, req: &CreateContainer) -> Result<u32, CoreError> {
+    /// Takes the fds of fd-socket `slots` out of the table.
+    fn take_slots(&self, slots: &[u64]) -> Result<Vec<OwnedFd>, NoSuchSlot> {
+        match (&*self.fd_socket.borrow(), slots.first()) {
+            (_, None) => Ok(Vec::new()),
+            (Some(sock), Some(_)) => sock.take(slots),
+            (None, Some(&first)) => Err(NoSuchSlot(first)),
+        }
+    }
+
+    /// Starts the fd socket at `<runtime-dir>/conmon-fd.sock` unless it runs
+    /// already; returns its path.
+    pub fn start_fd_socket(&self) -> Result<PathBuf, CoreError> {
+        let mut sock = self.fd_socket.borrow_mut();
+        if let Some(s) = &*sock {
+            return Ok(s.path().to_path_buf());
+        }
+        let path = self.runtime_dir.join(FD_SOCKET_NAME);
+        let started = FdSocket::start(&path)
+            .map_err(|e| CoreError::io(format!("start fd socket {}", path.display()), e))?;
+        *sock = Some(started);
+        Ok(path)
+    }
+
+    async fn create_inner(
+        self: &Rc<Self>,
+        req: &CreateContainer,
+        fds: PassedFds,
+    ) -> Result<u32, CoreError> {
         let logs = req
             .logs
             .iter()
@@ -228,6 +272,8 @@ impl Monitor {
             .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::from(stdout_w))
             .stderr(Stdio::from(stderr_w));
+        sys::process::pass_fds_from_3(&mut cmd, fds.additional)
+            .map_err(|e| CoreError::io("prepare additionalFds", e))?;
         let exit = self.run_to_exit(cmd).await?;
 
         let master = match &console {
@@ -304,6 +350,7 @@ impl Monitor {
                 pid,
                 terminal,
                 attach: Attach::new(key, stdin_target),
+                _leaked: fds.leaked,
             });
         }
         let exit_policy = ExitPolicy {
@@ -600,6 +647,14 @@ impl Monitor {
         }
         info!(killed = pids.len(), "all containers handled");
     }
+}
+
+/// The fds a `createContainer` took from the fd socket.
+struct PassedFds {
+    /// Become fd 3, 4, ... of the runtime process.
+    additional: Vec<OwnedFd>,
+    /// Held until the container is forgotten.
+    leaked: Vec<OwnedFd>,
 }
 
 /// Where an exec process's output is read from: a pty master (terminal,

@@ -187,21 +187,8 @@ pub fn create_container(
         });
     }
     let env = env_vars(r.get_env_vars())?;
-    for (field, list) in [
-        (
-            "additionalFds",
-            r.get_additional_fds().map_err(decode("additionalFds"))?,
-        ),
-        ("leakFds", r.get_leak_fds().map_err(decode("leakFds"))?),
-    ] {
-        if let Some(slot) = list.iter().next() {
-            return Err(invalid(
-                field,
-                slot.to_string(),
-                "fd passing is not supported yet",
-            ));
-        }
-    }
+    let additional_fds = slots("additionalFds", r.get_additional_fds())?;
+    let leak_fds = slots("leakFds", r.get_leak_fds())?;
     Ok(CreateContainer {
         id,
         bundle,
@@ -215,7 +202,28 @@ pub fn create_container(
         command_args: texts("commandArgs", r.get_command_args())?,
         env,
         cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+        additional_fds,
+        leak_fds,
     })
+}
+
+/// Reads a list of fd-socket slot numbers; a slot named twice is refused
+/// (its fd can be taken once). Unknown slots are the core's to refuse.
+fn slots(
+    field: &'static str,
+    r: capnp::Result<capnp::primitive_list::Reader<'_, u64>>,
+) -> Result<Vec<u64>, RequestError> {
+    let list: Vec<u64> = r.map_err(decode(field))?.iter().collect();
+    for (i, &slot) in list.iter().enumerate() {
+        if list[..i].contains(&slot) {
+            return Err(invalid(
+                format!("{field}[{i}]"),
+                slot.to_string(),
+                "slot named twice",
+            ));
+        }
+    }
+    Ok(list)
 }
 
 /// Reads `envVars` (a TextTextMap) as (key, value) pairs in wire order.

@@ -154,3 +154,56 @@ pub fn process_exists(pid: u32) -> bool {
 pub fn set_oom_score_adj(value: i32) -> io::Result<()> {
     fs::write("/proc/self/oom_score_adj", value.to_string())
 }
+
+/// Makes `fds[i]` descriptor number `3 + i` in the process `cmd` spawns
+/// (close-on-exec cleared there), as OCI runtimes expect for
+/// `--preserve-fds` (spec §3.0.3). Every other descriptor of ours stays
+/// close-on-exec.
+///
+/// The descriptors are first duplicated to numbers at or above `3 + n`, so
+/// that no source can be one of the target numbers and be overwritten by an
+/// earlier `dup2` in the child. The duplicates live in the pre-exec closure
+/// and are closed in the parent when `cmd` is dropped.
+///
+/// One limit of doing this through `std::process::Command`: if `execve` of
+/// the runtime itself fails, std reports the error over a close-on-exec pipe
+/// that may sit at one of the target numbers and so be replaced; the spawn
+/// then looks successful and the runtime "exits 1". The runtime path is
+/// checked at start-up, so this only matters if it vanishes later.
+pub fn pass_fds_from_3(cmd: &mut std::process::Command, fds: Vec<OwnedFd>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let first_free = 3 + fds.len() as RawFd;
+    let sources = fds
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(first_free))
+                .map_err(io::Error::from)
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that
+                // nothing else owns.
+                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect::<io::Result<Vec<OwnedFd>>>()?;
+    drop(fds);
+    let hook = move || -> io::Result<()> {
+        for (i, src) in sources.iter().enumerate() {
+            // SAFETY: runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: dup2 is one. `src` is an
+            // open descriptor owned by the closure; the target number is
+            // below every source, so no source is replaced. dup2 leaves the
+            // new descriptor without FD_CLOEXEC, so it survives the exec.
+            if unsafe { libc::dup2(src.as_raw_fd(), 3 + i as RawFd) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls dup2 (async-signal-safe), allocates
+    // nothing and touches no lock, as required after fork in a
+    // multi-threaded process.
+    unsafe { cmd.pre_exec(hook) };
+    Ok(())
+}

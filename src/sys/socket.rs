@@ -144,3 +144,75 @@ pub fn hang_up(fd: impl AsFd) {
     // queue is empty now that reading is shut down.
     while let Ok(1..) = recv(raw, &mut sink, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {}
 }
+
+/// One packet received with [`recv_with_fds`].
+#[derive(Debug)]
+pub struct PacketWithFds {
+    /// The payload, at most the buffer's size.
+    pub payload: Vec<u8>,
+    /// The packet's real length (larger than `payload` when it did not fit).
+    pub len: usize,
+    /// The descriptors that arrived with it (close-on-exec).
+    pub fds: Vec<OwnedFd>,
+    /// More descriptors were sent than the control buffer holds
+    /// (MSG_CTRUNC): the kernel closed the excess.
+    pub fds_truncated: bool,
+}
+
+/// Most descriptors [`recv_with_fds`] takes from one packet. 253 is what
+/// SCM_RIGHTS allows per message (`SCM_MAX_FD` is 253).
+pub const MAX_FDS_PER_PACKET: usize = 253;
+
+/// Receives one packet and the descriptors sent with it (SCM_RIGHTS) from a
+/// non-blocking SOCK_SEQPACKET socket, reading at most `max_payload` bytes.
+/// `Ok(None)`: nothing pending.
+pub fn recv_with_fds(fd: &OwnedFd, max_payload: usize) -> io::Result<Option<PacketWithFds>> {
+    let mut payload = vec![0u8; max_payload];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_PACKET]);
+    let msg = match recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        // MSG_TRUNC: report the packet's real length, also when it is longer
+        // than the buffer.
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+    ) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let len = msg.bytes;
+    let fds_truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel installed these descriptors in our table
+                // for this message; nothing else refers to them yet.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    payload.truncate(len);
+    Ok(Some(PacketWithFds {
+        payload,
+        len,
+        fds,
+        fds_truncated,
+    }))
+}
+
+/// Sends one packet on a non-blocking socket without raising SIGPIPE.
+/// `Ok(false)`: the socket buffer is full (try again when writable).
+pub fn send_packet(fd: &OwnedFd, packet: &[u8]) -> io::Result<bool> {
+    match nix::sys::socket::send(
+        fd.as_raw_fd(),
+        packet,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    ) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EAGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
