@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::engine::{ContainerKey, Engine};
+use crate::engine::{AttachListenerId, ContainerKey, Engine};
 use crate::sys;
 
 /// Pending stdin packets per container before client readers pause.
@@ -53,8 +53,10 @@ pub enum StdinTarget {
 pub struct Attach {
     key: ContainerKey,
     stdin: Option<mpsc::Sender<StdinMsg>>,
-    /// Attach listeners by path, with the socket file's inode.
-    listeners: HashMap<PathBuf, (u64, CancellationToken)>,
+    /// Attach listeners by path.
+    listeners: HashMap<PathBuf, Listener>,
+    /// Id of the next listener (ids name listeners to the engine).
+    next_listener: AttachListenerId,
     /// Cancelled when the container exits or a stop-after-stdin-EOF client
     /// hits EOF: every client reader of this container stops.
     readers: CancellationToken,
@@ -72,6 +74,7 @@ impl Attach {
             key,
             stdin,
             listeners: HashMap::new(),
+            next_listener: 0,
             readers: CancellationToken::new(),
         }
     }
@@ -85,8 +88,8 @@ impl Attach {
         stop_after_stdin_eof: bool,
         engine: &Arc<Engine>,
     ) -> io::Result<()> {
-        if let Some((ino, _)) = self.listeners.get(path) {
-            if std::fs::metadata(path).map(|m| m.ino()).ok() == Some(*ino) {
+        if let Some(l) = self.listeners.get(path) {
+            if std::fs::metadata(path).map(|m| m.ino()).ok() == Some(l.ino) {
                 return Ok(());
             }
         }
@@ -96,14 +99,14 @@ impl Attach {
         }
         let listener = sys::socket::listen_seqpacket(path, ATTACH_SOCKET_MODE)?;
         let ino = std::fs::metadata(path)?.ino();
+        let id = self.next_listener;
+        self.next_listener += 1;
+        // The worker accepts too, right before it routes output, so that a
+        // client that connected is in place for all output produced after
+        // its connect returned, however busy this thread is.
+        let for_engine = listener.try_clone()?;
         let listener = sys::reactor::async_fd(listener, Interest::READABLE)?;
         let stop = self.readers.child_token();
-        if let Some((_, old)) = self
-            .listeners
-            .insert(path.to_path_buf(), (ino, stop.clone()))
-        {
-            old.cancel();
-        }
         let ctx = ClientContext {
             key: self.key,
             stdin: self.stdin.clone(),
@@ -111,21 +114,61 @@ impl Attach {
             readers: self.readers.clone(),
             engine: Arc::clone(engine),
         };
+        let entry = Listener {
+            ino,
+            id,
+            stop: stop.clone(),
+            ctx: ctx.clone(),
+        };
+        if let Some(old) = self.listeners.insert(path.to_path_buf(), entry) {
+            old.stop.cancel();
+        }
+        if let Err(e) = engine.watch_attach_listener(self.key, id, for_engine) {
+            // The control thread's accept loop alone still serves it.
+            warn!(
+                key = self.key,
+                "attach listener not watched by the engine: {e}"
+            );
+        }
         tokio::task::spawn_local(accept_loop(listener, stop, ctx));
         Ok(())
+    }
+
+    /// A connection the engine accepted on listener `id` (it already gets
+    /// output): read its input for the container's stdin.
+    pub fn accepted(&self, id: AttachListenerId, conn: OwnedFd) {
+        match self.listeners.values().find(|l| l.id == id) {
+            Some(l) if !l.stop.is_cancelled() => start_reader(conn, &l.ctx),
+            // A listener replaced meanwhile: nobody can reach it by path, and
+            // without its context the input is discarded.
+            _ => debug!(
+                key = self.key,
+                "attach client of a closed listener: input ignored"
+            ),
+        }
     }
 
     /// The container is gone: stop readers and listeners, and remove the
     /// socket files that are still ours.
     pub fn close(&mut self) {
         self.readers.cancel();
-        for (path, (ino, _)) in self.listeners.drain() {
-            if std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(ino) {
+        for (path, l) in self.listeners.drain() {
+            if std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(l.ino) {
                 let _ = std::fs::remove_file(&path);
             }
         }
         self.stdin = None;
     }
+}
+
+/// One attach listener of a container.
+struct Listener {
+    /// Inode of the socket file (is the file at the path still ours?).
+    ino: u64,
+    id: AttachListenerId,
+    /// Stops its accept loop.
+    stop: CancellationToken,
+    ctx: ClientContext,
 }
 
 #[derive(Clone)]
@@ -182,6 +225,11 @@ fn start_client(conn: OwnedFd, ctx: &ClientContext) {
         warn!(key = ctx.key, "attach client: {e}");
         return;
     }
+    start_reader(conn, ctx);
+}
+
+/// Starts forwarding a connected client's input.
+fn start_reader(conn: OwnedFd, ctx: &ClientContext) {
     debug!(key = ctx.key, "attach client connected");
     match sys::reactor::async_fd(conn, Interest::READABLE) {
         Ok(conn) => {

@@ -148,6 +148,18 @@ impl Monitor {
                 } => {
                     warn!(key, dropped_total, "attach client dropped: {reason}");
                 }
+                EngineEvent::AttachAccepted {
+                    key,
+                    listener,
+                    client,
+                } => {
+                    let st = self.state.borrow();
+                    match st.children.values().flatten().find(|c| c.key == key) {
+                        Some(child) => child.attach.accepted(listener, client),
+                        // Exited meanwhile: the engine sends it the done packet.
+                        None => debug!(key, "attach client of a forgotten container"),
+                    }
+                }
             }
         }
     }

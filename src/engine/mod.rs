@@ -221,7 +221,19 @@ pub enum EngineEvent {
         dropped_total: u64,
         reason: String,
     },
+    /// The worker accepted a connection on an attach listener of `key` (see
+    /// [`Engine::watch_attach_listener`]) and made it an attach client;
+    /// `client` is a second descriptor of that socket for reading the
+    /// client's stdin.
+    AttachAccepted {
+        key: ContainerKey,
+        listener: AttachListenerId,
+        client: OwnedFd,
+    },
 }
+
+/// Names an attach listener among those of one container.
+pub type AttachListenerId = u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -378,6 +390,27 @@ impl Engine {
             .copied()
             .unwrap_or(0);
         self.send(worker, Command::Attach { key, client })
+    }
+
+    /// Gives the worker serving `key` a descriptor of one of its attach
+    /// listeners. Right before the worker routes a chunk of `key`'s output it
+    /// accepts every connection pending there and adds it as a client, so a
+    /// client whose `connect` returned before that output was produced gets
+    /// it, however late the control thread would have accepted it. Each
+    /// connection accepted so is reported as [`EngineEvent::AttachAccepted`].
+    /// The listener is dropped with the container. A key no worker serves
+    /// drops it at once.
+    pub fn watch_attach_listener(
+        &self,
+        key: ContainerKey,
+        id: AttachListenerId,
+        listener: OwnedFd,
+    ) -> Result<(), EngineError> {
+        let worker = self.lock_assignments().worker_of.get(&key).copied();
+        match worker {
+            Some(worker) => self.send(worker, Command::AttachListener { key, id, listener }),
+            None => Ok(()),
+        }
     }
 
     /// Reopens every log writer of `key`. Resolves to Ok if the key is

@@ -639,6 +639,90 @@ fn attaching_to_an_unknown_container_gets_the_done_packet_at_once(backend: Backe
     assert!(events.try_recv().is_err());
 }
 
+/// A client that connected to a watched attach listener gets all output
+/// written after its `connect` returned, although nobody else accepts the
+/// connection: the worker accepts it before routing that output, and hands
+/// a second descriptor of it back for stdin.
+fn a_connected_client_is_accepted_before_output_is_routed(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "listener");
+    let (engine, mut events) = start(backend, 2);
+    let (out_read, mut out_write) = {
+        let (r, w) = pipe();
+        (r, fs::File::from(w))
+    };
+    engine
+        .register(Registration {
+            key: 31,
+            sources: vec![source(out_read, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![cri_writer(dir.path("ctr.log"))],
+        })
+        .unwrap();
+    let path = dir.path("attach.sock");
+    let listener = crate::sys::socket::listen_seqpacket(&path, 0o700).unwrap();
+    engine.watch_attach_listener(31, 7, listener).unwrap();
+    // Output before any client: routed to nobody.
+    out_write.write_all(b"before\n").unwrap();
+    let logged_before = || {
+        fs::read(dir.path("ctr.log"))
+            .map(|l| l.ends_with(b" stdout F before\n"))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !logged_before() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first chunk not logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A client connects (the kernel queues it; nobody has accepted it yet),
+    // then output is produced.
+    let client = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let long = crate::sys::socket::LongPath::new(&path).unwrap();
+    nix::sys::socket::connect(
+        client.as_raw_fd(),
+        &nix::sys::socket::UnixAddr::new(long.path()).unwrap(),
+    )
+    .unwrap();
+    let reader = spawn_reader(client);
+    out_write.write_all(b"after connect\n").unwrap();
+    drop(out_write);
+    let mut accepted = None;
+    let mut drained = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accepted.is_none() || !drained {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted: {}, drained: {drained}",
+            accepted.is_some()
+        );
+        let event = match events.try_recv() {
+            Ok(event) => event,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        match event {
+            EngineEvent::AttachAccepted {
+                key: 31,
+                listener: 7,
+                client,
+            } => accepted = Some(client),
+            EngineEvent::Drained { key: 31 } => drained = true,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_complete(&reader.join().unwrap(), b"after connect\n", b"");
+    engine.shutdown();
+}
+
 fn pty_output_is_attached_as_stdout(backend: BackendChoice) {
     let (engine, mut events) = start(backend, 1);
     let pty = nix::pty::openpty(None, None).unwrap();
@@ -809,6 +893,7 @@ per_backend!(
     a_stuck_attach_client_is_dropped_without_stalling_anything,
     a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
     attaching_to_an_unknown_container_gets_the_done_packet_at_once,
+    a_connected_client_is_accepted_before_output_is_routed,
     pty_output_is_attached_as_stdout,
     a_client_that_went_away_is_closed_without_counting_a_drop,
     shutdown_closes_attach_clients

@@ -28,8 +28,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::attach::{PacketQueue, PACKET_STDERR, PACKET_STDOUT};
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
 use super::{
-    Assignments, ContainerKey, EngineEvent, Registration, SourceKind, ATTACH_LINGER_TIMEOUT,
-    ATTACH_QUEUE_LIMIT,
+    Assignments, AttachListenerId, ContainerKey, EngineEvent, Registration, SourceKind,
+    ATTACH_LINGER_TIMEOUT, ATTACH_QUEUE_LIMIT,
 };
 use crate::log::{LogError, LogWriter, StreamKind, TimestampCache};
 
@@ -49,6 +49,13 @@ pub enum Command {
     ReopenLogs {
         key: ContainerKey,
         reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Accept pending attach connections of `key` from this listener before
+    /// routing its output (`Engine::watch_attach_listener`).
+    AttachListener {
+        key: ContainerKey,
+        id: AttachListenerId,
+        listener: OwnedFd,
     },
     /// Flush every writer, close every attach client and exit.
     Shutdown,
@@ -136,6 +143,9 @@ struct Container {
     open_sources: usize,
     logs: Vec<LogSink>,
     attach_clients: Vec<ClientId>,
+    /// Attach listeners whose pending connections are accepted before each
+    /// chunk is routed.
+    attach_listeners: Vec<(AttachListenerId, OwnedFd)>,
 }
 
 /// Worker-local id of an attach client.
@@ -303,6 +313,9 @@ impl<B: Backend> Worker<B> {
                 Command::ReopenLogs { key, reply } => {
                     let _ = reply.send(self.routing.reopen_logs(key));
                 }
+                Command::AttachListener { key, id, listener } => {
+                    self.routing.add_attach_listener(key, id, listener);
+                }
                 Command::Shutdown => return false,
             }
         }
@@ -318,6 +331,7 @@ impl<B: Backend> Worker<B> {
                 open_sources: 0,
                 logs: logs.into_iter().map(LogSink::new).collect(),
                 attach_clients: Vec::new(),
+                attach_listeners: Vec::new(),
             },
         );
         for source in sources {
@@ -367,6 +381,11 @@ impl Routing {
                 Command::ReopenLogs { key, reply } if !self.registration_deferred(key) => {
                     let _ = reply.send(self.reopen_logs(key));
                 }
+                Command::AttachListener { key, id, listener }
+                    if !self.registration_deferred(key) =>
+                {
+                    self.add_attach_listener(key, id, listener);
+                }
                 Command::Shutdown => {
                     self.stopping = true;
                     self.deferred.push_back(Command::Shutdown);
@@ -411,6 +430,51 @@ impl Routing {
         }
     }
 
+    /// Keeps `listener` with `key` (dropped at once if `key` is not here).
+    fn add_attach_listener(&mut self, key: ContainerKey, id: AttachListenerId, listener: OwnedFd) {
+        if let Some(container) = self.containers.get_mut(&key) {
+            container.attach_listeners.push((id, listener));
+        }
+    }
+
+    /// Accepts the connections pending on `key`'s attach listeners and adds
+    /// them as clients, reporting each to the control thread (which reads
+    /// its stdin). Called right before `key`'s output is routed: the
+    /// control thread accepts too, but may not have been scheduled since a
+    /// client connected, and output routed before a client is added is
+    /// never sent to it.
+    fn accept_pending_clients(&mut self, key: ContainerKey) {
+        let Some(container) = self.containers.get(&key) else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        for (id, listener) in &container.attach_listeners {
+            loop {
+                match crate::sys::socket::accept_nonblocking(listener) {
+                    Ok(Some(conn)) => accepted.push((*id, conn)),
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(key, "attach accept on the worker: {err}");
+                        break;
+                    }
+                }
+            }
+        }
+        for (listener, conn) in accepted {
+            match conn.try_clone() {
+                Ok(stdin_side) => {
+                    let _ = self.events.send(EngineEvent::AttachAccepted {
+                        key,
+                        listener,
+                        client: stdin_side,
+                    });
+                }
+                Err(err) => tracing::warn!(key, "attach client: duplicate socket: {err}"),
+            }
+            self.attach(key, conn);
+        }
+    }
+
     fn schedule(&mut self, id: ClientId) {
         if let Some(client) = self.clients.get_mut(&id) {
             if !client.scheduled {
@@ -424,6 +488,7 @@ impl Routing {
         let Some(&route) = self.sources.get(&source) else {
             return;
         };
+        self.accept_pending_clients(route.key);
         let Some(container) = self.containers.get_mut(&route.key) else {
             return;
         };
