@@ -1,12 +1,14 @@
-//! Compiles the wire schema and records the build facts `version` reports.
+//! Compiles the wire schemas (v1 and the legacy request layouts) and records
+//! the build facts `version` reports.
 use std::process::Command;
 
 fn main() {
     capnpc::CompilerCommand::new()
         .src_prefix("rpc")
         .file("rpc/conmon.capnp")
+        .file("rpc/conmon_legacy.capnp")
         .run()
-        .expect("compiling rpc/conmon.capnp (is the capnp tool installed?)");
+        .expect("compiling rpc/*.capnp (is the capnp tool installed?)");
 
     let run = |prog: &str, args: &[&str]| -> String {
         Command::new(prog)
@@ -54,6 +56,7 @@ fn main() {
     );
     println!("cargo:rustc-env=RINGMON_DEPENDENCIES={}", dependency_list());
     println!("cargo:rerun-if-changed=rpc/conmon.capnp");
+    println!("cargo:rerun-if-changed=rpc/conmon_legacy.capnp");
     println!("cargo:rerun-if-changed=Cargo.lock");
     println!("cargo:rerun-if-changed=.git/HEAD");
 }

@@ -5,6 +5,14 @@
 # are wire facts taken from the interface specification; tests/schema_layout.rs
 # checks the compiled layout against the spec's slot tables. Field names do not
 # travel on the wire. Extensions are appended with new ordinals only.
+#
+# Clients up to conmon-rs 0.8.x send some request structs in a legacy layout
+# (every `metadataOld` below was Data, taking a pointer slot and shifting the
+# later ones). Those structs are declared in rpc/conmon_legacy.capnp, which
+# imports the shared types from this file; src/rpc/legacy.rs tells the layouts
+# apart by the request's pointer count. Appending a pointer field to one of
+# those structs here must keep its count different from the legacy one
+# (tests/schema_layout.rs pins both).
 @0xffaaf7385bc4adad;
 
 interface Conmon {

@@ -25,3 +25,10 @@ pub mod version;
 pub mod conmon_capnp {
     include!(concat!(env!("OUT_DIR"), "/conmon_capnp.rs"));
 }
+
+/// Generated readers for `rpc/conmon_legacy.capnp`: the conmon-rs ≤ 0.8.x
+/// layout of the request structs that differ from v1 (see `rpc::legacy`).
+#[allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
+pub mod conmon_legacy_capnp {
+    include!(concat!(env!("OUT_DIR"), "/conmon_legacy_capnp.rs"));
+}

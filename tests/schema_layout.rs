@@ -1,6 +1,9 @@
 //! The compiled schema matches the conmon-rs v1 wire facts (spec §2.2,
 //! §2.4): interface ID, struct IDs, and every struct's data/pointer size, so
-//! a misplaced field cannot slip in.
+//! a misplaced field cannot slip in. The legacy request layouts
+//! (`rpc/conmon_legacy.capnp`, spec §2.7) are checked the same way; since
+//! `rpc::legacy` tells the generations apart by pointer count, these sizes
+//! are what detection relies on.
 
 use capnp::traits::{HasStructSize, HasTypeId};
 use ringmon::conmon_capnp::conmon;
@@ -140,4 +143,253 @@ fn field_slots_match_the_spec() {
     assert!(ptr(0).iter().any(|b| *b != 0), "id at ptr 0");
     assert!(ptr(1).iter().all(|b| *b == 0));
     assert!(ptr(4).iter().any(|b| *b != 0), "logDrivers at ptr 4");
+}
+
+/// The legacy (conmon-rs ≤ 0.8.x) request layouts of `rpc/conmon_legacy.capnp`
+/// match the spec's §2.7 table: data sections as in v1, one pointer more.
+#[test]
+fn legacy_struct_sizes_match_the_spec() {
+    use conmon::*;
+    use ringmon::conmon_legacy_capnp as legacy;
+    let pairs = [
+        (
+            "VersionRequest",
+            size::<legacy::version_request::Builder<'static>>(),
+            size::<version_request::Builder<'static>>(),
+            (1, 2),
+        ),
+        (
+            "VersionResponse",
+            size::<legacy::version_response::Builder<'static>>(),
+            size::<version_response::Builder<'static>>(),
+            (1, 9),
+        ),
+        (
+            "CreateContainerRequest",
+            size::<legacy::create_container_request::Builder<'static>>(),
+            size::<create_container_request::Builder<'static>>(),
+            (1, 13),
+        ),
+        (
+            "ExecSyncContainerRequest",
+            size::<legacy::exec_sync_container_request::Builder<'static>>(),
+            size::<exec_sync_container_request::Builder<'static>>(),
+            (2, 5),
+        ),
+        (
+            "AttachRequest",
+            size::<legacy::attach_request::Builder<'static>>(),
+            size::<attach_request::Builder<'static>>(),
+            (1, 5),
+        ),
+        (
+            "ReopenLogRequest",
+            size::<legacy::reopen_log_request::Builder<'static>>(),
+            size::<reopen_log_request::Builder<'static>>(),
+            (0, 3),
+        ),
+        (
+            "SetWindowSizeRequest",
+            size::<legacy::set_window_size_request::Builder<'static>>(),
+            size::<set_window_size_request::Builder<'static>>(),
+            (1, 3),
+        ),
+        (
+            "CreateNamespacesRequest",
+            size::<legacy::create_namespaces_request::Builder<'static>>(),
+            size::<create_namespaces_request::Builder<'static>>(),
+            (0, 7),
+        ),
+    ];
+    for (name, legacy, v1, want) in pairs {
+        assert_eq!(legacy, want, "{name}: legacy size");
+        assert_eq!(legacy.0, v1.0, "{name}: data sections differ");
+        assert_eq!(legacy.1, v1.1 + 1, "{name}: legacy has one pointer more");
+    }
+}
+
+/// The raw pointer words of a single-segment message's root struct.
+fn root_pointers(msg: &capnp::message::Builder<capnp::message::HeapAllocator>) -> Vec<[u8; 8]> {
+    let bytes = capnp::serialize::write_message_segments_to_words(msg);
+    // Segment table (8 bytes), then the root pointer: data words at bits
+    // 32-47, pointer count at bits 48-63.
+    let root = &bytes[8..16];
+    let data = u16::from_le_bytes([root[4], root[5]]) as usize;
+    let ptrs = u16::from_le_bytes([root[6], root[7]]) as usize;
+    let start = 16 + 8 * data;
+    (0..ptrs)
+        .map(|i| bytes[start + 8 * i..start + 8 * i + 8].try_into().unwrap())
+        .collect()
+}
+
+/// Which pointer slots are non-null.
+fn set_slots(ptrs: &[[u8; 8]]) -> Vec<usize> {
+    (0..ptrs.len()).filter(|&i| ptrs[i] != [0; 8]).collect()
+}
+
+/// Legacy pointer slots, one field at a time, against the §2.7 table.
+#[test]
+fn legacy_field_slots_match_the_spec() {
+    use ringmon::conmon_legacy_capnp as legacy;
+    type Msg = capnp::message::Builder<capnp::message::HeapAllocator>;
+    fn slot(fill: impl FnOnce(&mut Msg)) -> Vec<usize> {
+        let mut msg = Msg::new_default();
+        fill(&mut msg);
+        set_slots(&root_pointers(&msg))
+    }
+    use legacy::create_container_request as cc;
+    let cases: Vec<(&str, Vec<usize>, Vec<usize>)> = vec![
+        (
+            "CreateContainerRequest.metadataOld",
+            slot(|m| m.init_root::<cc::Builder<'_>>().set_metadata_old(b"{}")),
+            vec![8],
+        ),
+        (
+            "CreateContainerRequest.metadata",
+            slot(|m| {
+                m.init_root::<cc::Builder<'_>>().init_metadata(1);
+            }),
+            vec![9],
+        ),
+        (
+            "CreateContainerRequest.envVars",
+            slot(|m| {
+                m.init_root::<cc::Builder<'_>>().init_env_vars(1);
+            }),
+            vec![10],
+        ),
+        (
+            "CreateContainerRequest.additionalFds",
+            slot(|m| {
+                m.init_root::<cc::Builder<'_>>().init_additional_fds(1);
+            }),
+            vec![11],
+        ),
+        (
+            "CreateContainerRequest.leakFds",
+            slot(|m| {
+                m.init_root::<cc::Builder<'_>>().init_leak_fds(1);
+            }),
+            vec![12],
+        ),
+        (
+            "CreateContainerRequest.commandArgs",
+            slot(|m| {
+                m.init_root::<cc::Builder<'_>>().init_command_args(1);
+            }),
+            vec![7],
+        ),
+        (
+            "ExecSyncContainerRequest.metadataOld/metadata/envVars",
+            slot(|m| {
+                let mut r = m.init_root::<legacy::exec_sync_container_request::Builder<'_>>();
+                r.set_metadata_old(b"{}");
+                r.reborrow().init_metadata(1);
+                r.init_env_vars(1);
+            }),
+            vec![2, 3, 4],
+        ),
+        (
+            "AttachRequest.metadataOld/metadata",
+            slot(|m| {
+                let mut r = m.init_root::<legacy::attach_request::Builder<'_>>();
+                r.set_metadata_old(b"{}");
+                r.init_metadata(1);
+            }),
+            vec![3, 4],
+        ),
+        (
+            "ReopenLogRequest.metadataOld/metadata",
+            slot(|m| {
+                let mut r = m.init_root::<legacy::reopen_log_request::Builder<'_>>();
+                r.set_metadata_old(b"{}");
+                r.init_metadata(1);
+            }),
+            vec![1, 2],
+        ),
+        (
+            "SetWindowSizeRequest.metadataOld/metadata",
+            slot(|m| {
+                let mut r = m.init_root::<legacy::set_window_size_request::Builder<'_>>();
+                r.set_metadata_old(b"{}");
+                r.init_metadata(1);
+            }),
+            vec![1, 2],
+        ),
+        (
+            "VersionRequest.metadataOld/metadata",
+            slot(|m| {
+                let mut r = m.init_root::<legacy::version_request::Builder<'_>>();
+                r.set_metadata_old(b"{}");
+                r.init_metadata(1);
+            }),
+            vec![0, 1],
+        ),
+        (
+            "VersionResponse.metadata",
+            slot(|m| {
+                m.init_root::<legacy::version_response::Builder<'_>>()
+                    .set_metadata(b"{}")
+            }),
+            vec![8],
+        ),
+        (
+            "CreateNamespacesRequest.metadataOld",
+            slot(|m| {
+                m.init_root::<legacy::create_namespaces_request::Builder<'_>>()
+                    .set_metadata_old(b"{}")
+            }),
+            vec![0],
+        ),
+        (
+            "CreateNamespacesRequest.namespaces",
+            slot(|m| {
+                m.init_root::<legacy::create_namespaces_request::Builder<'_>>()
+                    .init_namespaces(1);
+            }),
+            vec![1],
+        ),
+        (
+            "CreateNamespacesRequest.podId",
+            slot(|m| {
+                m.init_root::<legacy::create_namespaces_request::Builder<'_>>()
+                    .set_pod_id("p")
+            }),
+            vec![5],
+        ),
+        (
+            "CreateNamespacesRequest.metadata",
+            slot(|m| {
+                m.init_root::<legacy::create_namespaces_request::Builder<'_>>()
+                    .init_metadata(1);
+            }),
+            vec![6],
+        ),
+    ];
+    for (name, got, want) in cases {
+        assert_eq!(got, want, "{name}: pointer slot(s)");
+    }
+
+    // Data sections: createContainer's bits 0-1 and bytes 2-3, execSync's
+    // bit 64 and bytes 10-11, as in v1.
+    let mut msg = Msg::new_default();
+    {
+        let mut r = msg.init_root::<cc::Builder<'_>>();
+        r.set_terminal(true);
+        r.set_stdin(true);
+        r.set_cgroup_manager(conmon::CgroupManager::Cgroupfs);
+    }
+    let words = capnp::serialize::write_message_segments_to_words(&msg);
+    assert_eq!(&words[16..20], &[0b11, 0, 1, 0]);
+    let mut msg = Msg::new_default();
+    {
+        let mut r = msg.init_root::<legacy::exec_sync_container_request::Builder<'_>>();
+        r.set_timeout_sec(0x0102);
+        r.set_terminal(true);
+        r.set_cgroup_manager(conmon::CgroupManager::Cgroupfs);
+    }
+    let words = capnp::serialize::write_message_segments_to_words(&msg);
+    assert_eq!(&words[16..18], &[0x02, 0x01]);
+    assert_eq!(words[24], 1, "terminal at bit 64");
+    assert_eq!(&words[26..28], &[1, 0], "cgroupManager at bytes 10-11");
 }

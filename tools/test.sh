@@ -4,11 +4,12 @@
 #   bash tools/test.sh
 #
 # Steps: install system dependencies, rustfmt check, clippy, release build,
-# Rust unit + integration tests, then the Go client compatibility suite
-# (tests/go, driving the server through the upstream conmon-rs Go client)
-# once per OCI runtime. The integration tests and the Go suite run once per
-# engine backend (io_uring, epoll); the unit tests cover both backends in
-# one run.
+# Rust unit + integration tests, then the Go client compatibility suites
+# once per OCI runtime: tests/go (the upstream conmon-rs Go client v1.0.1)
+# and tests/go-legacy (the pre-1.0 client v0.7.3, legacy wire layout, the
+# same cases through symlinked test files). The integration tests and the Go
+# suites run once per engine backend (io_uring, epoll); the unit tests cover
+# both backends in one run.
 #
 # Must run as root (containers are created). Exits non-zero if any step
 # fails. Lint and test steps keep going after a failure so one run reports
@@ -22,7 +23,8 @@
 #   RINGMON_SKIP_DEPS=1    do not run tools/install-deps.sh
 #   GO_TEST_TIMEOUT        per-runtime go test timeout (default 10m)
 #   GO_TEST_RUN            passed to go test -run (default: all tests)
-#   RINGMON_GO_ONLY=1      only run the Go suite, against $RINGMON_BINARY if set
+#   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy", dirs under tests/)
+#   RINGMON_GO_ONLY=1      only run the Go suites, against $RINGMON_BINARY if set
 #                          (default target/release/ringmon); for quick reruns
 set -euo pipefail
 
@@ -42,6 +44,7 @@ export RINGMON_TEST_RUNTIMES="${RINGMON_TEST_RUNTIMES:-/usr/sbin/runc /usr/bin/c
 RINGMON_TEST_BACKENDS="${RINGMON_TEST_BACKENDS:-uring epoll}"
 GO_TEST_TIMEOUT="${GO_TEST_TIMEOUT:-10m}"
 GO_TEST_RUN="${GO_TEST_RUN:-}"
+RINGMON_GO_SUITES="${RINGMON_GO_SUITES:-go go-legacy}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 GO_ONLY="${RINGMON_GO_ONLY:-0}"
 if [[ "$GO_ONLY" == 1 && -n "${RINGMON_BINARY:-}" ]]; then
@@ -98,18 +101,23 @@ summary() {
 
 # shellcheck disable=SC2317  # invoked indirectly through step
 go_suite() {
-    local runtime=$1
+    local suite=$1 runtime=$2 backend=$3
     if [[ ! -x "$runtime" ]]; then
         echo "OCI runtime $runtime not found" >&2
         return 1
     fi
-    local backend=$2
     local args=(test -count=1 -v -timeout "$GO_TEST_TIMEOUT")
     if [[ -n "$GO_TEST_RUN" ]]; then
         args+=(-run "$GO_TEST_RUN")
     fi
-    (cd "$ROOT/tests/go" &&
+    (cd "$ROOT/tests/$suite" &&
         RUNTIME_BINARY="$runtime" RINGMON_IO_BACKEND="$backend" go "${args[@]}" ./...)
+}
+
+# The client each Go module pins, for the step names.
+go_client_version() {
+    sed -n 's|^[[:space:]]*\(require \)\{0,1\}github.com/containers/conmon-rs \(v[^ ]*\).*|\2|p' \
+        "$ROOT/tests/$1/go.mod" | head -n 1
 }
 
 # The journald log driver tests need a journal on /run/systemd/journal/socket.
@@ -183,14 +191,18 @@ fi
 
 # shellcheck disable=SC2317  # invoked indirectly through step
 go_prepare() {
-    (cd "$ROOT/tests/go" && go mod download && go vet ./...)
+    (cd "$ROOT/tests/$1" && go mod download && go vet ./...)
 }
-step "Go module download + vet (tests/go)" go_prepare
+for suite in $RINGMON_GO_SUITES; do
+    step "Go module download + vet (tests/$suite)" go_prepare "$suite"
+done
 
 for backend in $RINGMON_TEST_BACKENDS; do
     for runtime in $RINGMON_TEST_RUNTIMES; do
-        step "Go client suite with $(basename "$runtime") ($runtime), server on $backend" \
-            go_suite "$runtime" "$backend"
+        for suite in $RINGMON_GO_SUITES; do
+            step "Go client suite tests/$suite (conmon-rs $(go_client_version "$suite")) with $(basename "$runtime") ($runtime), server on $backend" \
+                go_suite "$suite" "$runtime" "$backend"
+        done
     done
 done
 

@@ -54,7 +54,8 @@ impl conmon::Server for ConmonServer {
         params: conmon::VersionParams,
         mut results: conmon::VersionResults,
     ) -> Result<(), capnp::Error> {
-        let verbose = params.get()?.get_request()?.get_verbose();
+        let verbose =
+            rpc::legacy::VersionRequest::detect(params.get()?.get_request()?).get_verbose();
         let mut r = results.get().init_response();
         r.set_process_id(self.pid);
         r.set_version(BUILD.version);
@@ -89,7 +90,8 @@ impl conmon::Server for ConmonServer {
         params: conmon::ReopenLogContainerParams,
         _results: conmon::ReopenLogContainerResults,
     ) -> Result<(), capnp::Error> {
-        let id = rpc::target_id(params.get()?.get_request()?.get_id()).map_err(|e| failed(&e))?;
+        let req = rpc::legacy::ReopenLogRequest::detect(params.get()?.get_request()?);
+        let id = rpc::target_id(req.get_id()).map_err(|e| failed(&e))?;
         self.monitor.reopen_log(&id).await.map_err(|e| failed(&e))
     }
 
@@ -98,7 +100,7 @@ impl conmon::Server for ConmonServer {
         params: conmon::SetWindowSizeContainerParams,
         _results: conmon::SetWindowSizeContainerResults,
     ) -> Result<(), capnp::Error> {
-        let req = params.get()?.get_request()?;
+        let req = rpc::legacy::SetWindowSizeRequest::detect(params.get()?.get_request()?);
         let id = rpc::target_id(req.get_id()).map_err(|e| failed(&e))?;
         self.monitor
             .set_window_size(&id, req.get_width(), req.get_height())

@@ -2,6 +2,12 @@
 //! (required fields, enum values, absolute paths) and turned into a core
 //! type; errors name the field and the offending value. Null pointers read
 //! as empty values (the Go client leaves empty lists unset).
+//!
+//! Requests from conmon-rs ≤ 0.8.x clients, whose structs have a different
+//! pointer layout, are read through the views in [`legacy`], which detect
+//! the layout per request; the translation below is the same for both.
+
+pub mod legacy;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -136,6 +142,7 @@ fn cgroup_manager(
 pub fn create_container(
     r: conmon::create_container_request::Reader<'_>,
 ) -> Result<CreateContainer, RequestError> {
+    let r = legacy::CreateContainerRequest::detect(r);
     let id = container_id("id", text("id", r.get_id())?)?;
     let bundle = absolute_path("bundlePath", text("bundlePath", r.get_bundle_path())?)?;
     if !bundle.is_dir() {
@@ -251,6 +258,7 @@ fn env_vars(
 pub fn exec_sync_container(
     r: conmon::exec_sync_container_request::Reader<'_>,
 ) -> Result<ExecSync, RequestError> {
+    let r = legacy::ExecSyncContainerRequest::detect(r);
     let id = container_id("id", text("id", r.get_id())?)?;
     let command = texts("command", r.get_command())?;
     if command.is_empty() {
@@ -283,6 +291,7 @@ pub struct AttachContainer {
 pub fn attach_container(
     r: conmon::attach_request::Reader<'_>,
 ) -> Result<AttachContainer, RequestError> {
+    let r = legacy::AttachRequest::detect(r);
     Ok(AttachContainer {
         id: container_id("id", text("id", r.get_id())?)?,
         socket_path: absolute_path("socketPath", text("socketPath", r.get_socket_path())?)?,

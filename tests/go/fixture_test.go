@@ -208,6 +208,9 @@ type env struct {
 	runDir  string // server run dir (conmon.sock, pidfile)
 	rtRoot  string // runtime --root
 	logFile string // server stdout/stderr
+	// configure, if set, adjusts every server configuration of this env
+	// (e.g. a recording runtime wrapper, tracing).
+	configure func(*client.ConmonServerConfig)
 }
 
 func newEnv(t *testing.T) *env {
@@ -247,6 +250,10 @@ func (e *env) serverConfig() *client.ConmonServerConfig {
 	cfg.LogDriver = client.LogDriverStdout
 	// PID 1 of the test machines is not systemd.
 	cfg.CgroupManager = client.CgroupManagerCgroupfs
+
+	if e.configure != nil {
+		e.configure(cfg)
+	}
 
 	return cfg
 }

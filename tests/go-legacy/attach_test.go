@@ -1,0 +1,1 @@
+../go/attach_test.go

@@ -1,0 +1,1 @@
+../go/env_vars_test.go

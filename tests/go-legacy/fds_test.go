@@ -1,0 +1,1 @@
+../go/fds_test.go

@@ -1,0 +1,1 @@
+../go/journal_test.go

@@ -1,0 +1,1 @@
+../go/tracing_test.go
