@@ -15,9 +15,20 @@ pub struct BuildInfo {
     pub dependencies: &'static str,
 }
 
+/// The version reported everywhere: the conmon-rs release whose feature set
+/// ringmon covers, with ringmon's own version as semver build metadata.
+///
+/// Why not ringmon's version alone: clients compare the reported version
+/// with conmon-rs releases to decide what the server can do (the v0.7.3
+/// client refuses `createNamespaces` below 0.5.0), and build metadata is
+/// ignored in semver comparisons. 0.6.0 is the newest level whose features
+/// are all served (namespaces 0.5, fd passing, env vars and per-request
+/// cgroup manager 0.6); the streaming server (0.7) is not yet.
+pub const VERSION: &str = concat!("0.6.0+ringmon.", env!("CARGO_PKG_VERSION"));
+
 /// This binary's build information.
 pub const BUILD: BuildInfo = BuildInfo {
-    version: env!("CARGO_PKG_VERSION"),
+    version: VERSION,
     tag: env!("RINGMON_TAG"),
     commit: env!("RINGMON_COMMIT"),
     build_date: env!("RINGMON_BUILD_DATE"),
@@ -31,7 +42,11 @@ impl BuildInfo {
     /// The `cargo tree` stand-in: empty unless verbose.
     pub fn tree(&self, verbose: bool) -> String {
         if verbose {
-            format!("ringmon v{}: {}", self.version, self.dependencies)
+            format!(
+                "ringmon v{}: {}",
+                env!("CARGO_PKG_VERSION"),
+                self.dependencies
+            )
         } else {
             String::new()
         }

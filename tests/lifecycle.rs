@@ -17,7 +17,11 @@ fn version_and_pidfile() {
             let c = server.client().await;
             let v = c.version(false).await.unwrap();
             assert_eq!(v.process_id, server.pid);
-            assert_eq!(v.version.split('.').count(), 3);
+            // The conmon-rs feature level, ringmon's version as build metadata.
+            assert_eq!(
+                v.version,
+                format!("0.6.0+ringmon.{}", env!("CARGO_PKG_VERSION"))
+            );
             for f in [
                 &v.commit,
                 &v.build_date,
