@@ -21,6 +21,10 @@ const FD_SOCKET_NAME: &str = "conmon-fd.sock";
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
+        // Tiny on purpose: no runtime, no engine, no fork of the server.
+        std::process::exit(ringmon::core::pause::main(&pause.request()));
+    }
     if let Some(v) = cli.version {
         print!("{}", BUILD.text(v == ringmon::cli::VersionVerbosity::Full));
         return;

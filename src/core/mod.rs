@@ -10,7 +10,9 @@ pub mod attach;
 pub mod exec;
 pub mod exit_files;
 pub mod monitor;
+pub mod namespaces;
 pub mod oom;
+pub mod pause;
 pub mod runtime;
 
 pub use exec::{ExecOutcome, ExecSync};
