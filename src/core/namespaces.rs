@@ -366,7 +366,10 @@ impl Monitor {
         if let Ok(exe) = std::env::current_exe() {
             cmd.arg0(exe);
         }
+        // Its own process group: whatever a failed pause leaves behind (a
+        // helper, a pinner not reported yet) goes with one killpg.
         cmd.args(args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_w));
@@ -390,6 +393,8 @@ impl Monitor {
             }
         };
         if exit != sys::process::Exit::Code(0) {
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
             let status = match exit {
                 sys::process::Exit::Code(c) => format!("exit code {c}"),
                 sys::process::Exit::Signal(s) => format!("killed by signal {s}"),

@@ -282,7 +282,9 @@ fn pin_and_wait(sock: &mut UnixStream) -> ! {
     if send(sock, "ready").is_err() {
         std::process::exit(1);
     }
-    let _ = sock.shutdown(std::net::Shutdown::Both);
+    // The socket stays open: shutting it down would cut it for every
+    // process sharing it (the helper may still have to send a line), and P
+    // stops reading once it knows the pinner is ready.
     let _ = sys::namespace::wait_for_termination_signal();
     std::process::exit(0);
 }
