@@ -9,6 +9,7 @@ use std::time::Duration;
 use capnp::text_list;
 
 use crate::conmon_capnp::conmon;
+use crate::core::namespaces::{CreateNamespaces, Namespace, DEFAULT_BASE_PATH};
 use crate::core::{CgroupManager, CreateContainer, ExecSync};
 use crate::log::{LogFormat, LogSpec};
 
@@ -28,6 +29,10 @@ pub enum RequestError {
         field: &'static str,
         source: capnp::Error,
     },
+    /// createNamespaces / releaseNamespaces without a pod id (the text
+    /// conmon-rs answers).
+    #[error("no pod ID provided")]
+    NoPodId,
 }
 
 fn invalid(
@@ -286,6 +291,89 @@ pub fn attach_container(
 /// Reads and checks the id of a request that targets a known container.
 pub fn target_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, RequestError> {
     container_id("id", text("id", r)?)
+}
+
+/// A pod id (checked first, spec §3.7) and its base path: empty means
+/// `/var/run` (the Go client sends that itself), else absolute.
+fn pod_and_base(
+    pod_id: capnp::Result<capnp::text::Reader<'_>>,
+    base_path: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<(String, PathBuf), RequestError> {
+    let pod_id = text("podId", pod_id)?;
+    if pod_id.is_empty() {
+        return Err(RequestError::NoPodId);
+    }
+    let pod_id = container_id("podId", pod_id)?;
+    let base = text("basePath", base_path)?;
+    let base = if base.is_empty() {
+        PathBuf::from(DEFAULT_BASE_PATH)
+    } else {
+        absolute_path("basePath", base)?
+    };
+    Ok((pod_id, base))
+}
+
+/// Translates and checks a `createNamespaces` request. The mappings are
+/// checked by the core (they matter only with a user namespace).
+pub fn create_namespaces(
+    r: conmon::create_namespaces_request::Reader<'_>,
+) -> Result<CreateNamespaces, RequestError> {
+    let (pod_id, base_path) = pod_and_base(r.get_pod_id(), r.get_base_path())?;
+    let mut namespaces = Vec::new();
+    for (i, ns) in r
+        .get_namespaces()
+        .map_err(decode("namespaces"))?
+        .iter()
+        .enumerate()
+    {
+        namespaces.push(match ns {
+            Ok(conmon::Namespace::Ipc) => Namespace::Ipc,
+            Ok(conmon::Namespace::Net) => Namespace::Net,
+            Ok(conmon::Namespace::Pid) => Namespace::Pid,
+            Ok(conmon::Namespace::User) => Namespace::User,
+            Ok(conmon::Namespace::Uts) => Namespace::Uts,
+            Err(capnp::NotInSchema(v)) => {
+                return Err(invalid(
+                    format!("namespaces[{i}]"),
+                    v.to_string(),
+                    "unknown namespace",
+                ))
+            }
+        });
+    }
+    Ok(CreateNamespaces {
+        pod_id,
+        base_path,
+        namespaces,
+        uid_mappings: texts("uidMappings", r.get_uid_mappings())?,
+        gid_mappings: texts("gidMappings", r.get_gid_mappings())?,
+    })
+}
+
+/// The wire value of a namespace kind.
+pub fn wire_namespace(ns: Namespace) -> conmon::Namespace {
+    match ns {
+        Namespace::Ipc => conmon::Namespace::Ipc,
+        Namespace::Net => conmon::Namespace::Net,
+        Namespace::Pid => conmon::Namespace::Pid,
+        Namespace::User => conmon::Namespace::User,
+        Namespace::Uts => conmon::Namespace::Uts,
+    }
+}
+
+/// A validated `releaseNamespaces` request (ringmon extension @11).
+#[derive(Debug)]
+pub struct ReleaseNamespaces {
+    pub pod_id: String,
+    pub base_path: PathBuf,
+}
+
+/// Translates and checks a `releaseNamespaces` request.
+pub fn release_namespaces(
+    r: conmon::release_namespaces_request::Reader<'_>,
+) -> Result<ReleaseNamespaces, RequestError> {
+    let (pod_id, base_path) = pod_and_base(r.get_pod_id(), r.get_base_path())?;
+    Ok(ReleaseNamespaces { pod_id, base_path })
 }
 
 #[cfg(test)]
