@@ -20,8 +20,8 @@ require (
 	go.opentelemetry.io/otel v1.43.0 // indirect
 	go.opentelemetry.io/otel/metric v1.43.0 // indirect
 	go.opentelemetry.io/otel/trace v1.43.0 // indirect
-	go.podman.io/common v0.66.2-0.20260126213724-1e46b0756b39 // indirect
-	go.podman.io/storage v1.61.1-0.20251212224252-b0f86df5a665 // indirect
+	go.podman.io/common v0.66.2-0.20260126213724-1e46b0756b39
+	go.podman.io/storage v1.61.1-0.20251212224252-b0f86df5a665
 	golang.org/x/sync v0.20.0 // indirect
 	golang.org/x/sys v0.43.0 // indirect
 )
