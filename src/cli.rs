@@ -295,3 +295,50 @@ impl Cli {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::namespaces::{pause_args, CreateNamespaces, Namespace};
+
+    /// The argv the server builds is what the pause subcommand parses back.
+    #[test]
+    fn pause_argv_round_trips_through_the_cli() {
+        let sent = CreateNamespaces {
+            pod_id: "pod-1".into(),
+            base_path: PathBuf::from("/tmp/base"),
+            namespaces: vec![Namespace::Uts, Namespace::User, Namespace::Ipc],
+            uid_mappings: vec!["0 1000 1".into(), "1 2000 5".into()],
+            gid_mappings: vec!["0 1000 1".into()],
+        };
+        let argv = std::iter::once("ringmon".to_string()).chain(pause_args(&sent).unwrap());
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Some(Command::Pause(pause)) = cli.command else {
+            panic!("not the pause subcommand");
+        };
+        let got = pause.request();
+        // The pause side lists the namespaces in pin order.
+        assert_eq!(
+            got.namespaces,
+            [Namespace::Ipc, Namespace::User, Namespace::Uts]
+        );
+        assert_eq!(
+            got,
+            CreateNamespaces {
+                namespaces: got.namespaces.clone(),
+                ..sent
+            }
+        );
+    }
+
+    #[test]
+    fn top_level_flags_still_parse_without_a_subcommand() {
+        let cli = Cli::try_parse_from(["ringmon", "--version-json", "full"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.version_json, Some(VersionVerbosity::Full));
+        assert!(
+            Cli::try_parse_from(["ringmon", "pause"]).is_err(),
+            "--pod-id required"
+        );
+    }
+}

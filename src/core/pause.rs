@@ -273,8 +273,10 @@ fn helper(sock: &mut UnixStream, user: bool, flags: CloneFlags) -> Result<(), Na
 
 /// Reports ready and sleeps until SIGTERM, SIGINT or SIGQUIT.
 fn pin_and_wait(sock: &mut UnixStream) -> ! {
-    let prepared =
-        sys::namespace::block_termination_signals().and_then(|()| sys::namespace::stdio_to_null());
+    // Holds no directory busy and no pipe of the server's open.
+    let prepared = sys::namespace::block_termination_signals()
+        .and_then(|()| std::env::set_current_dir("/"))
+        .and_then(|()| sys::namespace::stdio_to_null());
     if let Err(e) = prepared {
         eprintln!("ringmon pause (pinner): {e}");
         std::process::exit(1);

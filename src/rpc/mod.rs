@@ -389,6 +389,71 @@ mod tests {
         }
     }
 
+    fn namespaces_request(
+        pod_id: &str,
+        base_path: &str,
+        namespaces: &[conmon::Namespace],
+    ) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut r = msg.init_root::<conmon::create_namespaces_request::Builder<'_>>();
+        if !pod_id.is_empty() {
+            r.set_pod_id(pod_id);
+        }
+        if !base_path.is_empty() {
+            r.set_base_path(base_path);
+        }
+        let mut list = r.reborrow().init_namespaces(namespaces.len() as u32);
+        for (i, ns) in namespaces.iter().enumerate() {
+            list.set(i as u32, *ns);
+        }
+        msg
+    }
+
+    fn create_ns(
+        msg: &capnp::message::Builder<capnp::message::HeapAllocator>,
+    ) -> Result<CreateNamespaces, RequestError> {
+        create_namespaces(
+            msg.get_root_as_reader::<conmon::create_namespaces_request::Reader<'_>>()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn create_namespaces_request() {
+        let msg = namespaces_request("pod", "", &[conmon::Namespace::Uts, conmon::Namespace::Net]);
+        let req = create_ns(&msg).unwrap();
+        assert_eq!(req.base_path, Path::new("/var/run"));
+        assert_eq!(req.namespaces, [Namespace::Uts, Namespace::Net]);
+        // The pod id comes first, before any other check.
+        let msg = namespaces_request("", "relative", &[]);
+        assert_eq!(
+            create_ns(&msg).unwrap_err().to_string(),
+            "no pod ID provided"
+        );
+        let msg = namespaces_request("a/b", "/x", &[]);
+        assert!(create_ns(&msg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid podId 'a/b'"));
+        let msg = namespaces_request("pod", "rel/dir", &[]);
+        assert!(create_ns(&msg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid basePath 'rel/dir'"));
+        for ns in Namespace::ALL {
+            assert_eq!(
+                wire_namespace(ns) as u16,
+                match ns {
+                    Namespace::Ipc => 0,
+                    Namespace::Net => 1,
+                    Namespace::Pid => 2,
+                    Namespace::User => 3,
+                    Namespace::Uts => 4,
+                }
+            );
+        }
+    }
+
     #[test]
     fn paths() {
         assert!(absolute_path("p", "/a/b".into()).is_ok());
