@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    basic_request, container_id, for_each_runtime, make_bundle, parse_cri, runtimes, wait_for_file,
-    wait_until, Server, TempDir,
+    basic_request, binary, container_id, for_each_runtime, make_bundle, parse_cri, runtimes,
+    wait_for_file, wait_until, Server, TempDir,
 };
 use ringmon::client::{CreateNamespacesRequest, PinnedNamespace};
 use ringmon::conmon_capnp::conmon::Namespace;
@@ -494,4 +494,59 @@ fn a_container_joins_the_pinned_namespaces() {
         assert!(server.shutdown());
         check_released(&guard, pause_pid);
     });
+}
+
+#[test]
+fn the_pause_subcommand_takes_its_environment_and_reports_errors_on_stderr() {
+    let dir = TempDir::new("pausecli");
+    let base = dir.path().join("env-base");
+    let pod = pod_id();
+    let guard = PinGuard::new(&base, &pod);
+    // Base path and pod id from the environment; no server flags needed.
+    let out = std::process::Command::new(binary())
+        .args(["pause", "--net"])
+        .env("CONMON_PAUSE_BASE_PATH", &base)
+        .env("CONMON_PAUSE_POD_ID", &pod)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pause_pid = guard.pause_pid();
+    assert_eq!(mounts_of(&pod).len(), 5);
+    assert_ne!(ns_inode(guard.pin("net")), ns_inode("/proc/self/ns/net"));
+
+    // The same pod again: refused before it touches anything.
+    let out = std::process::Command::new(binary())
+        .args(["pause", "--ipc", "--pod-id", &pod, "-p"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is already a mount point"), "{stderr}");
+    assert_eq!(guard.pause_pid(), pause_pid, "pid file kept");
+
+    let out = std::process::Command::new(binary())
+        .args([
+            "pause", "--pod-id", "other", "--user", "-u", "0 0 1", "-g", "0 0",
+        ])
+        .arg("--base-path")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gid mapping '0 0' has wrong format"),
+        "{stderr}"
+    );
+
+    drop(guard);
+    assert!(wait_until(Duration::from_secs(5), || process_gone(
+        pause_pid
+    )));
+    assert!(mounts_of(&pod).is_empty());
 }
