@@ -378,21 +378,28 @@ impl Monitor {
             .map_err(|e| NamespaceError::io("spawn pause process", e))?;
         drop(cmd); // our copy of the stderr write end
         let pid = child.id();
+        // Until its pins are known good, a timeout, a cancelled call
+        // (dropping this future) or an unreadable pid file kills the pause
+        // process group (the pinner is in it) and undoes its pins.
+        let mut unfinished = UnfinishedPause {
+            pid,
+            req,
+            armed: true,
+        };
         let waiting = self.wait_helper(pid);
         let pod_id = req.pod_id.clone();
         let exit = match tokio::time::timeout(PAUSE_TIMEOUT, waiting).await {
             Ok(exit) => {
                 exit.map_err(|e| NamespaceError::io(format!("wait for pause pid {pid}"), e))?
             }
-            Err(_) => {
-                // The abandoned wait handed the pid to the sweep, which
-                // reaps it once killed. Whatever it pinned is undone here.
-                sys::process::kill_tree(pid, Signal::SIGKILL);
-                undo_partial_pins(req);
-                return Err(NamespaceError::PauseTimeout { pod_id });
-            }
+            // The abandoned wait handed the pid to the sweep, which reaps it
+            // once `unfinished` killed it.
+            Err(_) => return Err(NamespaceError::PauseTimeout { pod_id }),
         };
         if exit != sys::process::Exit::Code(0) {
+            // It undid its own pins (and must not touch those of a pod it
+            // refused as already pinned); only leftovers of its group go.
+            unfinished.armed = false;
             let _ =
                 nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
             let status = match exit {
@@ -419,6 +426,7 @@ impl Monitor {
             .iter()
             .map(|ns| (*ns, pin_path(&req.base_path, *ns, &req.pod_id)))
             .collect();
+        unfinished.armed = false;
         Ok(PinnedPod {
             pid: pause_pid,
             pidfd: sys::process::pidfd_open(pause_pid).ok(),
@@ -529,6 +537,30 @@ pub(crate) fn remove_pin(path: &Path) {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => warn!("remove {}: {e}", path.display()),
         _ => {}
+    }
+}
+
+/// A pause process whose outcome the server could not take over (timeout,
+/// cancelled call, bad pid file): dropping it kills the process group and
+/// undoes the pins.
+struct UnfinishedPause<'a> {
+    pid: u32,
+    req: &'a CreateNamespaces,
+    /// Cleared once the pause process exited on its own.
+    armed: bool,
+}
+
+impl Drop for UnfinishedPause<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        warn!(pod_id = %self.req.pod_id, pid = self.pid, "pause process abandoned; undoing its pins");
+        // The pause process leads its group (process_group(0)), which
+        // outlives it while the pinner is in it.
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        undo_partial_pins(self.req);
     }
 }
 
