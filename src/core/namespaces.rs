@@ -400,8 +400,7 @@ impl Monitor {
             // It undid its own pins (and must not touch those of a pod it
             // refused as already pinned); only leftovers of its group go.
             unfinished.armed = false;
-            let _ =
-                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = sys::namespace::signal_group(pid, Signal::SIGKILL);
             let status = match exit {
                 sys::process::Exit::Code(c) => format!("exit code {c}"),
                 sys::process::Exit::Signal(s) => format!("killed by signal {s}"),
@@ -475,7 +474,7 @@ async fn release(pod: PinnedPod) {
             let _ = sys::namespace::pidfd_send_signal(fd, sig);
         }
         None => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pod.pid as i32), sig);
+            let _ = sys::namespace::signal_process(pod.pid, sig);
         }
     };
     signal(Signal::SIGTERM);
@@ -558,8 +557,7 @@ impl Drop for UnfinishedPause<'_> {
         warn!(pod_id = %self.req.pod_id, pid = self.pid, "pause process abandoned; undoing its pins");
         // The pause process leads its group (process_group(0)), which
         // outlives it while the pinner is in it.
-        let _ =
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = sys::namespace::signal_group(self.pid, Signal::SIGKILL);
         undo_partial_pins(self.req);
     }
 }
@@ -569,9 +567,9 @@ fn undo_partial_pins(req: &CreateNamespaces) {
     let pid_file = pid_file_path(&req.base_path, &req.pod_id);
     if let Some(pid) = std::fs::read_to_string(&pid_file)
         .ok()
-        .and_then(|c| c.trim().parse::<i32>().ok())
+        .and_then(|c| c.trim().parse::<u32>().ok())
     {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = sys::namespace::signal_process(pid, Signal::SIGKILL);
     }
     for ns in Namespace::ALL {
         remove_pin(&pin_path(&req.base_path, ns, &req.pod_id));

@@ -86,7 +86,8 @@ fn run(req: &CreateNamespaces) -> Result<(), NamespaceError> {
             return Err(NamespaceError::AlreadyPinned(target));
         }
     }
-    let (parent_end, child_end) = UnixStream::pair().map_err(io_err("create socket pair"))?;
+    let (parent_end, child_end) =
+        sys::namespace::socket_pair().map_err(io_err("create socket pair"))?;
     if !user {
         sys::namespace::unshare(flags).map_err(io_err(format!("unshare {flags:?}")))?;
     }
@@ -111,10 +112,7 @@ fn run(req: &CreateNamespaces) -> Result<(), NamespaceError> {
             let result = parent(req, child, parent_end, maps.as_ref(), &mut pinner);
             if result.is_err() {
                 for pid in [Some(child), pinner].into_iter().flatten() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        Signal::SIGKILL,
-                    );
+                    let _ = sys::namespace::signal_process(pid, Signal::SIGKILL);
                 }
             }
             result

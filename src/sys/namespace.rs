@@ -105,6 +105,26 @@ pub fn wait_child(pid: u32) -> io::Result<super::process::Exit> {
     }
 }
 
+/// A connected pair of unix stream sockets (close-on-exec), for the pause
+/// process and its helpers.
+pub fn socket_pair() -> io::Result<(
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
+    std::os::unix::net::UnixStream::pair()
+}
+
+/// Sends `signal` to one process.
+pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(io::Error::from)
+}
+
+/// Sends `signal` to every process of the process group `pgid`.
+pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal)
+        .map_err(io::Error::from)
+}
+
 /// Sends `signal` to the process behind a pidfd (no pid reuse race).
 pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
     // SAFETY: pidfd_send_signal takes a descriptor we own (open for the
