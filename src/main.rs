@@ -22,7 +22,8 @@ const FD_SOCKET_NAME: &str = "conmon-fd.sock";
 fn main() {
     let cli = Cli::parse();
     if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
-        // Tiny on purpose: no runtime, no engine, no fork of the server.
+        // Tiny on purpose: no flag checks, no daemonizing, no tokio runtime,
+        // no engine (spec §1.2, §6.2).
         std::process::exit(ringmon::core::pause::main(&pause.request()));
     }
     if let Some(v) = cli.version {
