@@ -212,6 +212,19 @@ interface Conmon {
     url @0 :Text;
   }
 
+  # ringmon extension (not in conmon-rs): unpin the namespaces a
+  # createNamespaces call pinned for a pod and stop its pause process.
+  # basePath empty = "/var/run", as for createNamespaces.
+  releaseNamespaces @11 (request: ReleaseNamespacesRequest) -> (response: ReleaseNamespacesResponse);
+
+  struct ReleaseNamespacesRequest {
+    podId @0 :Text;
+    basePath @1 :Text;
+    metadata @2 :Metadata;
+  }
+
+  struct ReleaseNamespacesResponse {}
+
   enum CgroupManager {
     systemd @0;
     cgroupfs @1;

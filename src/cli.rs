@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::BackendChoice;
 
@@ -53,8 +53,16 @@ impl From<IoBackend> for BackendChoice {
 
 /// ringmon: a conmon-rs compatible container monitor.
 #[derive(Debug, Parser)]
-#[command(name = "ringmon", disable_version_flag = true)]
+#[command(
+    name = "ringmon",
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
+    /// Internal subcommands (run by the server itself).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print the version and exit.
     #[arg(short = 'v', long, env = "CONMON_VERSION", num_args = 0..=1, default_missing_value = "default", value_enum)]
     pub version: Option<VersionVerbosity>,
@@ -129,6 +137,80 @@ pub struct Cli {
     /// grow (for measurements).
     #[arg(long, env = "RINGMON_BUSY_PIPE_SIZE", hide = true)]
     pub busy_pipe_size: Option<usize>,
+}
+
+/// Subcommands. No top-level flag validation applies to them.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Unshare namespaces, pin them with bind mounts and sleep until
+    /// signalled (started by the server for createNamespaces).
+    Pause(PauseArgs),
+}
+
+/// Flags of `ringmon pause` (spec §1.2).
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Root for the pinned namespaces.
+    #[arg(
+        short = 'p',
+        long,
+        env = "CONMON_PAUSE_BASE_PATH",
+        default_value = crate::core::namespaces::DEFAULT_BASE_PATH
+    )]
+    pub base_path: PathBuf,
+
+    /// File name of every pinned namespace and of the pause pid file.
+    #[arg(long, env = "CONMON_PAUSE_POD_ID")]
+    pub pod_id: String,
+
+    /// Unshare the IPC namespace.
+    #[arg(long)]
+    pub ipc: bool,
+    /// Unshare the PID namespace.
+    #[arg(long)]
+    pub pid: bool,
+    /// Unshare the network namespace.
+    #[arg(long)]
+    pub net: bool,
+    /// Unshare the user namespace (needs uid and gid mappings).
+    #[arg(long)]
+    pub user: bool,
+    /// Unshare the UTS namespace.
+    #[arg(long)]
+    pub uts: bool,
+
+    /// User ID mapping "CONTAINER_ID HOST_ID SIZE" (repeatable).
+    #[arg(short = 'u', long = "uid-mappings")]
+    pub uid_mappings: Vec<String>,
+
+    /// Group ID mapping "CONTAINER_ID HOST_ID SIZE" (repeatable).
+    #[arg(short = 'g', long = "gid-mappings")]
+    pub gid_mappings: Vec<String>,
+}
+
+impl PauseArgs {
+    /// The pause configuration, namespaces in pin order.
+    pub fn request(&self) -> crate::core::namespaces::CreateNamespaces {
+        use crate::core::namespaces::Namespace;
+        let selected = [
+            (self.ipc, Namespace::Ipc),
+            (self.pid, Namespace::Pid),
+            (self.net, Namespace::Net),
+            (self.user, Namespace::User),
+            (self.uts, Namespace::Uts),
+        ];
+        crate::core::namespaces::CreateNamespaces {
+            pod_id: self.pod_id.clone(),
+            base_path: self.base_path.clone(),
+            namespaces: selected
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, ns)| ns)
+                .collect(),
+            uid_mappings: self.uid_mappings.clone(),
+            gid_mappings: self.gid_mappings.clone(),
+        }
+    }
 }
 
 /// A configuration error found before forking (spec §1.1 validation order).
@@ -211,5 +293,52 @@ impl Cli {
             io_backend: self.io_backend.into(),
             busy_pipe_size: self.busy_pipe_size,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::namespaces::{pause_args, CreateNamespaces, Namespace};
+
+    /// The argv the server builds is what the pause subcommand parses back.
+    #[test]
+    fn pause_argv_round_trips_through_the_cli() {
+        let sent = CreateNamespaces {
+            pod_id: "pod-1".into(),
+            base_path: PathBuf::from("/tmp/base"),
+            namespaces: vec![Namespace::Uts, Namespace::User, Namespace::Ipc],
+            uid_mappings: vec!["0 1000 1".into(), "1 2000 5".into()],
+            gid_mappings: vec!["0 1000 1".into()],
+        };
+        let argv = std::iter::once("ringmon".to_string()).chain(pause_args(&sent).unwrap());
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Some(Command::Pause(pause)) = cli.command else {
+            panic!("not the pause subcommand");
+        };
+        let got = pause.request();
+        // The pause side lists the namespaces in pin order.
+        assert_eq!(
+            got.namespaces,
+            [Namespace::Ipc, Namespace::User, Namespace::Uts]
+        );
+        assert_eq!(
+            got,
+            CreateNamespaces {
+                namespaces: got.namespaces.clone(),
+                ..sent
+            }
+        );
+    }
+
+    #[test]
+    fn top_level_flags_still_parse_without_a_subcommand() {
+        let cli = Cli::try_parse_from(["ringmon", "--version-json", "full"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.version_json, Some(VersionVerbosity::Full));
+        assert!(
+            Cli::try_parse_from(["ringmon", "pause"]).is_err(),
+            "--pod-id required"
+        );
     }
 }

@@ -88,6 +88,23 @@ pub struct ExecSyncResponse {
     pub timed_out: bool,
 }
 
+/// A createNamespaces request; empty fields are left unset on the wire.
+#[derive(Clone, Debug, Default)]
+pub struct CreateNamespacesRequest {
+    pub pod_id: String,
+    pub base_path: String,
+    pub namespaces: Vec<conmon::Namespace>,
+    pub uid_mappings: Vec<String>,
+    pub gid_mappings: Vec<String>,
+}
+
+/// One entry of the createNamespaces reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedNamespace {
+    pub kind: conmon::Namespace,
+    pub path: String,
+}
+
 /// A connection to a ringmon (or conmon-rs) server.
 pub struct Client {
     conmon: conmon::Client,
@@ -355,5 +372,70 @@ impl Client {
             stderr: r.get_stderr()?.to_vec(),
             timed_out: r.get_timed_out(),
         })
+    }
+
+    /// Pins a pod's namespaces; returns the five pins in reply order.
+    pub async fn create_namespaces(
+        &self,
+        c: &CreateNamespacesRequest,
+    ) -> Result<Vec<PinnedNamespace>, ClientError> {
+        let mut req = self.conmon.create_namespaces_request();
+        {
+            let mut r = req.get().init_request();
+            if !c.pod_id.is_empty() {
+                r.set_pod_id(c.pod_id.as_str());
+            }
+            if !c.base_path.is_empty() {
+                r.set_base_path(c.base_path.as_str());
+            }
+            if !c.namespaces.is_empty() {
+                let mut list = r.reborrow().init_namespaces(c.namespaces.len() as u32);
+                for (i, ns) in c.namespaces.iter().enumerate() {
+                    list.set(i as u32, *ns);
+                }
+            }
+            for (mappings, init) in [(&c.uid_mappings, true), (&c.gid_mappings, false)] {
+                if mappings.is_empty() {
+                    continue;
+                }
+                let list = if init {
+                    r.reborrow().init_uid_mappings(mappings.len() as u32)
+                } else {
+                    r.reborrow().init_gid_mappings(mappings.len() as u32)
+                };
+                set_texts(list, mappings);
+            }
+        }
+        let reply = req.send().promise.await?;
+        let list = reply.get()?.get_response()?.get_namespaces()?;
+        let mut pins = Vec::with_capacity(list.len() as usize);
+        for entry in list.iter() {
+            pins.push(PinnedNamespace {
+                kind: entry.get_type().map_err(capnp::Error::from)?,
+                path: entry
+                    .get_path()?
+                    .to_string()
+                    .map_err(|e| capnp::Error::failed(format!("path not UTF-8: {e}")))?,
+            });
+        }
+        Ok(pins)
+    }
+
+    /// Unpins a pod's namespaces (ringmon extension @11).
+    pub async fn release_namespaces(
+        &self,
+        pod_id: &str,
+        base_path: &str,
+    ) -> Result<(), ClientError> {
+        let mut req = self.conmon.release_namespaces_request();
+        let mut r = req.get().init_request();
+        if !pod_id.is_empty() {
+            r.set_pod_id(pod_id);
+        }
+        if !base_path.is_empty() {
+            r.set_base_path(base_path);
+        }
+        req.send().promise.await?;
+        Ok(())
     }
 }

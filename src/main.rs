@@ -21,6 +21,11 @@ const SOCKET_NAME: &str = "conmon.sock";
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
+        // Tiny on purpose: no flag checks, no daemonizing, no tokio runtime,
+        // no engine (spec §1.2, §6.2).
+        std::process::exit(ringmon::core::pause::main(&pause.request()));
+    }
     if let Some(v) = cli.version {
         print!("{}", BUILD.text(v == ringmon::cli::VersionVerbosity::Full));
         return;

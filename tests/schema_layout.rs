@@ -393,3 +393,46 @@ fn legacy_field_slots_match_the_spec() {
     assert_eq!(words[24], 1, "terminal at bit 64");
     assert_eq!(&words[26..28], &[1, 0], "cgroupManager at bytes 10-11");
 }
+
+/// Method ordinals as compiled: the v1 ones are unchanged and the ringmon
+/// extension `releaseNamespaces` is appended as @11 (old clients never
+/// call it, so they see no change).
+#[test]
+fn method_ordinals() {
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/conmon_capnp.rs"));
+    let ordinal = |method: &str| -> u16 {
+        let start = generated
+            .find(&format!("pub fn {method}_request(&self)"))
+            .unwrap_or_else(|| panic!("no client method {method}"));
+        let call = &generated[start..];
+        let call = &call[call.find("new_call(_private::TYPE_ID, ").unwrap() + 28..];
+        call[..call.find(',').unwrap()].trim().parse().unwrap()
+    };
+    for (i, method) in [
+        "version",
+        "create_container",
+        "exec_sync_container",
+        "attach_container",
+        "reopen_log_container",
+        "set_window_size_container",
+        "create_namespaces",
+        "start_fd_socket",
+        "serve_exec_container",
+        "serve_attach_container",
+        "serve_port_forward_container",
+        "release_namespaces",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(ordinal(method), i as u16, "{method}");
+    }
+    assert_eq!(
+        size::<conmon::release_namespaces_request::Builder<'static>>(),
+        (0, 3)
+    );
+    assert_eq!(
+        size::<conmon::release_namespaces_response::Builder<'static>>(),
+        (0, 0)
+    );
+}

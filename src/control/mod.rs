@@ -152,6 +152,45 @@ impl conmon::Server for ConmonServer {
             .attach_container(&req.id, &req.socket_path, req.stop_after_stdin_eof)
             .map_err(|e| failed(&e))
     }
+
+    async fn create_namespaces(
+        self: Rc<Self>,
+        params: conmon::CreateNamespacesParams,
+        mut results: conmon::CreateNamespacesResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::create_namespaces(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(pod_id = %req.pod_id, namespaces = ?req.namespaces, "createNamespaces");
+        let pins = self
+            .monitor
+            .create_namespaces(&req)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut list = results
+            .get()
+            .init_response()
+            .init_namespaces(pins.len() as u32);
+        for (i, (ns, path)) in pins.iter().enumerate() {
+            let mut entry = list.reborrow().get(i as u32);
+            entry.set_type(rpc::wire_namespace(*ns));
+            entry.set_path(path.to_string_lossy().as_ref());
+        }
+        Ok(())
+    }
+
+    async fn release_namespaces(
+        self: Rc<Self>,
+        params: conmon::ReleaseNamespacesParams,
+        _results: conmon::ReleaseNamespacesResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::release_namespaces(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(pod_id = %req.pod_id, "releaseNamespaces");
+        self.monitor
+            .release_namespaces(&req.base_path, &req.pod_id)
+            .await
+            .map_err(|e| failed(&e))
+    }
 }
 
 /// Accepts connections forever, one RPC system per connection. Must run

@@ -11,7 +11,9 @@ pub mod exec;
 pub mod exit_files;
 pub mod fd_socket;
 pub mod monitor;
+pub mod namespaces;
 pub mod oom;
+pub mod pause;
 pub mod runtime;
 
 pub use exec::{ExecOutcome, ExecSync};

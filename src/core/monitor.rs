@@ -93,6 +93,8 @@ pub struct Monitor {
     /// Asks the stray sweep to run without a SIGCHLD (a pid was handed back
     /// to it, or a sweep was held back by a pending exec).
     sweep: Notify,
+    /// Pods whose namespaces are pinned (`core::namespaces`).
+    pub(crate) namespaces: super::namespaces::PodNamespaces,
 }
 
 impl Monitor {
@@ -112,6 +114,7 @@ impl Monitor {
             state: RefCell::new(State::default()),
             next_key: Cell::new(1),
             sweep: Notify::new(),
+            namespaces: Default::default(),
         });
         tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
         tokio::task::spawn_local(Rc::clone(&monitor).reap_strays());
@@ -401,6 +404,23 @@ impl Monitor {
         exit.map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
     }
 
+    /// Waits for a helper process we spawned (the pause process), keeping
+    /// the SIGCHLD sweep away from it. The pid is tracked before this
+    /// returns; an abandoned wait hands it back to the sweep.
+    pub(crate) fn wait_helper(
+        &self,
+        pid: u32,
+    ) -> impl std::future::Future<Output = io::Result<sys::process::Exit>> + '_ {
+        let tracked = Tracked::new(self, pid, false);
+        async move {
+            let exit = wait_exit(pid).await;
+            if exit.is_ok() {
+                tracked.reaped();
+            }
+            exit
+        }
+    }
+
     /// Runs `req.command` in the container with `runtime exec -d`, collects
     /// its output (not logged) and waits for its exit (spec §3.3). Failures
     /// of the runtime are not errors: they reply exit code -2.
@@ -636,6 +656,8 @@ impl Monitor {
     /// Kills every monitored process with SIGKILL and waits (bounded) until
     /// their exit handling (exit files) is done.
     pub async fn shutdown(&self) {
+        // Pinned namespaces go first (spec §1.8 step 1).
+        self.release_all_namespaces().await;
         let (pids, watchers): (Vec<u32>, Vec<_>) = {
             let mut st = self.state.borrow_mut();
             let pids = st

@@ -198,9 +198,7 @@ view! {
 
 view! {
     /// `createNamespaces` request: legacy 0 / 7, v1 0 / 6 (every field
-    /// moves). A handler written against the v1 reader serves both
-    /// generations by starting with
-    /// `let r = rpc::legacy::CreateNamespacesRequest::detect(r);`.
+    /// moves).
     CreateNamespacesRequest = create_namespaces_request {
         get_namespaces -> capnp::Result<enum_list::Reader<'a, conmon::Namespace>>;
         get_uid_mappings -> Texts<'a>;

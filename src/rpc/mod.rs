@@ -15,6 +15,7 @@ use std::time::Duration;
 use capnp::text_list;
 
 use crate::conmon_capnp::conmon;
+use crate::core::namespaces::{CreateNamespaces, Namespace, DEFAULT_BASE_PATH};
 use crate::core::{CgroupManager, CreateContainer, ExecSync};
 use crate::log::{LogFormat, LogSpec};
 
@@ -34,6 +35,10 @@ pub enum RequestError {
         field: &'static str,
         source: capnp::Error,
     },
+    /// createNamespaces / releaseNamespaces without a pod id (the text
+    /// conmon-rs answers).
+    #[error("no pod ID provided")]
+    NoPodId,
 }
 
 fn invalid(
@@ -305,6 +310,90 @@ pub fn target_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Re
     container_id("id", text("id", r)?)
 }
 
+/// A pod id (checked first, spec §3.7) and its base path: empty means
+/// `/var/run` (the Go client sends that itself), else absolute.
+fn pod_and_base(
+    pod_id: capnp::Result<capnp::text::Reader<'_>>,
+    base_path: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<(String, PathBuf), RequestError> {
+    let pod_id = text("podId", pod_id)?;
+    if pod_id.is_empty() {
+        return Err(RequestError::NoPodId);
+    }
+    let pod_id = container_id("podId", pod_id)?;
+    let base = text("basePath", base_path)?;
+    let base = if base.is_empty() {
+        PathBuf::from(DEFAULT_BASE_PATH)
+    } else {
+        absolute_path("basePath", base)?
+    };
+    Ok((pod_id, base))
+}
+
+/// Translates and checks a `createNamespaces` request. The mappings are
+/// checked by the core (they matter only with a user namespace).
+pub fn create_namespaces(
+    r: conmon::create_namespaces_request::Reader<'_>,
+) -> Result<CreateNamespaces, RequestError> {
+    let r = legacy::CreateNamespacesRequest::detect(r);
+    let (pod_id, base_path) = pod_and_base(r.get_pod_id(), r.get_base_path())?;
+    let mut namespaces = Vec::new();
+    for (i, ns) in r
+        .get_namespaces()
+        .map_err(decode("namespaces"))?
+        .iter()
+        .enumerate()
+    {
+        namespaces.push(match ns {
+            Ok(conmon::Namespace::Ipc) => Namespace::Ipc,
+            Ok(conmon::Namespace::Net) => Namespace::Net,
+            Ok(conmon::Namespace::Pid) => Namespace::Pid,
+            Ok(conmon::Namespace::User) => Namespace::User,
+            Ok(conmon::Namespace::Uts) => Namespace::Uts,
+            Err(capnp::NotInSchema(v)) => {
+                return Err(invalid(
+                    format!("namespaces[{i}]"),
+                    v.to_string(),
+                    "unknown namespace",
+                ))
+            }
+        });
+    }
+    Ok(CreateNamespaces {
+        pod_id,
+        base_path,
+        namespaces,
+        uid_mappings: texts("uidMappings", r.get_uid_mappings())?,
+        gid_mappings: texts("gidMappings", r.get_gid_mappings())?,
+    })
+}
+
+/// The wire value of a namespace kind.
+pub fn wire_namespace(ns: Namespace) -> conmon::Namespace {
+    match ns {
+        Namespace::Ipc => conmon::Namespace::Ipc,
+        Namespace::Net => conmon::Namespace::Net,
+        Namespace::Pid => conmon::Namespace::Pid,
+        Namespace::User => conmon::Namespace::User,
+        Namespace::Uts => conmon::Namespace::Uts,
+    }
+}
+
+/// A validated `releaseNamespaces` request (ringmon extension @11).
+#[derive(Debug)]
+pub struct ReleaseNamespaces {
+    pub pod_id: String,
+    pub base_path: PathBuf,
+}
+
+/// Translates and checks a `releaseNamespaces` request.
+pub fn release_namespaces(
+    r: conmon::release_namespaces_request::Reader<'_>,
+) -> Result<ReleaseNamespaces, RequestError> {
+    let (pod_id, base_path) = pod_and_base(r.get_pod_id(), r.get_base_path())?;
+    Ok(ReleaseNamespaces { pod_id, base_path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +404,71 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a..b", "a\nb"] {
             let e = container_id("id", bad.into()).unwrap_err().to_string();
             assert!(e.starts_with(&format!("invalid id '{bad}'")), "{e}");
+        }
+    }
+
+    fn namespaces_request(
+        pod_id: &str,
+        base_path: &str,
+        namespaces: &[conmon::Namespace],
+    ) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut r = msg.init_root::<conmon::create_namespaces_request::Builder<'_>>();
+        if !pod_id.is_empty() {
+            r.set_pod_id(pod_id);
+        }
+        if !base_path.is_empty() {
+            r.set_base_path(base_path);
+        }
+        let mut list = r.reborrow().init_namespaces(namespaces.len() as u32);
+        for (i, ns) in namespaces.iter().enumerate() {
+            list.set(i as u32, *ns);
+        }
+        msg
+    }
+
+    fn create_ns(
+        msg: &capnp::message::Builder<capnp::message::HeapAllocator>,
+    ) -> Result<CreateNamespaces, RequestError> {
+        create_namespaces(
+            msg.get_root_as_reader::<conmon::create_namespaces_request::Reader<'_>>()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn create_namespaces_request() {
+        let msg = namespaces_request("pod", "", &[conmon::Namespace::Uts, conmon::Namespace::Net]);
+        let req = create_ns(&msg).unwrap();
+        assert_eq!(req.base_path, Path::new("/var/run"));
+        assert_eq!(req.namespaces, [Namespace::Uts, Namespace::Net]);
+        // The pod id comes first, before any other check.
+        let msg = namespaces_request("", "relative", &[]);
+        assert_eq!(
+            create_ns(&msg).unwrap_err().to_string(),
+            "no pod ID provided"
+        );
+        let msg = namespaces_request("a/b", "/x", &[]);
+        assert!(create_ns(&msg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid podId 'a/b'"));
+        let msg = namespaces_request("pod", "rel/dir", &[]);
+        assert!(create_ns(&msg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid basePath 'rel/dir'"));
+        for ns in Namespace::ALL {
+            assert_eq!(
+                wire_namespace(ns) as u16,
+                match ns {
+                    Namespace::Ipc => 0,
+                    Namespace::Net => 1,
+                    Namespace::Pid => 2,
+                    Namespace::User => 3,
+                    Namespace::Uts => 4,
+                }
+            );
         }
     }
 

@@ -23,7 +23,7 @@ require (
 	github.com/sirupsen/logrus v1.9.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel/metric v1.43.0 // indirect
-	go.podman.io/storage v1.61.1-0.20251212224252-b0f86df5a665 // indirect
+	go.podman.io/storage v1.61.1-0.20251212224252-b0f86df5a665
 	golang.org/x/sync v0.20.0 // indirect
 	golang.org/x/sys v0.43.0 // indirect
 )

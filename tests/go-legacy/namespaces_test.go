@@ -1,0 +1,1 @@
+../go/namespaces_test.go
