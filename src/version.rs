@@ -122,8 +122,16 @@ mod tests {
 
     #[test]
     fn version_is_semver_and_fields_set() {
-        let v = BUILD.version;
-        assert_eq!(v.split('.').count(), 3);
+        // Semver: MAJOR.MINOR.PATCH, numeric, then build metadata made of
+        // dot-separated [0-9A-Za-z-] identifiers (what clients parse).
+        let (core, build) = BUILD.version.split_once('+').expect("build metadata");
+        let parts: Vec<&str> = core.split('.').collect();
+        assert_eq!(parts.len(), 3, "{core}");
+        assert!(parts.iter().all(|p| p.parse::<u64>().is_ok()), "{core}");
+        assert_eq!(build, format!("ringmon.{}", env!("CARGO_PKG_VERSION")));
+        assert!(build
+            .split('.')
+            .all(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')));
         assert!(!BUILD.commit.is_empty());
         assert!(!BUILD.rust_version.is_empty());
         assert!(BUILD.tree(false).is_empty());
