@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    connect, recv, send, shutdown, socket, AddressFamily, MsgFlags, Shutdown, SockFlag, SockType,
-    UnixAddr,
-};
+use nix::sys::socket::{recv, send, shutdown, MsgFlags, Shutdown};
 
 use common::*;
 
@@ -102,19 +99,7 @@ impl AttachConn {
     }
 
     fn try_connect(path: &Path, name: &str) -> std::io::Result<AttachConn> {
-        let dir = fs::File::open(path.parent().unwrap())?;
-        let short = format!(
-            "/proc/self/fd/{}/{}",
-            dir.as_raw_fd(),
-            path.file_name().unwrap().to_str().unwrap()
-        );
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        connect(fd.as_raw_fd(), &UnixAddr::new(short.as_str())?)?;
+        let fd = ringmon::sys::socket::connect_seqpacket(path)?;
         Ok(AttachConn {
             fd,
             name: name.to_string(),

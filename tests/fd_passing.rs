@@ -10,10 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    connect, recv, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-    UnixAddr,
-};
+use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
 
 use common::*;
 
@@ -24,16 +21,7 @@ struct FdClient(OwnedFd);
 
 impl FdClient {
     fn connect(path: &Path) -> FdClient {
-        let long = ringmon::sys::socket::LongPath::new(path).unwrap();
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        connect(fd.as_raw_fd(), &UnixAddr::new(long.path()).unwrap()).unwrap();
-        FdClient(fd)
+        FdClient(ringmon::sys::socket::connect_seqpacket(path).unwrap())
     }
 
     /// Sends one packet with `fds` in one SCM_RIGHTS message per group.

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    connect, recv, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{recv, MsgFlags};
 use ringmon::client::Client;
 
 const LINE: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_\n";
@@ -50,20 +48,6 @@ fn parse_args() -> Args {
         }
     }
     a
-}
-
-/// Connects to an attach socket (long-path rule).
-fn connect_attach(path: &Path) -> OwnedFd {
-    let long = ringmon::sys::socket::LongPath::new(path).unwrap();
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    connect(fd.as_raw_fd(), &UnixAddr::new(long.path()).unwrap()).unwrap();
-    fd
 }
 
 /// Reads packets until the done packet (or EOF, which means the server
@@ -133,11 +117,11 @@ async fn run_once(
             .await
             .expect("attach");
         for _ in 0..readers {
-            let fd = connect_attach(&sock);
+            let fd = ringmon::sys::socket::connect_seqpacket(&sock).unwrap();
             threads.push(std::thread::spawn(move || read_client(fd)));
         }
         if stuck {
-            stuck_fd = Some(connect_attach(&sock));
+            stuck_fd = Some(ringmon::sys::socket::connect_seqpacket(&sock).unwrap());
         }
         // Connections are accepted asynchronously; give the accept loop a
         // moment so that every client sees the stream from its first byte.

@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +42,9 @@ use crate::sys;
 /// the pipe open can delay it. After this grace the exit files are written
 /// anyway while the engine keeps logging that stream.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How much of a failed runtime's stderr goes into the error.
+const RUNTIME_STDERR_MAX: usize = 64 * 1024;
 
 /// The fd socket's file name in the runtime dir (spec §1.5).
 pub const FD_SOCKET_NAME: &str = "conmon-fd.sock";
@@ -833,8 +836,6 @@ fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), CoreError> {
         .map_err(|e| CoreError::io(format!("create {what} pipe"), e.into()))
 }
 
-/// Reads what is buffered in a pipe whose writers are gone or idle, without
-/// blocking (the runtime's diagnostics after a failed create).
 /// Ok if the runtime exited 0; else its failure with what it wrote to
 /// stderr (read from the pipe's read end `stderr_r`).
 fn runtime_succeeded(exit: sys::process::Exit, stderr_r: &OwnedFd) -> Result<(), CoreError> {
@@ -842,26 +843,13 @@ fn runtime_succeeded(exit: sys::process::Exit, stderr_r: &OwnedFd) -> Result<(),
         sys::process::Exit::Code(0) => Ok(()),
         sys::process::Exit::Code(code) => Err(CoreError::RuntimeFailed {
             code,
-            stderr: read_available(stderr_r),
+            stderr: sys::fd::read_available(stderr_r.as_fd(), RUNTIME_STDERR_MAX),
         }),
         sys::process::Exit::Signal(signal) => Err(CoreError::RuntimeSignaled {
             signal,
-            stderr: read_available(stderr_r),
+            stderr: sys::fd::read_available(stderr_r.as_fd(), RUNTIME_STDERR_MAX),
         }),
     }
-}
-
-fn read_available(fd: &OwnedFd) -> String {
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0;
-    while len < buf.len() {
-        match nix::unistd::read(fd, &mut buf[len..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
-        }
-    }
-    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 fn read_pid_file(path: &Path) -> Result<u32, CoreError> {

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -408,7 +408,9 @@ impl Monitor {
             return Err(NamespaceError::PauseFailed {
                 pod_id,
                 status,
-                stderr: read_available(&stderr_r),
+                // Its own descendants point their stdio at /dev/null, so only
+                // the dead process's message is in the pipe.
+                stderr: sys::fd::read_available(stderr_r.as_fd(), 16 * 1024),
             });
         }
         let pid_file = pid_file_path(&req.base_path, &req.pod_id);
@@ -575,25 +577,6 @@ fn undo_partial_pins(req: &CreateNamespaces) {
         remove_pin(&pin_path(&req.base_path, ns, &req.pod_id));
     }
     let _ = std::fs::remove_file(pid_file);
-}
-
-/// Reads what a dead process left in its stderr pipe, without blocking
-/// (a pause process's own descendants do not hold the pipe: they point
-/// their stdio at /dev/null).
-fn read_available(fd: &OwnedFd) -> String {
-    let _ = nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut len = 0;
-    while len < buf.len() {
-        match nix::unistd::read(fd, &mut buf[len..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
-        }
-    }
-    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 #[cfg(test)]

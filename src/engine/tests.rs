@@ -677,19 +677,7 @@ fn a_connected_client_is_accepted_before_output_is_routed(backend: BackendChoice
     }
     // A client connects (the kernel queues it; nobody has accepted it yet),
     // then output is produced.
-    let client = nix::sys::socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    let long = crate::sys::socket::LongPath::new(&path).unwrap();
-    nix::sys::socket::connect(
-        client.as_raw_fd(),
-        &nix::sys::socket::UnixAddr::new(long.path()).unwrap(),
-    )
-    .unwrap();
+    let client = crate::sys::socket::connect_seqpacket(&path).unwrap();
     let reader = spawn_reader(client);
     out_write.write_all(b"after connect\n").unwrap();
     drop(out_write);

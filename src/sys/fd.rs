@@ -36,3 +36,19 @@ pub fn pipe_max_size() -> io::Result<usize> {
         )
     })
 }
+
+/// Reads what is buffered in `fd` (a pipe whose writers are gone or idle)
+/// without blocking, up to `max` bytes, as lossy UTF-8: the diagnostics a
+/// failed runtime or pause process left on its stderr.
+pub fn read_available(fd: BorrowedFd<'_>, max: usize) -> String {
+    let _ = set_nonblocking(fd);
+    let mut buf = vec![0u8; max];
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(fd, &mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}

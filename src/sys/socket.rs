@@ -18,19 +18,26 @@ pub struct LongPath {
 }
 
 impl LongPath {
-    /// Creates the parent directory if missing and opens it.
+    /// Creates the parent directory if missing and opens it (for binds).
     pub fn new(path: &Path) -> io::Result<LongPath> {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(Self::parent(path))?;
+        Self::open(path)
+    }
+
+    /// Opens the parent directory, which must exist (for connects).
+    pub fn open(path: &Path) -> io::Result<LongPath> {
         let name = path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "socket path has no file name")
         })?;
-        std::fs::create_dir_all(parent)?;
-        let dir = std::fs::File::open(parent)?;
+        let dir = std::fs::File::open(Self::parent(path))?;
         let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
         Ok(LongPath { _dir: dir, short })
+    }
+
+    fn parent(path: &Path) -> &Path {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 
     /// The path to hand to bind/connect while this value lives.
@@ -88,6 +95,23 @@ pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
     bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     listen(&fd, Backlog::MAXCONN).map_err(io::Error::from)?;
+    Ok(fd)
+}
+
+/// Connects a blocking, close-on-exec SOCK_SEQPACKET socket to `path`
+/// (long-path rule): the client side of attach and fd sockets, for tests
+/// and tools.
+pub fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
+    let long = LongPath::open(path)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let addr = UnixAddr::new(long.path()).map_err(io::Error::from)?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
     Ok(fd)
 }
 
