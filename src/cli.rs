@@ -128,8 +128,10 @@ pub struct Cli {
     #[arg(long, env = "RINGMON_ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
 
-    /// I/O backend of the engine workers.
-    #[arg(long, env = "RINGMON_IO_BACKEND", default_value = "auto", value_enum)]
+    /// I/O backend of the engine workers. epoll is the default because the
+    /// density benchmark measures it cheaper per logged line (BENCHMARKS.md);
+    /// `auto` runs io_uring where a ring can be set up, else epoll.
+    #[arg(long, env = "RINGMON_IO_BACKEND", default_value = "epoll", value_enum)]
     pub io_backend: IoBackend,
 
     /// Capacity a container pipe is grown to once it shows it is busy (a

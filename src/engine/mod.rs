@@ -170,7 +170,12 @@ pub fn probe_io_uring() -> std::io::Result<()> {
 fn resolve_backend(choice: BackendChoice) -> (ResolvedBackend, String) {
     match choice {
         BackendChoice::Uring => (ResolvedBackend::Uring, "forced by --io-backend".into()),
-        BackendChoice::Epoll => (ResolvedBackend::Epoll, "forced by --io-backend".into()),
+        BackendChoice::Epoll => (
+            ResolvedBackend::Epoll,
+            "--io-backend epoll (the default: cheaper per logged line than io_uring at density, \
+             see BENCHMARKS.md)"
+                .into(),
+        ),
         BackendChoice::Auto => {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
                 .ok()

@@ -840,6 +840,10 @@ fn the_backend_choice_is_explained() {
     );
     let (engine, _events) = start(BackendChoice::Epoll, 1);
     assert_eq!(engine.backend_name(), "epoll");
+    assert!(engine
+        .backend_reason()
+        .contains("--io-backend epoll (the default"));
+    let (engine, _events) = start(BackendChoice::Uring, 1);
     assert!(engine.backend_reason().contains("forced"));
 }
 
