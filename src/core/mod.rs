@@ -88,7 +88,8 @@ pub enum CoreError {
     NoSuchSlot(#[from] fd_socket::NoSuchSlot),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
+/// `: <stderr>` for an error message, or nothing when `stderr` is blank.
+pub(crate) fn stderr_suffix(stderr: &str) -> String {
     let s = stderr.trim_end();
     if s.is_empty() {
         String::new()

@@ -399,18 +399,15 @@ impl Monitor {
         })?;
         drop(cmd); // closes our copies of the child's stdio
         let pid = child.id();
-        let tracked = Tracked::new(self, pid, false);
-        let exit = wait_exit(pid).await;
-        if exit.is_ok() {
-            tracked.reaped();
-        }
-        exit.map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+        self.wait_spawned(pid)
+            .await
+            .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
     }
 
-    /// Waits for a helper process we spawned (the pause process), keeping
-    /// the SIGCHLD sweep away from it. The pid is tracked before this
-    /// returns; an abandoned wait hands it back to the sweep.
-    pub(crate) fn wait_helper(
+    /// Waits for a process we spawned (the runtime, the pause process),
+    /// keeping the SIGCHLD sweep away from it. The pid is tracked before
+    /// this returns; an abandoned wait hands it back to the sweep.
+    pub(crate) fn wait_spawned(
         &self,
         pid: u32,
     ) -> impl std::future::Future<Output = io::Result<sys::process::Exit>> + '_ {

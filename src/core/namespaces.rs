@@ -20,7 +20,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
-use super::Monitor;
+use super::{stderr_suffix, Monitor};
 use crate::sys;
 use crate::sys::namespace::CloneFlags;
 
@@ -141,15 +141,6 @@ pub enum NamespaceError {
     Busy { pod_id: String, base_path: PathBuf },
     #[error("no namespaces pinned for pod '{pod_id}' under '{}'", .base_path.display())]
     UnknownPod { pod_id: String, base_path: PathBuf },
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    let s = stderr.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!(": {s}")
-    }
 }
 
 impl NamespaceError {
@@ -386,7 +377,7 @@ impl Monitor {
             req,
             armed: true,
         };
-        let waiting = self.wait_helper(pid);
+        let waiting = self.wait_spawned(pid);
         let pod_id = req.pod_id.clone();
         let exit = match tokio::time::timeout(PAUSE_TIMEOUT, waiting).await {
             Ok(exit) => {
