@@ -127,6 +127,11 @@ interface Conmon {
     height @2 :UInt16;
     metadataOld @3 :Void; # was Data up to 0.8.x
     metadata @4 :Metadata;
+    # ringmon extension: resize this exec session's terminal instead of the
+    # container's. This makes 3 pointers, as many as the legacy layout has:
+    # src/rpc/legacy.rs tells them apart by what slot 2 holds (Text here, a
+    # struct list there).
+    execSessionId @5 :Text;
   }
 
   struct SetWindowSizeResponse {}
@@ -224,6 +229,76 @@ interface Conmon {
   }
 
   struct ReleaseNamespacesResponse {}
+
+  # ringmon extension: long-running exec sessions (podman `exec -it`,
+  # `exec -d`, exec attach). A session is one `runtime exec -d` process in a
+  # running container, registered under (container id, session id). Its
+  # output goes to its log drivers and to attach clients (attachContainer
+  # with execSessionId), stdin and resize go to it, its exit code is written
+  # to its exitPaths and kept for execSessionStatus until the container is
+  # gone. Created `suspended`, it waits for startExecSession, so a client can
+  # attach first and miss no output. Documented in rpc/README.md.
+  createExecSession @12 (request: CreateExecSessionRequest) -> (response: CreateExecSessionResponse);
+
+  struct CreateExecSessionRequest {
+    id @0 :Text;                     # container id (must be monitored here)
+    sessionId @1 :Text;              # unique in the container; empty: the server picks a UUID
+    command @2 :List(Text);          # argv; exactly one of command and processPath
+    processPath @3 :Text;            # an OCI process JSON file (`runtime exec --process`)
+    terminal @4 :Bool;
+    stdin @5 :Bool;
+    envVars @6 :TextTextMap;         # added to the runtime's environment (as for execSync)
+    processEnv @7 :TextTextMap;      # added to the process's environment (`--env`)
+    cgroupManager @8 :CgroupManager;
+    exitPaths @9 :List(Text);        # files the exit code is written to
+    cleanupCmd @10 :List(Text);      # run after the exit files (podman's exec cleanup)
+    cleanupDelaySec @11 :UInt32;     # wait this long before running cleanupCmd
+    logDrivers @12 :List(LogDriver); # where the session's output is logged
+    additionalFds @13 :List(UInt64); # fd-socket slots: fd 3, 4, ... of the process (`--preserve-fds`)
+    suspended @14 :Bool;             # create only; startExecSession runs it
+    metadata @15 :Metadata;
+  }
+
+  struct CreateExecSessionResponse {
+    sessionId @0 :Text;
+    pid @1 :UInt32;                  # 0 when suspended
+  }
+
+  # Runs a session created suspended; returns its pid.
+  startExecSession @13 (request: StartExecSessionRequest) -> (response: StartExecSessionResponse);
+
+  struct StartExecSessionRequest {
+    id @0 :Text;
+    sessionId @1 :Text;
+    metadata @2 :Metadata;
+  }
+
+  struct StartExecSessionResponse {
+    pid @0 :UInt32;
+  }
+
+  # A session's state; with `wait`, answers once it has exited (its output
+  # drained and its exit files written).
+  execSessionStatus @14 (request: ExecSessionStatusRequest) -> (response: ExecSessionStatusResponse);
+
+  struct ExecSessionStatusRequest {
+    id @0 :Text;
+    sessionId @1 :Text;
+    wait @2 :Bool;
+    metadata @3 :Metadata;
+  }
+
+  struct ExecSessionStatusResponse {
+    state @0 :ExecSessionState;
+    pid @1 :UInt32;                  # 0 until started
+    exitCode @2 :Int32;              # valid when exited
+  }
+
+  enum ExecSessionState {
+    created @0;
+    running @1;
+    exited @2;
+  }
 
   enum CgroupManager {
     systemd @0;

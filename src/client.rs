@@ -88,6 +88,36 @@ pub struct ExecSyncResponse {
     pub timed_out: bool,
 }
 
+/// A createExecSession request (ringmon extension); empty fields are left
+/// unset on the wire.
+#[derive(Clone, Debug, Default)]
+pub struct CreateExecSessionRequest {
+    pub id: String,
+    pub session_id: String,
+    pub command: Vec<String>,
+    pub process_path: String,
+    pub terminal: bool,
+    pub stdin: bool,
+    pub env_vars: Vec<(String, String)>,
+    pub process_env: Vec<(String, String)>,
+    /// 0 = systemd (wire default), 1 = cgroupfs.
+    pub cgroup_manager: u16,
+    pub exit_paths: Vec<String>,
+    pub cleanup_cmd: Vec<String>,
+    pub cleanup_delay_sec: u32,
+    pub log_drivers: Vec<LogDriver>,
+    pub additional_fds: Vec<u64>,
+    pub suspended: bool,
+}
+
+/// The reply to execSessionStatus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSessionStatus {
+    pub state: conmon::ExecSessionState,
+    pub pid: u32,
+    pub exit_code: i32,
+}
+
 /// A createNamespaces request; empty fields are left unset on the wire.
 #[derive(Clone, Debug, Default)]
 pub struct CreateNamespacesRequest {
@@ -332,6 +362,137 @@ impl Client {
         r.set_height(height);
         req.send().promise.await?;
         Ok(())
+    }
+
+    /// Resizes an exec session's terminal (ringmon extension).
+    pub async fn resize_exec_session(
+        &self,
+        id: &str,
+        session_id: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), ClientError> {
+        let mut req = self.conmon.set_window_size_container_request();
+        let mut r = req.get().init_request();
+        r.set_id(id);
+        r.set_width(width);
+        r.set_height(height);
+        r.set_exec_session_id(session_id);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Creates (and unless suspended starts) an exec session; returns its
+    /// id and pid (0 while suspended).
+    pub async fn create_exec_session(
+        &self,
+        c: &CreateExecSessionRequest,
+    ) -> Result<(String, u32), ClientError> {
+        let mut req = self.conmon.create_exec_session_request();
+        {
+            let mut r = req.get().init_request();
+            r.set_id(c.id.as_str());
+            if !c.session_id.is_empty() {
+                r.set_session_id(c.session_id.as_str());
+            }
+            if !c.process_path.is_empty() {
+                r.set_process_path(c.process_path.as_str());
+            }
+            r.set_terminal(c.terminal);
+            r.set_stdin(c.stdin);
+            r.set_suspended(c.suspended);
+            r.set_cleanup_delay_sec(c.cleanup_delay_sec);
+            for (items, init) in [(&c.command, 0), (&c.exit_paths, 1), (&c.cleanup_cmd, 2)] {
+                if items.is_empty() {
+                    continue;
+                }
+                let n = items.len() as u32;
+                let list = match init {
+                    0 => r.reborrow().init_command(n),
+                    1 => r.reborrow().init_exit_paths(n),
+                    _ => r.reborrow().init_cleanup_cmd(n),
+                };
+                set_texts(list, items);
+            }
+            for (items, process) in [(&c.env_vars, false), (&c.process_env, true)] {
+                if items.is_empty() {
+                    continue;
+                }
+                let n = items.len() as u32;
+                let mut list = if process {
+                    r.reborrow().init_process_env(n)
+                } else {
+                    r.reborrow().init_env_vars(n)
+                };
+                for (i, (k, v)) in items.iter().enumerate() {
+                    let mut e = list.reborrow().get(i as u32);
+                    e.set_key(k.as_str());
+                    e.set_value(v.as_str());
+                }
+            }
+            if !c.log_drivers.is_empty() {
+                let mut list = r.reborrow().init_log_drivers(c.log_drivers.len() as u32);
+                for (i, d) in c.log_drivers.iter().enumerate() {
+                    let mut e = list.reborrow().get(i as u32);
+                    e.set_max_size(d.max_size);
+                    e.set_path(d.path.as_str());
+                    set_enum::<conmon::log_driver::Type>(e.reborrow().into(), "type", d.kind)?;
+                }
+            }
+            if !c.additional_fds.is_empty() {
+                let mut list = r
+                    .reborrow()
+                    .init_additional_fds(c.additional_fds.len() as u32);
+                for (i, slot) in c.additional_fds.iter().enumerate() {
+                    list.set(i as u32, *slot);
+                }
+            }
+            set_enum::<conmon::CgroupManager>(
+                r.reborrow().into(),
+                "cgroupManager",
+                c.cgroup_manager,
+            )?;
+        }
+        let reply = req.send().promise.await?;
+        let r = reply.get()?.get_response()?;
+        let session_id = r
+            .get_session_id()?
+            .to_string()
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        Ok((session_id, r.get_pid()))
+    }
+
+    /// Starts a session created suspended; returns its pid.
+    pub async fn start_exec_session(&self, id: &str, session_id: &str) -> Result<u32, ClientError> {
+        let mut req = self.conmon.start_exec_session_request();
+        let mut r = req.get().init_request();
+        r.set_id(id);
+        r.set_session_id(session_id);
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_response()?.get_pid())
+    }
+
+    /// A session's state; with `wait`, once it has exited.
+    pub async fn exec_session_status(
+        &self,
+        id: &str,
+        session_id: &str,
+        wait: bool,
+    ) -> Result<ExecSessionStatus, ClientError> {
+        let mut req = self.conmon.exec_session_status_request();
+        let mut r = req.get().init_request();
+        r.set_id(id);
+        r.set_session_id(session_id);
+        r.set_wait(wait);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?.get_response()?;
+        Ok(ExecSessionStatus {
+            state: r
+                .get_state()
+                .map_err(|e| capnp::Error::failed(format!("state: {e}")))?,
+            pid: r.get_pid(),
+            exit_code: r.get_exit_code(),
+        })
     }
 
     /// Runs a command in a container and returns its exit code and output.

@@ -85,7 +85,8 @@ fn struct_sizes_match_the_v1_layout() {
     assert_eq!(size::<attach_request::Builder<'static>>(), (1, 4));
     assert_eq!(size::<attach_response::Builder<'static>>(), (0, 0));
     assert_eq!(size::<reopen_log_request::Builder<'static>>(), (0, 2));
-    assert_eq!(size::<set_window_size_request::Builder<'static>>(), (1, 2));
+    // v1's 2 pointers plus ringmon's execSessionId extension (slot 2).
+    assert_eq!(size::<set_window_size_request::Builder<'static>>(), (1, 3));
     assert_eq!(
         size::<create_namespaces_request::Builder<'static>>(),
         (0, 6)
@@ -204,7 +205,14 @@ fn legacy_struct_sizes_match_the_spec() {
     for (name, legacy, v1, want) in pairs {
         assert_eq!(legacy, want, "{name}: legacy size");
         assert_eq!(legacy.0, v1.0, "{name}: data sections differ");
-        assert_eq!(legacy.1, v1.1 + 1, "{name}: legacy has one pointer more");
+        if name == "SetWindowSizeRequest" {
+            // The extension's pointer brings v1 to the legacy count; the
+            // server tells them apart by slot 2's content
+            // (`SetWindowSizeRequest::detect_extended`).
+            assert_eq!(legacy.1, v1.1, "{name}: extended v1 pointer count");
+        } else {
+            assert_eq!(legacy.1, v1.1 + 1, "{name}: legacy has one pointer more");
+        }
     }
 }
 
@@ -421,6 +429,9 @@ fn method_ordinals() {
         "serve_attach_container",
         "serve_port_forward_container",
         "release_namespaces",
+        "create_exec_session",
+        "start_exec_session",
+        "exec_session_status",
     ]
     .iter()
     .enumerate()
@@ -435,4 +446,33 @@ fn method_ordinals() {
         size::<conmon::release_namespaces_response::Builder<'static>>(),
         (0, 0)
     );
+    // The exec session extension (ordinals 12-14).
+    for (got, want) in [
+        (
+            size::<conmon::create_exec_session_request::Builder<'static>>(),
+            (1, 11),
+        ),
+        (
+            size::<conmon::create_exec_session_response::Builder<'static>>(),
+            (1, 1),
+        ),
+        (
+            size::<conmon::start_exec_session_request::Builder<'static>>(),
+            (0, 3),
+        ),
+        (
+            size::<conmon::start_exec_session_response::Builder<'static>>(),
+            (1, 0),
+        ),
+        (
+            size::<conmon::exec_session_status_request::Builder<'static>>(),
+            (1, 3),
+        ),
+        (
+            size::<conmon::exec_session_status_response::Builder<'static>>(),
+            (2, 0),
+        ),
+    ] {
+        assert_eq!(got, want);
+    }
 }

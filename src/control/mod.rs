@@ -100,10 +100,9 @@ impl conmon::Server for ConmonServer {
         params: conmon::SetWindowSizeContainerParams,
         _results: conmon::SetWindowSizeContainerResults,
     ) -> Result<(), capnp::Error> {
-        let req = rpc::legacy::SetWindowSizeRequest::detect(params.get()?.get_request()?);
-        let id = rpc::target_id(req.get_id()).map_err(|e| failed(&e))?;
+        let req = rpc::set_window_size(params.get()?.get_request()?).map_err(|e| failed(&e))?;
         self.monitor
-            .set_window_size(&id, req.get_width(), req.get_height())
+            .set_window_size(&req.id, &req.exec_session_id, req.width, req.height)
             .map_err(|e| failed(&e))
     }
 
@@ -143,13 +142,13 @@ impl conmon::Server for ConmonServer {
         _results: conmon::AttachContainerResults,
     ) -> Result<(), capnp::Error> {
         let req = rpc::attach_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
-        if !req.exec_session_id.is_empty() {
-            // Exec sessions arrive with their own issue; conmon-rs also
-            // ignores the field.
-            debug!(id = %req.id, session = %req.exec_session_id, "execSessionId ignored");
-        }
         self.monitor
-            .attach_container(&req.id, &req.socket_path, req.stop_after_stdin_eof)
+            .attach_container(
+                &req.id,
+                &req.exec_session_id,
+                &req.socket_path,
+                req.stop_after_stdin_eof,
+            )
             .map_err(|e| failed(&e))
     }
 
@@ -190,6 +189,69 @@ impl conmon::Server for ConmonServer {
             .release_namespaces(&req.base_path, &req.pod_id)
             .await
             .map_err(|e| failed(&e))
+    }
+
+    async fn create_exec_session(
+        self: Rc<Self>,
+        params: conmon::CreateExecSessionParams,
+        mut results: conmon::CreateExecSessionResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::create_exec_session(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(id = %req.id, session = %req.session_id, process = ?req.process,
+            terminal = req.terminal, suspended = req.suspended, "createExecSession");
+        let (session_id, pid) = self
+            .monitor
+            .create_exec_session(req)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut r = results.get().init_response();
+        r.set_session_id(session_id.as_str());
+        r.set_pid(pid);
+        Ok(())
+    }
+
+    async fn start_exec_session(
+        self: Rc<Self>,
+        params: conmon::StartExecSessionParams,
+        mut results: conmon::StartExecSessionResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_request()?;
+        let (id, session_id) =
+            rpc::session_target(req.get_id(), req.get_session_id()).map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(%id, session = %session_id, "startExecSession");
+        let pid = self
+            .monitor
+            .start_exec_session(&id, &session_id)
+            .await
+            .map_err(|e| failed(&e))?;
+        results.get().init_response().set_pid(pid);
+        Ok(())
+    }
+
+    async fn exec_session_status(
+        self: Rc<Self>,
+        params: conmon::ExecSessionStatusParams,
+        mut results: conmon::ExecSessionStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let req = params.get()?.get_request()?;
+        let (id, session_id) =
+            rpc::session_target(req.get_id(), req.get_session_id()).map_err(|e| failed(&e))?;
+        let wait = req.get_wait();
+        drop(params);
+        let state = self
+            .monitor
+            .exec_session_status(&id, &session_id, wait)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut r = results.get().init_response();
+        r.set_state(rpc::wire_session_state(state));
+        r.set_pid(state.pid());
+        if let crate::core::exec_session::SessionState::Exited { exit_code, .. } = state {
+            r.set_exit_code(exit_code);
+        }
+        Ok(())
     }
 }
 

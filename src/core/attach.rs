@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::Interest;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -47,6 +47,10 @@ pub enum StdinTarget {
     Pipe(OwnedFd),
     /// A duplicate of the pty master; on stop-after-stdin-EOF forwarding stops.
     Pty(OwnedFd),
+    /// Known once the process starts (the pty of an exec session created
+    /// suspended); input that arrives before is queued. Dropping the sender
+    /// discards it.
+    Later(oneshot::Receiver<OwnedFd>),
 }
 
 /// The attach state of one monitored process.
@@ -69,6 +73,15 @@ impl Attach {
             StdinTarget::None => None,
             StdinTarget::Pipe(fd) => Some(spawn_stdin_writer(fd, key)),
             StdinTarget::Pty(fd) => Some(spawn_stdin_writer(fd, key)),
+            StdinTarget::Later(fd) => {
+                let (tx, rx) = mpsc::channel(STDIN_QUEUE_PACKETS);
+                tokio::task::spawn_local(async move {
+                    if let Ok(fd) = fd.await {
+                        write_stdin(fd, rx, key).await;
+                    }
+                });
+                Some(tx)
+            }
         };
         Attach {
             key,

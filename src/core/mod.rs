@@ -8,6 +8,7 @@ use crate::log::LogSpec;
 
 pub mod attach;
 pub mod exec;
+pub mod exec_session;
 pub mod exit_files;
 pub mod fd_socket;
 pub mod monitor;
@@ -86,6 +87,17 @@ pub enum CoreError {
     Reopen(String),
     #[error(transparent)]
     NoSuchSlot(#[from] fd_socket::NoSuchSlot),
+    /// Lookup of an exec session the container does not have (any more).
+    #[error("exec session '{session}' not found in container '{id}'")]
+    NoSuchSession { id: String, session: String },
+    #[error("exec session '{session}' already exists in container '{id}'")]
+    SessionExists { id: String, session: String },
+    /// A session call that its state does not allow.
+    #[error("exec session '{session}' is {state}")]
+    SessionState {
+        session: String,
+        state: &'static str,
+    },
 }
 
 /// `: <stderr>` for an error message, or nothing when `stderr` is blank.

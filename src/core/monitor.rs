@@ -36,6 +36,8 @@ use crate::engine::{ContainerKey, Engine, EngineEvent, Registration, SourceKind,
 use crate::log::{LogWriter, StreamKind};
 use crate::sys;
 
+mod exec_sessions;
+
 /// How long exit handling waits for a container's output to reach EOF after
 /// the process exited. Output normally closes at once (the container's pid
 /// namespace dies with its init); only a descendant that escaped and kept
@@ -81,6 +83,8 @@ struct State {
     drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
     /// Exit handlers still running (awaited at shutdown).
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Exec sessions by container id (`exec_sessions`).
+    sessions: HashMap<String, exec_sessions::ContainerSessions>,
 }
 
 /// The container monitor.
@@ -162,8 +166,17 @@ impl Monitor {
                     let st = self.state.borrow();
                     match st.children.values().flatten().find(|c| c.key == key) {
                         Some(child) => child.attach.accepted(listener, client),
-                        // Exited meanwhile: the engine sends it the done packet.
-                        None => debug!(key, "attach client of a forgotten container"),
+                        None => {
+                            drop(st);
+                            let session = self.session_by_key(key, |s| {
+                                s.attach.accepted(listener, client);
+                            });
+                            if session.is_none() {
+                                // Exited meanwhile: the engine sends it the
+                                // done packet.
+                                debug!(key, "attach client of a forgotten container");
+                            }
+                        }
                     }
                 }
             }
@@ -302,8 +315,7 @@ impl Monitor {
         runtime_succeeded(exit, &stderr_r)?;
         let pid = read_pid_file(&pid_file)?;
 
-        let key = self.next_key.get();
-        self.next_key.set(key + 1);
+        let key = self.next_key();
         let mut stdin_target = match stdin_w {
             Some(w) => StdinTarget::Pipe(w),
             None => StdinTarget::None,
@@ -385,6 +397,13 @@ impl Monitor {
         st.watchers.push(watcher);
         info!(id = %req.id, pid, "container created");
         Ok(pid)
+    }
+
+    /// A new engine key (containers and exec sessions).
+    fn next_key(&self) -> ContainerKey {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        key
     }
 
     /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
@@ -517,6 +536,9 @@ impl Monitor {
             cgroup: req.cgroup_manager,
             command: &req.command,
             console_socket: console.as_ref().map(|c| c.path.as_path()),
+            process_env: &[],
+            preserve_fds: 0,
+            process_spec: None,
         });
         debug!(id = %req.id, ?args, "spawning runtime exec");
         let mut cmd = Command::new(&self.runtime.path);
@@ -595,6 +617,8 @@ impl Monitor {
             list.retain(|c| c.key != *key);
             if list.is_empty() {
                 st.children.remove(id);
+                drop(st);
+                self.end_sessions(id);
             }
         }
     }
@@ -609,13 +633,18 @@ impl Monitor {
         }
     }
 
-    /// Serves attach clients for the container at `socket_path`.
+    /// Serves attach clients for the container (or, with a non-empty
+    /// `exec_session_id`, for that exec session) at `socket_path`.
     pub fn attach_container(
         &self,
         id: &str,
+        exec_session_id: &str,
         socket_path: &Path,
         stop_after_stdin_eof: bool,
     ) -> Result<(), CoreError> {
+        if !exec_session_id.is_empty() {
+            return self.attach_session(id, exec_session_id, socket_path, stop_after_stdin_eof);
+        }
         let mut st = self.state.borrow_mut();
         let child = st
             .children
@@ -630,8 +659,18 @@ impl Monitor {
             })
     }
 
-    /// Resizes the container's terminal.
-    pub fn set_window_size(&self, id: &str, width: u16, height: u16) -> Result<(), CoreError> {
+    /// Resizes the container's terminal (or, with a non-empty
+    /// `exec_session_id`, that exec session's).
+    pub fn set_window_size(
+        &self,
+        id: &str,
+        exec_session_id: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), CoreError> {
+        if !exec_session_id.is_empty() {
+            return self.resize_session(id, exec_session_id, width, height);
+        }
         let st = self.state.borrow();
         let child = st
             .children

@@ -114,6 +114,17 @@ impl RuntimeConfig {
         let mut a = OsString::from("--pid-file=");
         a.push(e.pid_file);
         args.push(a);
+        for (key, value) in e.process_env {
+            args.push(format!("--env={key}={value}").into());
+        }
+        if e.preserve_fds > 0 {
+            args.push(format!("--preserve-fds={}", e.preserve_fds).into());
+        }
+        if let Some(spec) = e.process_spec {
+            let mut a = OsString::from("--process=");
+            a.push(spec);
+            args.push(a);
+        }
         args.push(e.id.into());
         args.extend(e.command.iter().map(OsString::from));
         args
@@ -131,14 +142,22 @@ pub struct CreateArgs<'a> {
     pub console_socket: Option<&'a Path>,
 }
 
-/// The per-request parts of an `exec -d` invocation (execSync).
+/// The per-request parts of an `exec -d` invocation (execSync, exec
+/// sessions).
 pub struct ExecArgs<'a> {
     pub id: &'a str,
     pub pid_file: &'a Path,
     pub cgroup: CgroupManager,
+    /// The argv (empty with `process_spec`).
     pub command: &'a [String],
     /// Terminal mode: where the runtime sends the pty master.
     pub console_socket: Option<&'a Path>,
+    /// Added to the process's environment.
+    pub process_env: &'a [(String, String)],
+    /// fds 3.. the runtime passes on to the process.
+    pub preserve_fds: usize,
+    /// An OCI process JSON file instead of `command`.
+    pub process_spec: Option<&'a Path>,
 }
 
 #[cfg(test)]
@@ -247,6 +266,9 @@ mod tests {
                 "hi there".into(),
             ],
             console_socket: None,
+            process_env: &[],
+            preserve_fds: 0,
+            process_spec: None,
         });
         assert_eq!(
             strs(args),
@@ -274,6 +296,9 @@ mod tests {
             cgroup: CgroupManager::Cgroupfs,
             command: &["sh".into()],
             console_socket: Some(Path::new("/tmp/t.sock")),
+            process_env: &[],
+            preserve_fds: 0,
+            process_spec: None,
         });
         assert_eq!(
             strs(args),
@@ -292,6 +317,34 @@ mod tests {
     }
 
     #[test]
+    fn exec_session_with_env_fds_and_a_process_spec() {
+        let c = cfg("/usr/sbin/runc", None, LogLevel::Info);
+        let args = c.exec_args(&ExecArgs {
+            id: "c",
+            pid_file: Path::new("/p"),
+            cgroup: CgroupManager::Cgroupfs,
+            command: &[],
+            console_socket: None,
+            process_env: &[("A".into(), "1 2".into()), ("B".into(), "".into())],
+            preserve_fds: 2,
+            process_spec: Some(Path::new("/run/s/process.json")),
+        });
+        assert_eq!(
+            strs(args),
+            [
+                "exec",
+                "-d",
+                "--pid-file=/p",
+                "--env=A=1 2",
+                "--env=B=",
+                "--preserve-fds=2",
+                "--process=/run/s/process.json",
+                "c"
+            ]
+        );
+    }
+
+    #[test]
     fn exec_command_words_follow_the_id_verbatim() {
         // Words that look like runtime flags must stay after the id, where
         // the runtime treats them as the command.
@@ -302,6 +355,9 @@ mod tests {
             cgroup: CgroupManager::Cgroupfs,
             command: &["--tty".into(), "".into()],
             console_socket: None,
+            process_env: &[],
+            preserve_fds: 0,
+            process_spec: None,
         });
         assert_eq!(
             strs(args),

@@ -376,6 +376,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers a container whose sources are not known yet (an exec
+    /// session created suspended: its pty arrives when it starts). Until
+    /// [`Engine::add_sources`] it is never drained, so attach clients that
+    /// connect meanwhile stay and get all of its output.
+    pub fn register_pending(
+        &self,
+        key: ContainerKey,
+        logs: Vec<LogWriter>,
+    ) -> Result<(), EngineError> {
+        let worker = self.lock_assignments().assign(key)?;
+        let registration = Registration {
+            key,
+            sources: Vec::new(),
+            logs,
+        };
+        if let Err(err) = self.send(worker, Command::RegisterPending(registration)) {
+            self.lock_assignments().release(key, worker);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Gives a container registered with [`Engine::register_pending`] its
+    /// sources, exactly once. With none (the process never started) it
+    /// drains at once.
+    pub fn add_sources(
+        &self,
+        key: ContainerKey,
+        sources: Vec<StreamSource>,
+    ) -> Result<(), EngineError> {
+        let worker = self.lock_assignments().worker_of.get(&key).copied();
+        match worker {
+            Some(worker) => self.send(worker, Command::AddSources { key, sources }),
+            None => Err(EngineError::Setup(format!(
+                "container key {key} is not registered"
+            ))),
+        }
+    }
+
     /// Adds an attach client (a connected SOCK_SEQPACKET socket) to `key`:
     /// from now on it receives every chunk the container's sources produce,
     /// framed as attach packets, and a done packet once every source reached

@@ -536,6 +536,69 @@ fn attach_clients_and_logs_get_the_same_bytes(backend: BackendChoice) {
     assert!(events.try_recv().is_err(), "no drop expected");
 }
 
+/// An exec session created suspended: a client attached before the
+/// sources exist stays attached (no done packet) and gets all output once
+/// they arrive; a pending container given no sources drains at once.
+fn a_pending_container_keeps_its_clients_until_its_sources_arrive(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "pending");
+    let (engine, mut events) = start(backend, 2);
+    engine
+        .register_pending(5, vec![cri_writer(dir.path("session.log"))])
+        .unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(5, engine_end).unwrap();
+    let reader = spawn_reader(client_end);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        events.try_recv().is_err(),
+        "drained before its sources came"
+    );
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    let stdout_data = random_output(31, 200_000);
+    let stderr_data = random_output(32, 50_000);
+    // Written before the sources are added: the pipes hold it.
+    let feeders = [
+        feed(stdout_write, stdout_data.clone(), 33),
+        feed(stderr_write, stderr_data.clone(), 34),
+    ];
+    engine
+        .add_sources(
+            5,
+            vec![
+                source(stdout_read, StreamKind::Stdout, SourceKind::Pipe),
+                source(stderr_read, StreamKind::Stderr, SourceKind::Pipe),
+            ],
+        )
+        .unwrap();
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 5 }
+    ));
+    assert_complete(&reader.join().unwrap(), &stdout_data, &stderr_data);
+    let (stdout, stderr) = parse_cri(&fs::read(dir.path("session.log")).unwrap());
+    assert!(stdout == logged(&stdout_data) && stderr == logged(&stderr_data));
+
+    engine.register_pending(6, Vec::new()).unwrap();
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(6, engine_end).unwrap();
+    let reader = spawn_reader(client_end);
+    engine.add_sources(6, Vec::new()).unwrap();
+    assert!(matches!(
+        events.blocking_recv().unwrap(),
+        EngineEvent::Drained { key: 6 }
+    ));
+    assert_complete(&reader.join().unwrap(), b"", b"");
+    assert!(
+        engine.add_sources(6, Vec::new()).is_err(),
+        "drained keys take no sources"
+    );
+    engine.shutdown();
+}
+
 fn a_stuck_attach_client_is_dropped_without_stalling_anything(backend: BackendChoice) {
     let dir = TempDir::new("engine", "stuck");
     let (engine, mut events) = start(backend, 1);
@@ -882,6 +945,7 @@ per_backend!(
     non_blocking_pipes_work_too,
     duplicate_keys_are_rejected,
     attach_clients_and_logs_get_the_same_bytes,
+    a_pending_container_keeps_its_clients_until_its_sources_arrive,
     a_stuck_attach_client_is_dropped_without_stalling_anything,
     a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything,
     attaching_to_an_unknown_container_gets_the_done_packet_at_once,

@@ -29,7 +29,7 @@ use super::attach::{PacketQueue, PACKET_STDERR, PACKET_STDOUT};
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
 use super::{
     Assignments, AttachListenerId, ContainerKey, EngineEvent, Registration, SourceKind,
-    ATTACH_LINGER_TIMEOUT, ATTACH_QUEUE_LIMIT,
+    StreamSource, ATTACH_LINGER_TIMEOUT, ATTACH_QUEUE_LIMIT,
 };
 use crate::log::{LogError, LogWriter, StreamKind, TimestampCache};
 
@@ -40,6 +40,16 @@ const MAX_CONSECUTIVE_WAIT_FAILURES: u32 = 1000;
 /// What the `Engine` handle asks a worker to do.
 pub enum Command {
     Register(Registration),
+    /// Register a container whose sources come later ([`Command::AddSources`]):
+    /// until then it holds one pending source, so it is not drained and its
+    /// attach clients stay connected (an exec session created suspended).
+    RegisterPending(Registration),
+    /// The sources of a container registered pending (none if the process
+    /// never started: the container then drains).
+    AddSources {
+        key: ContainerKey,
+        sources: Vec<StreamSource>,
+    },
     /// Add an attach client (a connected non-blocking SOCK_SEQPACKET socket)
     /// to `key`.
     Attach {
@@ -308,7 +318,16 @@ impl<B: Backend> Worker<B> {
         self.routing.take_commands();
         while let Some(command) = self.routing.deferred.pop_front() {
             match command {
-                Command::Register(registration) => self.register(registration),
+                Command::Register(registration) => self.register(registration, false),
+                Command::RegisterPending(registration) => self.register(registration, true),
+                Command::AddSources { key, sources } => {
+                    if let Some(container) = self.routing.containers.get_mut(&key) {
+                        // The pending source is released below.
+                        container.open_sources -= 1;
+                        self.add_sources(key, sources);
+                    }
+                    self.routing.finish_if_drained(key);
+                }
                 Command::Attach { key, client } => self.routing.attach(key, client),
                 Command::ReopenLogs { key, reply } => {
                     let _ = reply.send(self.routing.reopen_logs(key));
@@ -322,18 +341,24 @@ impl<B: Backend> Worker<B> {
         true
     }
 
-    fn register(&mut self, registration: Registration) {
+    /// Starts serving a container; `pending`: its sources come later.
+    fn register(&mut self, registration: Registration, pending: bool) {
         let Registration { key, sources, logs } = registration;
-        let routing = &mut self.routing;
-        routing.containers.insert(
+        self.routing.containers.insert(
             key,
             Container {
-                open_sources: 0,
+                open_sources: usize::from(pending),
                 logs: logs.into_iter().map(LogSink::new).collect(),
                 attach_clients: Vec::new(),
                 attach_listeners: Vec::new(),
             },
         );
+        self.add_sources(key, sources);
+        self.routing.finish_if_drained(key);
+    }
+
+    fn add_sources(&mut self, key: ContainerKey, sources: Vec<StreamSource>) {
+        let routing = &mut self.routing;
         for source in sources {
             let packet_type = match (source.kind, source.stream) {
                 (SourceKind::Pty, _) | (SourceKind::Pipe, StreamKind::Stdout) => PACKET_STDOUT,
@@ -359,7 +384,6 @@ impl<B: Backend> Worker<B> {
                 }
             }
         }
-        routing.finish_if_drained(key);
     }
 }
 
@@ -398,7 +422,9 @@ impl Routing {
     fn registration_deferred(&self, key: ContainerKey) -> bool {
         self.deferred
             .iter()
-            .any(|command| matches!(command, Command::Register(r) if r.key == key))
+            .any(|command| {
+                matches!(command, Command::Register(r) | Command::RegisterPending(r) if r.key == key)
+            })
     }
 
     /// Adds an attach client to `key`, or, if `key` is not (or no longer)

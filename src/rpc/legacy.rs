@@ -187,12 +187,47 @@ view! {
 
 view! {
     /// `setWindowSizeContainer` request: legacy 1 / 3, v1 1 / 2 (only
-    /// `metadata` moves).
+    /// `metadata` moves). ringmon's `execSessionId` extension makes v1 3
+    /// pointers too: see [`SetWindowSizeRequest::detect_extended`].
     SetWindowSizeRequest = set_window_size_request {
         get_id -> Text<'a>;
         get_width -> u16;
         get_height -> u16;
         get_metadata -> TextMap<'a>;
+    }
+}
+
+impl<'a> SetWindowSizeRequest<'a> {
+    /// Like `detect`, for the one struct whose extended v1 layout has as
+    /// many pointers (3) as its legacy layout. Slot 2 tells them apart:
+    /// `execSessionId` (Text, a byte list) in the extension, `metadata` (a
+    /// struct list) in the legacy layout. Null there reads the same either
+    /// way (no session, metadata unused), so it is left to `detect`.
+    pub fn detect_extended(r: conmon::set_window_size_request::Reader<'a>) -> Self {
+        let slots = capnp::raw::get_struct_pointer_section(r);
+        let legacy_pointers =
+            <legacy::set_window_size_request::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers;
+        if slots.len() != u32::from(legacy_pointers) {
+            return Self::V1(r);
+        }
+        let slot = slots.get(2);
+        if !slot.is_null() && slot.get_as::<text::Reader<'_>>().is_ok() {
+            return Self::V1(r);
+        }
+        tracing::trace!(
+            request = "set_window_size_request",
+            "conmon-rs <= 0.8 request layout"
+        );
+        Self::Legacy(r.into_internal_struct_reader().into())
+    }
+
+    /// The exec session to resize; empty for the container itself (and
+    /// always for legacy clients, which predate the field).
+    pub fn get_exec_session_id(self) -> Text<'a> {
+        match self {
+            Self::V1(r) => r.get_exec_session_id(),
+            Self::Legacy(_) => Ok(text::Reader::from("")),
+        }
     }
 }
 
@@ -522,11 +557,50 @@ mod tests {
             r.set_metadata_old(b"{}");
             fill_map(r.reborrow().init_metadata(1), TRACE);
         }
-        let r = SetWindowSizeRequest::detect(as_v1(&msg));
+        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
         assert_eq!(r.generation(), Generation::Legacy);
         assert_eq!(super::super::target_id(r.get_id()).unwrap(), "abc");
         assert_eq!((r.get_width(), r.get_height()), (132, 43));
         assert_eq!(r.get_metadata().unwrap().len(), 1);
+        assert_eq!(r.get_exec_session_id().unwrap(), "");
+    }
+
+    /// The execSessionId extension gives v1 as many pointers as the legacy
+    /// layout; slot 2's content decides.
+    #[test]
+    fn set_window_size_extension_is_told_from_legacy() {
+        let mut msg = Builder::new_default();
+        {
+            let mut r = msg.init_root::<conmon::set_window_size_request::Builder<'_>>();
+            r.set_id("abc");
+            r.set_width(80);
+            r.set_height(24);
+            fill_map(r.reborrow().init_metadata(1), TRACE);
+            r.set_exec_session_id("s1");
+        }
+        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
+        assert_eq!(
+            pointer_count(as_v1::<conmon::set_window_size_request::Reader<'_>>(&msg)),
+            3
+        );
+        assert_eq!(r.generation(), Generation::V1);
+        assert_eq!(r.get_exec_session_id().unwrap(), "s1");
+        assert_eq!(r.get_metadata().unwrap().len(), 1);
+        assert_eq!((r.get_width(), r.get_height()), (80, 24));
+
+        // Without a session id the layouts read alike where it matters.
+        let mut msg = Builder::new_default();
+        {
+            let mut r = msg.init_root::<conmon::set_window_size_request::Builder<'_>>();
+            r.set_id("abc");
+            r.set_width(80);
+            r.set_height(24);
+            fill_map(r.reborrow().init_metadata(1), TRACE);
+        }
+        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
+        assert_eq!(super::super::target_id(r.get_id()).unwrap(), "abc");
+        assert_eq!((r.get_width(), r.get_height()), (80, 24));
+        assert_eq!(r.get_exec_session_id().unwrap(), "");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use capnp::text_list;
 
 use crate::conmon_capnp::conmon;
+use crate::core::exec_session::{check_session_id, CreateExecSession, ExecProcess, SessionState};
 use crate::core::namespaces::{CreateNamespaces, Namespace, DEFAULT_BASE_PATH};
 use crate::core::{CgroupManager, CreateContainer, ExecSync};
 use crate::log::{LogFormat, LogSpec};
@@ -167,13 +168,35 @@ pub fn create_container(
         .enumerate()
         .map(|(i, p)| creatable_path(format!("oomExitPaths[{i}]"), p))
         .collect::<Result<_, _>>()?;
+    let logs = log_drivers(r.get_log_drivers())?;
+    let env = env_vars(r.get_env_vars())?;
+    let additional_fds = slots("additionalFds", r.get_additional_fds())?;
+    let leak_fds = slots("leakFds", r.get_leak_fds())?;
+    Ok(CreateContainer {
+        id,
+        bundle,
+        terminal: r.get_terminal(),
+        stdin: r.get_stdin(),
+        exit_paths,
+        oom_exit_paths,
+        logs,
+        cleanup_cmd: texts("cleanupCmd", r.get_cleanup_cmd())?,
+        global_args: texts("globalArgs", r.get_global_args())?,
+        command_args: texts("commandArgs", r.get_command_args())?,
+        env,
+        cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+        additional_fds,
+        leak_fds,
+    })
+}
+
+/// Reads `logDrivers`: paths of file drivers must be creatable; journald
+/// has none.
+fn log_drivers(
+    r: capnp::Result<capnp::struct_list::Reader<'_, conmon::log_driver::Owned>>,
+) -> Result<Vec<LogSpec>, RequestError> {
     let mut logs = Vec::new();
-    for (i, d) in r
-        .get_log_drivers()
-        .map_err(decode("logDrivers"))?
-        .iter()
-        .enumerate()
-    {
+    for (i, d) in r.map_err(decode("logDrivers"))?.iter().enumerate() {
         let format = match d.get_type() {
             Ok(conmon::log_driver::Type::ContainerRuntimeInterface) => LogFormat::Cri,
             Ok(conmon::log_driver::Type::Json) => LogFormat::Json,
@@ -198,25 +221,7 @@ pub fn create_container(
             max_size: d.get_max_size(),
         });
     }
-    let env = env_vars(r.get_env_vars())?;
-    let additional_fds = slots("additionalFds", r.get_additional_fds())?;
-    let leak_fds = slots("leakFds", r.get_leak_fds())?;
-    Ok(CreateContainer {
-        id,
-        bundle,
-        terminal: r.get_terminal(),
-        stdin: r.get_stdin(),
-        exit_paths,
-        oom_exit_paths,
-        logs,
-        cleanup_cmd: texts("cleanupCmd", r.get_cleanup_cmd())?,
-        global_args: texts("globalArgs", r.get_global_args())?,
-        command_args: texts("commandArgs", r.get_command_args())?,
-        env,
-        cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
-        additional_fds,
-        leak_fds,
-    })
+    Ok(logs)
 }
 
 /// Reads a list of fd-socket slot numbers; a slot named twice is refused
@@ -242,17 +247,26 @@ fn slots(
 fn env_vars(
     r: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,
 ) -> Result<Vec<(String, String)>, RequestError> {
+    env_map("envVars", r)
+}
+
+/// Reads an environment map named `field`: keys non-empty, without `=`
+/// or NUL.
+fn env_map(
+    field: &'static str,
+    r: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,
+) -> Result<Vec<(String, String)>, RequestError> {
     let mut env = Vec::new();
-    for (i, e) in r.map_err(decode("envVars"))?.iter().enumerate() {
-        let key = text("envVars.key", e.get_key())?;
+    for (i, e) in r.map_err(decode(field))?.iter().enumerate() {
+        let key = text(field, e.get_key())?;
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(invalid(
-                format!("envVars[{i}].key"),
+                format!("{field}[{i}].key"),
                 key,
                 "must be non-empty without '=' or NUL",
             ));
         }
-        env.push((key, text("envVars.value", e.get_value())?));
+        env.push((key, text(field, e.get_value())?));
     }
     Ok(env)
 }
@@ -303,6 +317,119 @@ pub fn attach_container(
         exec_session_id: text("execSessionId", r.get_exec_session_id())?,
         stop_after_stdin_eof: r.get_stop_after_stdin_eof(),
     })
+}
+
+/// Translates and checks a `createExecSession` request (ringmon
+/// extension).
+pub fn create_exec_session(
+    r: conmon::create_exec_session_request::Reader<'_>,
+) -> Result<CreateExecSession, RequestError> {
+    let id = target_id(r.get_id())?;
+    let session_id = session_id(r.get_session_id())?;
+    let command = texts("command", r.get_command())?;
+    let process_path = text("processPath", r.get_process_path())?;
+    let process = match (command.is_empty(), process_path.is_empty()) {
+        (false, true) => ExecProcess::Command(command),
+        (true, false) => {
+            let path = absolute_path("processPath", process_path)?;
+            if !path.is_file() {
+                return Err(invalid(
+                    "processPath",
+                    path.display().to_string(),
+                    "is not a file",
+                ));
+            }
+            ExecProcess::Spec(path)
+        }
+        (true, true) => {
+            return Err(invalid(
+                "command",
+                "",
+                "must not be empty when processPath is not set",
+            ))
+        }
+        (false, false) => {
+            return Err(invalid(
+                "processPath",
+                process_path,
+                "must be empty when command is set (give one of them)",
+            ))
+        }
+    };
+    let exit_paths = texts("exitPaths", r.get_exit_paths())?
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| creatable_path(format!("exitPaths[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    Ok(CreateExecSession {
+        id,
+        session_id,
+        process,
+        terminal: r.get_terminal(),
+        stdin: r.get_stdin(),
+        env: env_vars(r.get_env_vars())?,
+        process_env: env_map("processEnv", r.get_process_env())?,
+        cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+        exit_paths,
+        cleanup_cmd: texts("cleanupCmd", r.get_cleanup_cmd())?,
+        cleanup_delay: Duration::from_secs(r.get_cleanup_delay_sec().into()),
+        logs: log_drivers(r.get_log_drivers())?,
+        additional_fds: slots("additionalFds", r.get_additional_fds())?,
+        suspended: r.get_suspended(),
+    })
+}
+
+/// An exec session id (may be empty where the server picks one).
+fn session_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, RequestError> {
+    let sid = text("sessionId", r)?;
+    check_session_id(&sid).map_err(|reason| invalid("sessionId", sid.clone(), reason))?;
+    Ok(sid)
+}
+
+/// The (container id, session id) a session call targets; the session id
+/// is required.
+pub fn session_target(
+    id: capnp::Result<capnp::text::Reader<'_>>,
+    sid: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<(String, String), RequestError> {
+    let id = target_id(id)?;
+    let sid = session_id(sid)?;
+    if sid.is_empty() {
+        return Err(invalid("sessionId", sid, "must not be empty"));
+    }
+    Ok((id, sid))
+}
+
+/// A validated `setWindowSizeContainer` request.
+#[derive(Debug)]
+pub struct SetWindowSize {
+    pub id: String,
+    /// Empty: the container's terminal.
+    pub exec_session_id: String,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// Translates and checks a `setWindowSizeContainer` request.
+pub fn set_window_size(
+    r: conmon::set_window_size_request::Reader<'_>,
+) -> Result<SetWindowSize, RequestError> {
+    let r = legacy::SetWindowSizeRequest::detect_extended(r);
+    Ok(SetWindowSize {
+        id: target_id(r.get_id())?,
+        exec_session_id: session_id(r.get_exec_session_id())?,
+        width: r.get_width(),
+        height: r.get_height(),
+    })
+}
+
+/// The wire form of a session's state.
+pub fn wire_session_state(state: SessionState) -> conmon::ExecSessionState {
+    match state {
+        SessionState::Created => conmon::ExecSessionState::Created,
+        SessionState::Running { .. } => conmon::ExecSessionState::Running,
+        SessionState::Exited { .. } => conmon::ExecSessionState::Exited,
+    }
 }
 
 /// Reads and checks the id of a request that targets a known container.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub use ringmon::client::{Client, CreateRequest, LogDriver};
 
+pub mod attach_client;
 pub mod journal;
 
 /// The server binary under test.
