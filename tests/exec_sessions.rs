@@ -98,11 +98,20 @@ impl Running {
     }
 
     fn attach(&self, sid: &str, socket: &Path) -> Result<(), String> {
+        self.attach_with(sid, socket, false)
+    }
+
+    fn attach_with(
+        &self,
+        sid: &str,
+        socket: &Path,
+        stop_after_stdin_eof: bool,
+    ) -> Result<(), String> {
         let mut out = None;
         run_local(async {
             let c = self.server.client().await;
             out = Some(
-                c.attach_container(&self.id, socket, sid, false)
+                c.attach_container(&self.id, socket, sid, stop_after_stdin_eof)
                     .await
                     .map_err(|e| e.to_string()),
             );
@@ -268,8 +277,13 @@ fn detached_session_like_podman_exec_d() {
         let (out, err) = parse_cri(&fs::read(c.path("d.log")).unwrap());
         assert_eq!(out, b"out:hi there\n");
         assert_eq!(err, b"err\n");
-        let stamp = wait_for_file(Path::new(&cleaned), WAIT);
-        let stamp: u128 = String::from_utf8_lossy(&stamp).trim().parse().unwrap();
+        // The shell creates the file before `date` writes into it.
+        let written = || fs::read_to_string(&cleaned).unwrap_or_default();
+        assert!(
+            wait_until(WAIT, || written().ends_with('\n')),
+            "cleanup command did not run"
+        );
+        let stamp: u128 = written().trim().parse().unwrap();
         let exited_ns = exited_at
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -295,6 +309,40 @@ fn detached_session_like_podman_exec_d() {
             assert_eq!(c.status(sid, true).unwrap().exit_code, i as i32);
         }
         assert!(c.leftover_pid_files().is_empty());
+    });
+}
+
+/// podman `exec -i` without a terminal: stdin through a pipe, stdout and
+/// stderr apart, and the client's EOF closing the process's stdin
+/// (stopAfterStdinEof).
+#[test]
+fn piped_stdin_session_ends_at_client_eof() {
+    for_each_runtime(|rt| {
+        let c = Running::start(rt);
+        let req = CreateExecSessionRequest {
+            stdin: true,
+            suspended: true,
+            ..c.request("i", "echo started >&2; cat; echo after-eof >&2")
+        };
+        c.create(&req).unwrap();
+        let socket = c.dir.path().join("i.attach");
+        c.attach_with("i", &socket, true).unwrap();
+        let mut client = AttachConn::connect(&socket, "stdin");
+        c.start_session("i").unwrap();
+        let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in input.chunks(7000) {
+            client.send_all(chunk);
+        }
+        client.shutdown_write();
+        client.read_until_done();
+        assert!(
+            client.got.out == input,
+            "stdout: {} of {} bytes",
+            client.got.out.len(),
+            input.len()
+        );
+        assert_eq!(client.got.err_str(), "started\nafter-eof\n");
+        assert_eq!(c.status("i", true).unwrap().exit_code, 0);
     });
 }
 

@@ -278,3 +278,49 @@ fn malformed_fd_socket_requests_get_error_replies() {
         server.client().await.version(false).await.unwrap();
     });
 }
+
+/// An exec session's `additionalFds` become fd 3, 4, ... of its process
+/// (`--preserve-fds`).
+#[test]
+fn exec_session_gets_additional_fds() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt);
+        let dir = TempDir::new("fd-session");
+        let id = container_id();
+        let bundle = make_bundle(dir.path(), &["/bin/sleep", "600"], false);
+        create(&server, &basic_request(dir.path(), &id, &bundle, false)).unwrap();
+        server.start_container(&id);
+        let client = FdClient::connect(&fd_socket(&server));
+        let (first_r, first_w) = pipe();
+        let (second_r, second_w) = pipe();
+        let slots = client.store(1, &[first_w.as_raw_fd(), second_w.as_raw_fd()]);
+        drop((first_w, second_w));
+        let req = ringmon::client::CreateExecSessionRequest {
+            id: id.clone(),
+            session_id: "fds".into(),
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo first >&3; echo second >&4".into(),
+            ],
+            additional_fds: slots.clone(),
+            cgroup_manager: 1,
+            ..Default::default()
+        };
+        run_local(async {
+            let c = server.client().await;
+            c.create_exec_session(&req).await.unwrap();
+            let status = c.exec_session_status(&id, "fds", true).await.unwrap();
+            assert_eq!(status.exit_code, 0);
+            // The slots were spent by the session.
+            let err = c.create_exec_session(&req).await.unwrap_err().to_string();
+            assert!(err.contains(&format!("{}", slots[0])), "{err}");
+        });
+        for (r, want) in [(first_r, "first\n"), (second_r, "second\n")] {
+            let mut got = String::new();
+            fs::File::from(r).read_to_string(&mut got).unwrap();
+            assert_eq!(got, want);
+        }
+        server.runtime_cmd(&["delete", "-f", &id]);
+    });
+}
