@@ -12,19 +12,28 @@
 //! `--execs` sequential execSyncs (half of them with a terminal) and the
 //! server's VmRSS before and after them.
 //!
-//! Usage: ringmon-exec-bench [--binary PATH] [--runtime PATH]... [--samples N] [--execs N]
+//! Exec sessions (the createExecSession extension) the same way: a third
+//! sample set, alternating with the two above, times a detached session of
+//! `/busybox true` from createExecSession to the answer of a waiting
+//! execSessionStatus (start, exit, drained output, exit file); then
+//! `--sessions` sequential sessions (every other one with a terminal) and
+//! the RSS before and after (the server keeps the last 128 ended sessions
+//! of a container).
+//!
+//! Usage: ringmon-exec-bench [--binary PATH] [--runtime PATH]... [--samples N] [--execs N] [--sessions N]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringmon::client::{Client, ExecSyncRequest};
+use ringmon::client::{Client, CreateExecSessionRequest, ExecSyncRequest};
 
 struct Args {
     binary: PathBuf,
     runtimes: Vec<PathBuf>,
     samples: usize,
     execs: usize,
+    sessions: usize,
 }
 
 fn parse_args() -> Args {
@@ -36,6 +45,7 @@ fn parse_args() -> Args {
         runtimes: Vec::new(),
         samples: 50,
         execs: 1000,
+        sessions: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +55,7 @@ fn parse_args() -> Args {
             "--runtime" => a.runtimes.push(v.into()),
             "--samples" => a.samples = v.parse().expect("--samples N"),
             "--execs" => a.execs = v.parse().expect("--execs N"),
+            "--sessions" => a.sessions = v.parse().expect("--sessions N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -94,6 +105,9 @@ struct Row {
     rss_before: u64,
     rss_after: u64,
     execs_secs: f64,
+    session: (f64, f64),
+    sessions_rss_after: u64,
+    sessions_secs: f64,
 }
 
 fn bench(args: &Args, rt: &Path) -> Row {
@@ -163,18 +177,49 @@ fn bench(args: &Args, rt: &Path) -> Row {
             );
             t.elapsed()
         };
-        // Warm up both paths (page cache, allocator pools).
+        let session_no = std::cell::Cell::new(0u64);
+        let session = |terminal: bool| {
+            let client = &client;
+            let no = session_no.get();
+            session_no.set(no + 1);
+            let req = CreateExecSessionRequest {
+                id: id.clone(),
+                session_id: format!("bench-{no}"),
+                command: vec!["/busybox".into(), "true".into()],
+                terminal,
+                cgroup_manager: 1,
+                exit_paths: vec![base.join("session.exit").display().to_string()],
+                ..Default::default()
+            };
+            async move {
+                let t = Instant::now();
+                let (sid, _) = client
+                    .create_exec_session(&req)
+                    .await
+                    .expect("createExecSession");
+                let status = client
+                    .exec_session_status(&req.id, &sid, true)
+                    .await
+                    .expect("execSessionStatus");
+                assert_eq!(status.exit_code, 0, "{status:?}");
+                t.elapsed()
+            }
+        };
+        // Warm up every path (page cache, allocator pools).
         for _ in 0..5 {
             exec_sync(pipes.clone()).await;
+            session(false).await;
             bare();
         }
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ours, mut sessions, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..args.samples {
             if i % 2 == 0 {
                 ours.push(exec_sync(pipes.clone()).await);
+                sessions.push(session(false).await);
                 theirs.push(bare());
             } else {
                 theirs.push(bare());
+                sessions.push(session(false).await);
                 ours.push(exec_sync(pipes.clone()).await);
             }
         }
@@ -184,13 +229,22 @@ fn bench(args: &Args, rt: &Path) -> Row {
             exec_sync(req(i % 2 == 1)).await;
         }
         let execs_secs = t.elapsed().as_secs_f64();
+        let rss_after = rss_kib(pid);
+        let t = Instant::now();
+        for i in 0..args.sessions {
+            session(i % 2 == 1).await;
+        }
+        let sessions_secs = t.elapsed().as_secs_f64();
         Row {
             runtime: name.clone(),
             exec_sync: stats(&mut ours),
             bare: stats(&mut theirs),
             rss_before,
-            rss_after: rss_kib(pid),
+            rss_after,
             execs_secs,
+            session: stats(&mut sessions),
+            sessions_rss_after: rss_kib(pid),
+            sessions_secs,
         }
     });
     let _ = runtime(rt, &root).args(["delete", "-f", &id]).output();
@@ -218,7 +272,7 @@ fn main() {
         args.execs
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    for r in &rows {
         println!(
             "| {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.2} | {:+.2} | {} | {} | {:.0} |",
             r.runtime,
@@ -231,6 +285,32 @@ fn main() {
             r.rss_before,
             r.rss_after,
             args.execs as f64 / r.execs_secs,
+        );
+    }
+    println!();
+    println!(
+        "Exec sessions: createExecSession + waiting execSessionStatus of `/busybox true` ({} samples, \
+         alternating with the above); then {} sequential sessions (every other one with a terminal)",
+        args.samples, args.sessions
+    );
+    println!();
+    println!(
+        "| runtime | session median ms | overhead vs bare exec median ms | session p99 ms \
+         | overhead p99 ms | RSS before KiB | RSS after {} sessions KiB | sessions/s |",
+        args.sessions
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:+.2} | {:.2} | {:+.2} | {} | {} | {:.0} |",
+            r.runtime,
+            r.session.0,
+            r.session.0 - r.bare.0,
+            r.session.1,
+            r.session.1 - r.bare.1,
+            r.rss_after,
+            r.sessions_rss_after,
+            args.sessions as f64 / r.sessions_secs,
         );
     }
 }
