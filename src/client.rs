@@ -146,6 +146,38 @@ fn set_texts(mut list: capnp::text_list::Builder<'_>, items: &[String]) {
     }
 }
 
+fn set_map(
+    mut list: capnp::struct_list::Builder<'_, conmon::text_text_map_entry::Owned>,
+    pairs: &[(String, String)],
+) {
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_key(k.as_str());
+        e.set_value(v.as_str());
+    }
+}
+
+fn set_slots(mut list: capnp::primitive_list::Builder<'_, u64>, slots: &[u64]) {
+    for (i, slot) in slots.iter().enumerate() {
+        list.set(i as u32, *slot);
+    }
+}
+
+fn set_log_drivers(
+    mut list: capnp::struct_list::Builder<'_, conmon::log_driver::Owned>,
+    drivers: &[LogDriver],
+) -> capnp::Result<()> {
+    for (i, d) in drivers.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_max_size(d.max_size);
+        e.set_path(d.path.as_str());
+        // Written through the dynamic API so that tests can send values
+        // outside the schema.
+        set_enum::<conmon::log_driver::Type>(e.reborrow().into(), "type", d.kind)?;
+    }
+    Ok(())
+}
+
 /// Sets an enum field to a raw number, even one the schema does not know.
 fn set_enum<E: capnp::introspect::Introspect>(
     target: capnp::dynamic_value::Builder<'_>,
@@ -266,23 +298,14 @@ impl Client {
                 set_texts(list, items);
             }
             if !c.log_drivers.is_empty() {
-                let mut list = r.reborrow().init_log_drivers(c.log_drivers.len() as u32);
-                for (i, d) in c.log_drivers.iter().enumerate() {
-                    let mut e = list.reborrow().get(i as u32);
-                    e.set_max_size(d.max_size);
-                    e.set_path(d.path.as_str());
-                    // Written through the dynamic API so that tests can send
-                    // values outside the schema.
-                    set_enum::<conmon::log_driver::Type>(e.reborrow().into(), "type", d.kind)?;
-                }
+                let n = c.log_drivers.len() as u32;
+                set_log_drivers(r.reborrow().init_log_drivers(n), &c.log_drivers)?;
             }
             if !c.env_vars.is_empty() {
-                let mut list = r.reborrow().init_env_vars(c.env_vars.len() as u32);
-                for (i, (k, v)) in c.env_vars.iter().enumerate() {
-                    let mut e = list.reborrow().get(i as u32);
-                    e.set_key(k.as_str());
-                    e.set_value(v.as_str());
-                }
+                set_map(
+                    r.reborrow().init_env_vars(c.env_vars.len() as u32),
+                    &c.env_vars,
+                );
             }
             set_enum::<conmon::CgroupManager>(
                 r.reborrow().into(),
@@ -290,18 +313,14 @@ impl Client {
                 c.cgroup_manager,
             )?;
             if !c.additional_fds.is_empty() {
-                let mut list = r
-                    .reborrow()
-                    .init_additional_fds(c.additional_fds.len() as u32);
-                for (i, slot) in c.additional_fds.iter().enumerate() {
-                    list.set(i as u32, *slot);
-                }
+                let n = c.additional_fds.len() as u32;
+                set_slots(r.reborrow().init_additional_fds(n), &c.additional_fds);
             }
             if !c.leak_fds.is_empty() {
-                let mut list = r.reborrow().init_leak_fds(c.leak_fds.len() as u32);
-                for (i, slot) in c.leak_fds.iter().enumerate() {
-                    list.set(i as u32, *slot);
-                }
+                set_slots(
+                    r.reborrow().init_leak_fds(c.leak_fds.len() as u32),
+                    &c.leak_fds,
+                );
             }
         }
         let reply = req.send().promise.await?;
@@ -355,16 +374,11 @@ impl Client {
         width: u16,
         height: u16,
     ) -> Result<(), ClientError> {
-        let mut req = self.conmon.set_window_size_container_request();
-        let mut r = req.get().init_request();
-        r.set_id(id);
-        r.set_width(width);
-        r.set_height(height);
-        req.send().promise.await?;
-        Ok(())
+        self.resize_exec_session(id, "", width, height).await
     }
 
-    /// Resizes an exec session's terminal (ringmon extension).
+    /// Resizes an exec session's terminal (ringmon extension; an empty
+    /// `session_id` resizes the container's and is not sent).
     pub async fn resize_exec_session(
         &self,
         id: &str,
@@ -377,7 +391,9 @@ impl Client {
         r.set_id(id);
         r.set_width(width);
         r.set_height(height);
-        r.set_exec_session_id(session_id);
+        if !session_id.is_empty() {
+            r.set_exec_session_id(session_id);
+        }
         req.send().promise.await?;
         Ok(())
     }
@@ -414,38 +430,23 @@ impl Client {
                 };
                 set_texts(list, items);
             }
-            for (items, process) in [(&c.env_vars, false), (&c.process_env, true)] {
-                if items.is_empty() {
-                    continue;
-                }
-                let n = items.len() as u32;
-                let mut list = if process {
-                    r.reborrow().init_process_env(n)
-                } else {
-                    r.reborrow().init_env_vars(n)
-                };
-                for (i, (k, v)) in items.iter().enumerate() {
-                    let mut e = list.reborrow().get(i as u32);
-                    e.set_key(k.as_str());
-                    e.set_value(v.as_str());
-                }
+            if !c.env_vars.is_empty() {
+                set_map(
+                    r.reborrow().init_env_vars(c.env_vars.len() as u32),
+                    &c.env_vars,
+                );
+            }
+            if !c.process_env.is_empty() {
+                let n = c.process_env.len() as u32;
+                set_map(r.reborrow().init_process_env(n), &c.process_env);
             }
             if !c.log_drivers.is_empty() {
-                let mut list = r.reborrow().init_log_drivers(c.log_drivers.len() as u32);
-                for (i, d) in c.log_drivers.iter().enumerate() {
-                    let mut e = list.reborrow().get(i as u32);
-                    e.set_max_size(d.max_size);
-                    e.set_path(d.path.as_str());
-                    set_enum::<conmon::log_driver::Type>(e.reborrow().into(), "type", d.kind)?;
-                }
+                let n = c.log_drivers.len() as u32;
+                set_log_drivers(r.reborrow().init_log_drivers(n), &c.log_drivers)?;
             }
             if !c.additional_fds.is_empty() {
-                let mut list = r
-                    .reborrow()
-                    .init_additional_fds(c.additional_fds.len() as u32);
-                for (i, slot) in c.additional_fds.iter().enumerate() {
-                    list.set(i as u32, *slot);
-                }
+                let n = c.additional_fds.len() as u32;
+                set_slots(r.reborrow().init_additional_fds(n), &c.additional_fds);
             }
             set_enum::<conmon::CgroupManager>(
                 r.reborrow().into(),
@@ -512,12 +513,10 @@ impl Client {
             }
             r.set_terminal(e.terminal);
             if !e.env_vars.is_empty() {
-                let mut list = r.reborrow().init_env_vars(e.env_vars.len() as u32);
-                for (i, (k, v)) in e.env_vars.iter().enumerate() {
-                    let mut entry = list.reborrow().get(i as u32);
-                    entry.set_key(k.as_str());
-                    entry.set_value(v.as_str());
-                }
+                set_map(
+                    r.reborrow().init_env_vars(e.env_vars.len() as u32),
+                    &e.env_vars,
+                );
             }
             set_enum::<conmon::CgroupManager>(
                 r.reborrow().into(),

@@ -28,13 +28,7 @@ impl Running {
 
     fn on(server: Server) -> Running {
         let dir = TempDir::new("exec");
-        let id = container_id();
-        let bundle = make_bundle(dir.path(), &["/bin/sleep", "600"], false);
-        let req = basic_request(dir.path(), &id, &bundle, false);
-        run_local(async {
-            server.client().await.create_container(&req).await.unwrap();
-        });
-        server.start_container(&id);
+        let id = start_sleeping_container(&server, dir.path());
         Running {
             server,
             _dir: dir,

@@ -286,10 +286,7 @@ fn exec_session_gets_additional_fds() {
     for_each_runtime(|rt| {
         let server = Server::start(rt);
         let dir = TempDir::new("fd-session");
-        let id = container_id();
-        let bundle = make_bundle(dir.path(), &["/bin/sleep", "600"], false);
-        create(&server, &basic_request(dir.path(), &id, &bundle, false)).unwrap();
-        server.start_container(&id);
+        let id = start_sleeping_container(&server, dir.path());
         let client = FdClient::connect(&fd_socket(&server));
         let (first_r, first_w) = pipe();
         let (second_r, second_w) = pipe();

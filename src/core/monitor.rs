@@ -297,23 +297,18 @@ impl Monitor {
             console_socket: console.as_ref().map(|c| c.path.as_path()),
         });
         debug!(id = %req.id, ?args, "spawning runtime create");
-        let mut cmd = Command::new(&self.runtime.path);
-        cmd.args(&args)
-            .envs(req.env.iter().map(|(k, v)| (k, v)))
-            .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
-            .stdout(Stdio::from(stdout_w))
-            .stderr(Stdio::from(stderr_w));
-        sys::process::pass_fds_from_3(&mut cmd, fds.additional)
-            .map_err(|e| CoreError::io("prepare additionalFds", e))?;
-        let exit = self.run_to_exit(cmd).await?;
-
-        let master = match &console {
-            Some(c) if exit == sys::process::Exit::Code(0) => Some(c.receive_master()?),
-            _ => None,
-        };
-        drop(console);
-        runtime_succeeded(exit, &stderr_r)?;
-        let pid = read_pid_file(&pid_file)?;
+        let (master, pid) = self
+            .run_runtime(RuntimeRun {
+                args: &args,
+                env: &req.env,
+                stdin: stdin_r,
+                stdout: stdout_w,
+                stderr: (stderr_w, &stderr_r),
+                fds: fds.additional,
+                console,
+                pid_file: &pid_file,
+            })
+            .await?;
 
         let key = self.next_key();
         let mut stdin_target = match stdin_w {
@@ -339,21 +334,7 @@ impl Monitor {
                 }];
                 (Some(resize), src)
             }
-            None => (
-                None,
-                vec![
-                    StreamSource {
-                        fd: stdout_r,
-                        stream: StreamKind::Stdout,
-                        kind: SourceKind::Pipe,
-                    },
-                    StreamSource {
-                        fd: stderr_r,
-                        stream: StreamKind::Stderr,
-                        kind: SourceKind::Pipe,
-                    },
-                ],
-            ),
+            None => (None, pipe_sources(stdout_r, stderr_r)),
         };
         let (drained_tx, drained_rx) = oneshot::channel();
         self.state
@@ -421,6 +402,29 @@ impl Monitor {
         self.wait_spawned(pid)
             .await
             .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+    }
+
+    /// Runs the runtime to its exit with the given stdio, `fds` as fd 3,
+    /// 4, ..., then takes the pty master it sent to `console` (terminal
+    /// mode) and the pid it wrote to `pid_file`. A non-zero exit is an error
+    /// carrying what the runtime wrote to stderr.
+    async fn run_runtime(&self, run: RuntimeRun<'_>) -> Result<(Option<OwnedFd>, u32), CoreError> {
+        let mut cmd = Command::new(&self.runtime.path);
+        cmd.args(run.args)
+            .envs(run.env.iter().map(|(k, v)| (k, v)))
+            .stdin(run.stdin.map_or_else(Stdio::null, Stdio::from))
+            .stdout(Stdio::from(run.stdout))
+            .stderr(Stdio::from(run.stderr.0));
+        sys::process::pass_fds_from_3(&mut cmd, run.fds)
+            .map_err(|e| CoreError::io("prepare additionalFds", e))?;
+        let exit = self.run_to_exit(cmd).await?;
+        let master = match &run.console {
+            Some(c) if exit == sys::process::Exit::Code(0) => Some(c.receive_master()?),
+            _ => None,
+        };
+        drop(run.console);
+        runtime_succeeded(exit, run.stderr.1)?;
+        Ok((master, read_pid_file(run.pid_file)?))
     }
 
     /// Waits for a process we spawned (the runtime, the pause process),
@@ -541,19 +545,18 @@ impl Monitor {
             process_spec: None,
         });
         debug!(id = %req.id, ?args, "spawning runtime exec");
-        let mut cmd = Command::new(&self.runtime.path);
-        cmd.args(&args)
-            .envs(req.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout_w))
-            .stderr(Stdio::from(stderr_w));
-        runtime_succeeded(self.run_to_exit(cmd).await?, &stderr_r)?;
-        let master = match &console {
-            Some(c) => Some(c.receive_master()?),
-            None => None,
-        };
-        drop(console);
-        let pid = read_pid_file(pid_file)?;
+        let (master, pid) = self
+            .run_runtime(RuntimeRun {
+                args: &args,
+                env: &req.env,
+                stdin: None,
+                stdout: stdout_w,
+                stderr: (stderr_w, &stderr_r),
+                fds: Vec::new(),
+                console,
+                pid_file,
+            })
+            .await?;
         let process = Tracked::new(self, pid, true);
         let streams = match master {
             // The runtime's own output pipes carry nothing of the process.
@@ -722,6 +725,21 @@ impl Monitor {
     }
 }
 
+/// One runtime invocation for [`Monitor::run_runtime`].
+struct RuntimeRun<'a> {
+    args: &'a [std::ffi::OsString],
+    /// Added to the runtime's environment.
+    env: &'a [(String, String)],
+    /// `None`: /dev/null.
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    /// The write end the runtime gets, and the read end its error is read from.
+    stderr: (OwnedFd, &'a OwnedFd),
+    fds: Vec<OwnedFd>,
+    console: Option<ConsoleSocket>,
+    pid_file: &'a Path,
+}
+
 /// The fds a `createContainer` took from the fd socket.
 struct PassedFds {
     /// Become fd 3, 4, ... of the runtime process.
@@ -870,6 +888,22 @@ pub async fn wait_exit(pid: u32) -> io::Result<sys::process::Exit> {
 fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), CoreError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| CoreError::io(format!("create {what} pipe"), e.into()))
+}
+
+/// The engine sources of a process on pipes: stdout and stderr read ends.
+fn pipe_sources(stdout_r: OwnedFd, stderr_r: OwnedFd) -> Vec<StreamSource> {
+    vec![
+        StreamSource {
+            fd: stdout_r,
+            stream: StreamKind::Stdout,
+            kind: SourceKind::Pipe,
+        },
+        StreamSource {
+            fd: stderr_r,
+            stream: StreamKind::Stderr,
+            kind: SourceKind::Pipe,
+        },
+    ]
 }
 
 /// Ok if the runtime exited 0; else its failure with what it wrote to

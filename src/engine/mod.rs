@@ -367,9 +367,13 @@ impl Engine {
 
     /// Hands a container's sources and log writers to a worker.
     pub fn register(&self, registration: Registration) -> Result<(), EngineError> {
-        let key = registration.key;
+        self.assign_and_send(registration.key, Command::Register(registration))
+    }
+
+    /// Assigns `key` to a worker and sends it `command` (a registration).
+    fn assign_and_send(&self, key: ContainerKey, command: Command) -> Result<(), EngineError> {
         let worker = self.lock_assignments().assign(key)?;
-        if let Err(err) = self.send(worker, Command::Register(registration)) {
+        if let Err(err) = self.send(worker, command) {
             self.lock_assignments().release(key, worker);
             return Err(err);
         }
@@ -385,17 +389,12 @@ impl Engine {
         key: ContainerKey,
         logs: Vec<LogWriter>,
     ) -> Result<(), EngineError> {
-        let worker = self.lock_assignments().assign(key)?;
         let registration = Registration {
             key,
             sources: Vec::new(),
             logs,
         };
-        if let Err(err) = self.send(worker, Command::RegisterPending(registration)) {
-            self.lock_assignments().release(key, worker);
-            return Err(err);
-        }
-        Ok(())
+        self.assign_and_send(key, Command::RegisterPending(registration))
     }
 
     /// Gives a container registered with [`Engine::register_pending`] its

@@ -346,3 +346,16 @@ pub fn basic_request(dir: &Path, id: &str, bundle: &Path, terminal: bool) -> Cre
         ..Default::default()
     }
 }
+
+/// Creates and starts a busybox container running `sleep 600` (pipes, a CRI
+/// log and an exit file in `dir`); returns its id.
+pub fn start_sleeping_container(server: &Server, dir: &Path) -> String {
+    let id = container_id();
+    let bundle = make_bundle(dir, &["/bin/sleep", "600"], false);
+    let req = basic_request(dir, &id, &bundle, false);
+    run_local(async {
+        server.client().await.create_container(&req).await.unwrap();
+    });
+    server.start_container(&id);
+    id
+}

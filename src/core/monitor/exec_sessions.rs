@@ -99,6 +99,18 @@ fn session_state_error(session_id: &str, state: &'static str) -> CoreError {
     }
 }
 
+/// The session `session_id` of container `id` in `sessions`.
+fn find_session<'a>(
+    sessions: &'a mut HashMap<String, ContainerSessions>,
+    id: &str,
+    session_id: &str,
+) -> Result<&'a mut Session, CoreError> {
+    sessions
+        .get_mut(id)
+        .and_then(|s| s.by_id.get_mut(session_id))
+        .ok_or_else(|| no_such_session(id, session_id))
+}
+
 impl Monitor {
     /// Creates an exec session in a monitored container and, unless
     /// `req.suspended`, starts it. Returns the session id (generated when
@@ -194,11 +206,7 @@ impl Monitor {
     ) -> Result<u32, CoreError> {
         let (key, prepared, status) = {
             let mut st = self.state.borrow_mut();
-            let session = st
-                .sessions
-                .get_mut(id)
-                .and_then(|s| s.by_id.get_mut(session_id))
-                .ok_or_else(|| no_such_session(id, session_id))?;
+            let session = find_session(&mut st.sessions, id, session_id)?;
             match session.state {
                 SessionState::Created => {}
                 SessionState::Running { .. } => {
@@ -361,22 +369,18 @@ impl Monitor {
             process_spec,
         });
         debug!(id = %req.id, session = %req.session_id, ?args, "spawning runtime exec");
-        let mut cmd = Command::new(&self.runtime.path);
-        cmd.args(&args)
-            .envs(req.env.iter().map(|(k, v)| (k, v)))
-            .stdin(stdin_read.map_or_else(Stdio::null, Stdio::from))
-            .stdout(Stdio::from(stdout_w))
-            .stderr(Stdio::from(stderr_w));
-        sys::process::pass_fds_from_3(&mut cmd, fds)
-            .map_err(|e| CoreError::io("prepare additionalFds", e))?;
-        let exit = self.run_to_exit(cmd).await?;
-        let master = match &console {
-            Some(c) if exit == sys::process::Exit::Code(0) => Some(c.receive_master()?),
-            _ => None,
-        };
-        drop(console);
-        runtime_succeeded(exit, &stderr_r)?;
-        let pid = read_pid_file(&pid_file)?;
+        let (master, pid) = self
+            .run_runtime(RuntimeRun {
+                args: &args,
+                env: &req.env,
+                stdin: stdin_read,
+                stdout: stdout_w,
+                stderr: (stderr_w, &stderr_r),
+                fds,
+                console,
+                pid_file: &pid_file,
+            })
+            .await?;
         {
             // Tracked before the sweep may run again (the hold below).
             let mut st = self.state.borrow_mut();
@@ -388,18 +392,7 @@ impl Monitor {
             // The runtime's own pipes carry nothing of a terminal process.
             Vec::new()
         } else {
-            vec![
-                StreamSource {
-                    fd: stdout_r,
-                    stream: StreamKind::Stdout,
-                    kind: SourceKind::Pipe,
-                },
-                StreamSource {
-                    fd: stderr_r,
-                    stream: StreamKind::Stderr,
-                    kind: SourceKind::Pipe,
-                },
-            ]
+            pipe_sources(stdout_r, stderr_r)
         };
         Ok((pid, master, streams))
     }
@@ -470,14 +463,12 @@ impl Monitor {
         session_id: &str,
         wait: bool,
     ) -> Result<SessionState, CoreError> {
-        let mut status = self
-            .state
-            .borrow()
-            .sessions
-            .get(id)
-            .and_then(|s| s.by_id.get(session_id))
-            .map(|s| s.status.subscribe())
-            .ok_or_else(|| no_such_session(id, session_id))?;
+        let mut status = {
+            let mut st = self.state.borrow_mut();
+            find_session(&mut st.sessions, id, session_id)?
+                .status
+                .subscribe()
+        };
         if wait {
             // The sender goes away without an exit only for a session that
             // never started and whose container ended.
@@ -499,11 +490,7 @@ impl Monitor {
         stop_after_stdin_eof: bool,
     ) -> Result<(), CoreError> {
         let mut st = self.state.borrow_mut();
-        let session = st
-            .sessions
-            .get_mut(id)
-            .and_then(|s| s.by_id.get_mut(session_id))
-            .ok_or_else(|| no_such_session(id, session_id))?;
+        let session = find_session(&mut st.sessions, id, session_id)?;
         if session.state.has_exited() {
             return Err(session_state_error(session_id, "already exited"));
         }
@@ -523,12 +510,8 @@ impl Monitor {
         width: u16,
         height: u16,
     ) -> Result<(), CoreError> {
-        let st = self.state.borrow();
-        let session = st
-            .sessions
-            .get(id)
-            .and_then(|s| s.by_id.get(session_id))
-            .ok_or_else(|| no_such_session(id, session_id))?;
+        let mut st = self.state.borrow_mut();
+        let session = find_session(&mut st.sessions, id, session_id)?;
         match (&session.terminal, session.state) {
             (Some(master), _) => sys::tty::set_window_size(master, width, height)
                 .map_err(|e| CoreError::io("resize exec session terminal", e)),
