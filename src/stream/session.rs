@@ -72,7 +72,10 @@ fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
         while let Some(m) = rx.recv().await {
             let last = matches!(m, Message::Close(_));
             if let Err(e) = sink.send(m).await {
+                // Typically our close after the client's: the websocket
+                // layer queued its close reply already; get it out.
                 debug!("websocket write: {e}");
+                let _ = sink.flush().await;
                 // Keep taking messages so that producers never block.
                 while rx.recv().await.is_some() {}
                 return;
