@@ -12,6 +12,8 @@
 
 pub mod proto;
 mod session;
+pub mod spdy;
+mod spdy_dictionary;
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -230,6 +232,9 @@ impl StreamServer {
             Session::Exec(req) => session::exec(Rc::clone(&self.monitor), req, ws, framing).await,
             Session::Attach(req) => {
                 session::attach(Rc::clone(&self.monitor), req, ws, framing).await
+            }
+            Session::PortForward(req) if framing == proto::Framing::SpdyTunnel => {
+                session::spdy_port_forward(req, ws).await;
             }
             Session::PortForward(req) => {
                 session::port_forward(req, upgrade.ports, ws).await;

@@ -10,8 +10,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Remotecommand sub-protocols, in server preference order.
 pub const V5_CHANNEL: &str = "v5.channel.k8s.io";
 pub const V4_CHANNEL: &str = "v4.channel.k8s.io";
-/// The SPDY tunnelling protocol of client-go's port-forward dialer (not
-/// served: see README).
+/// The SPDY tunnelling protocol of client-go's port-forward dialer.
 pub const SPDY_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 /// Port-forward over plain websocket channels (kubelet's protocol).
 pub const PORT_FORWARD: &str = "portforward.k8s.io";
@@ -170,13 +169,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, Reject> {
         .map(|k| k.trim().to_string())
         .filter(|k| k.len() == 24 && k.ends_with("=="))
         .ok_or_else(|| Reject::new(400, "missing or invalid Sec-WebSocket-Key"))?;
-    let protocols = header("sec-websocket-protocol")
+    let protocols: Vec<String> = header("sec-websocket-protocol")
         .iter()
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
-    let ports = if kind == Kind::PortForward {
+    // The SPDY tunnel names its ports per stream; the channel protocol
+    // needs them in the URL.
+    let spdy = protocols.iter().any(|p: &String| p == SPDY_PORT_FORWARD);
+    let ports = if kind == Kind::PortForward && !spdy {
         parse_ports(query)?
     } else {
         Vec::new()
@@ -273,6 +275,8 @@ pub enum Framing {
     V4,
     /// Port-forward: data and error channel per port.
     PortForward,
+    /// Port-forward as SPDY/3.1 tunnelled through the websocket.
+    SpdyTunnel,
 }
 
 /// Picks the sub-protocol for `kind` among those the client offered (server
@@ -286,6 +290,7 @@ pub fn choose_protocol(
     let supported: &[(&'static str, Framing)] = match kind {
         Kind::Exec | Kind::Attach => &[(V5_CHANNEL, Framing::V5), (V4_CHANNEL, Framing::V4)],
         Kind::PortForward => &[
+            (SPDY_PORT_FORWARD, Framing::SpdyTunnel),
             (V4_CHANNEL, Framing::PortForward),
             (PORT_FORWARD, Framing::PortForward),
         ],
@@ -541,7 +546,11 @@ mod tests {
             (Some(PORT_FORWARD), Framing::PortForward)
         );
         assert_eq!(
-            choose_protocol(Kind::PortForward, &offer(&[SPDY_PORT_FORWARD]))
+            choose_protocol(Kind::PortForward, &offer(&[V4_CHANNEL, SPDY_PORT_FORWARD])).unwrap(),
+            (Some(SPDY_PORT_FORWARD), Framing::SpdyTunnel)
+        );
+        assert_eq!(
+            choose_protocol(Kind::Exec, &offer(&[SPDY_PORT_FORWARD]))
                 .unwrap_err()
                 .status,
             400

@@ -53,6 +53,11 @@ impl Out {
             .is_ok()
     }
 
+    /// Queues raw bytes as one binary message (the SPDY tunnel).
+    async fn raw(&self, bytes: Vec<u8>) -> bool {
+        self.0.send(Message::Binary(bytes.into())).await.is_ok()
+    }
+
     /// Queues the final close frame (1000 "done").
     async fn close(&self) {
         let frame = CloseFrame {
@@ -534,4 +539,200 @@ async fn tcp_to_ws(
         }
     }
     let _ = eof.send(index);
+}
+
+/// What the SPDY port-forward loop hears from its helper tasks.
+enum SpdyEvent {
+    /// The connect for this data stream finished.
+    Connected(u32, io::Result<TcpStream>),
+    /// The forwarded connection of this data stream reached EOF.
+    Eof(u32),
+}
+
+/// Where a SPDY data stream's client data goes.
+enum DataStream {
+    /// Connecting: data (and the client's FIN) kept until connected.
+    Connecting {
+        pending: Vec<Vec<u8>>,
+        fin: bool,
+    },
+    Open(tokio::net::tcp::OwnedWriteHalf),
+    Done,
+}
+
+/// Port-forward for client-go's port-forwarder (SPDY/3.1 tunnelled
+/// through the websocket, `SPDY/3.1+portforward.k8s.io`): per forwarded
+/// connection the client opens an error stream and a data stream carrying
+/// `port` and `requestid` headers; the data stream is connected to
+/// `127.0.0.1:<port>` in the session's network namespace, errors are
+/// written on the error stream. Ends when the client closes the tunnel.
+pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
+    use super::spdy::{self, Frame};
+    use std::collections::HashMap;
+
+    let (out, mut stream, writer) = start(ws);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<SpdyEvent>();
+    let mut decoder = spdy::Decoder::default();
+    let mut encoder = spdy::Encoder::default();
+    let mut streams: HashMap<u32, DataStream> = HashMap::new();
+    // requestid → error stream, data stream → its error stream.
+    let mut error_of_request: HashMap<String, u32> = HashMap::new();
+    let mut error_of_data: HashMap<u32, u32> = HashMap::new();
+    let mut client_open = true;
+    'session: loop {
+        tokio::select! {
+            Some(event) = ev_rx.recv() => match event {
+                SpdyEvent::Connected(id, Ok(tcp)) => {
+                    let (r, mut w) = tcp.into_split();
+                    let mut fin = false;
+                    if let Some(DataStream::Connecting { pending, fin: f }) = streams.remove(&id) {
+                        for chunk in pending {
+                            let _ = w.write_all(&chunk).await;
+                        }
+                        fin = f;
+                    }
+                    if fin {
+                        let _ = w.shutdown().await;
+                    }
+                    streams.insert(id, DataStream::Open(w));
+                    let out = out.clone();
+                    let ev = ev_tx.clone();
+                    tokio::task::spawn_local(async move {
+                        spdy_tcp_reader(r, id, &out).await;
+                        let _ = ev.send(SpdyEvent::Eof(id));
+                    });
+                }
+                SpdyEvent::Connected(id, Err(e)) => {
+                    warn!(netns = %req.net_ns_path.display(), "port-forward: {e}");
+                    streams.insert(id, DataStream::Done);
+                    if let Some(&err_id) = error_of_data.get(&id) {
+                        out.raw(spdy::data(err_id, false, e.to_string().as_bytes())).await;
+                        out.raw(spdy::data(err_id, true, &[])).await;
+                    }
+                    out.raw(spdy::data(id, true, &[])).await;
+                }
+                SpdyEvent::Eof(id) => {
+                    out.raw(spdy::data(id, true, &[])).await;
+                    if let Some(err_id) = error_of_data.remove(&id) {
+                        out.raw(spdy::data(err_id, true, &[])).await;
+                    }
+                }
+            },
+            msg = stream.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(_))) | None => { client_open = false; break; }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        debug!("port-forward tunnel read: {e}");
+                        client_open = false;
+                        break;
+                    }
+                };
+                decoder.push(&bytes);
+                loop {
+                    let frame = match decoder.next_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!("port-forward: {e}");
+                            break 'session;
+                        }
+                    };
+                    match frame {
+                        Frame::SynStream { stream_id, headers, .. } => {
+                            let header = |name: &str| {
+                                headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+                            };
+                            out.raw(encoder.syn_reply(stream_id)).await;
+                            let request = header("requestid").unwrap_or("").to_string();
+                            match header("streamtype") {
+                                Some("error") => {
+                                    error_of_request.insert(request, stream_id);
+                                }
+                                Some("data") => {
+                                    if let Some(&err_id) = error_of_request.get(&request) {
+                                        error_of_data.insert(stream_id, err_id);
+                                    }
+                                    match header("port").and_then(|p| p.parse::<u16>().ok()).filter(|&p| p > 0) {
+                                        Some(port) => {
+                                            streams.insert(stream_id, DataStream::Connecting { pending: Vec::new(), fin: false });
+                                            let req = req.clone();
+                                            let ev = ev_tx.clone();
+                                            tokio::task::spawn_local(async move {
+                                                let res = connect_in_netns(&req, port).await.map_err(|e| {
+                                                    io::Error::new(e.kind(), format!("error forwarding port {port}: {e}"))
+                                                });
+                                                let _ = ev.send(SpdyEvent::Connected(stream_id, res));
+                                            });
+                                        }
+                                        None => {
+                                            let e = io::Error::new(io::ErrorKind::InvalidInput, format!("invalid port '{}'", header("port").unwrap_or("")));
+                                            let _ = ev_tx.send(SpdyEvent::Connected(stream_id, Err(e)));
+                                        }
+                                    }
+                                }
+                                other => {
+                                    debug!(?other, "port-forward: unknown stream type");
+                                    out.raw(spdy::rst_stream(stream_id, spdy::RST_REFUSED_STREAM)).await;
+                                }
+                            }
+                        }
+                        Frame::Data { stream_id, flags, data } => {
+                            let fin = flags & spdy::FLAG_FIN != 0;
+                            match streams.get_mut(&stream_id) {
+                                Some(DataStream::Connecting { pending, fin: f }) => {
+                                    if !data.is_empty() {
+                                        pending.push(data);
+                                    }
+                                    *f |= fin;
+                                }
+                                Some(DataStream::Open(w)) => {
+                                    if !data.is_empty() && w.write_all(&data).await.is_err() {
+                                        streams.insert(stream_id, DataStream::Done);
+                                    } else if fin {
+                                        let _ = w.shutdown().await;
+                                    }
+                                }
+                                // Error streams and finished ones.
+                                _ => {}
+                            }
+                        }
+                        Frame::RstStream { stream_id, .. } => {
+                            streams.insert(stream_id, DataStream::Done);
+                        }
+                        Frame::Ping { id } => {
+                            out.raw(spdy::ping(id)).await;
+                        }
+                        Frame::GoAway => break 'session,
+                        Frame::Other { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+    drop(streams);
+    finish(out, writer, &mut stream, client_open).await;
+}
+
+/// Copies a forwarded connection to its SPDY data stream.
+async fn spdy_tcp_reader(mut r: tokio::net::tcp::OwnedReadHalf, stream_id: u32, out: &Out) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => {
+                if !out
+                    .raw(super::spdy::data(stream_id, false, &buf[..n]))
+                    .await
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!("port-forward read: {e}");
+                return;
+            }
+        }
+    }
 }
