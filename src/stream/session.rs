@@ -583,13 +583,17 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
         tokio::select! {
             Some(event) = ev_rx.recv() => match event {
                 SpdyEvent::Connected(id, Ok(tcp)) => {
-                    let (r, mut w) = tcp.into_split();
-                    let mut fin = false;
-                    if let Some(DataStream::Connecting { pending, fin: f }) = streams.remove(&id) {
-                        for chunk in pending {
-                            let _ = w.write_all(&chunk).await;
+                    let (pending, fin) = match streams.remove(&id) {
+                        Some(DataStream::Connecting { pending, fin }) => (pending, fin),
+                        // Reset by the client meanwhile: drop the connection.
+                        _ => {
+                            streams.insert(id, DataStream::Done);
+                            continue;
                         }
-                        fin = f;
+                    };
+                    let (r, mut w) = tcp.into_split();
+                    for chunk in pending {
+                        let _ = w.write_all(&chunk).await;
                     }
                     if fin {
                         let _ = w.shutdown().await;

@@ -250,6 +250,56 @@ func TestServeExecStdin(t *testing.T) {
 	})
 }
 
+// sizeQueue hands client-go one terminal size, then blocks until done.
+type sizeQueue struct {
+	sizes chan remotecommand.TerminalSize
+}
+
+func (q *sizeQueue) Next() *remotecommand.TerminalSize {
+	s, ok := <-q.sizes
+	if !ok {
+		return nil
+	}
+
+	return &s
+}
+
+func TestServeExecResize(t *testing.T) {
+	e := newEnv(t)
+	cl := e.startServer()
+	c, _ := e.running(cl, false, "/busybox", "sleep", "600")
+
+	res, err := cl.ServeExecContainer(rpcCtx(t), &client.ServeExecContainerConfig{
+		ID:      c.id,
+		Command: []string{"/busybox", "sh", "-c", "/busybox sleep 0.5; /busybox stty size"},
+		Tty:     true,
+		Stdout:  true,
+	})
+	if err != nil {
+		t.Fatalf("ServeExecContainer: %v", err)
+	}
+
+	q := &sizeQueue{sizes: make(chan remotecommand.TerminalSize, 1)}
+	q.sizes <- remotecommand.TerminalSize{Width: 123, Height: 45}
+	defer close(q.sizes)
+
+	var stdout safeBuffer
+
+	ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
+	defer cancel()
+
+	err = executor(t, res.URL).StreamWithContext(ctx, remotecommand.StreamOptions{
+		Stdout: &stdout, Tty: true, TerminalSizeQueue: q,
+	})
+	if err != nil {
+		t.Fatalf("StreamWithContext: %v", err)
+	}
+
+	if got := strings.TrimSpace(stdout.String()); got != "45 123" {
+		t.Errorf("stty size said %q, want %q", got, "45 123")
+	}
+}
+
 func TestServeExecUnknownContainer(t *testing.T) {
 	e := newEnv(t)
 	cl := e.startServer()
