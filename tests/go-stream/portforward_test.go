@@ -163,6 +163,17 @@ func TestServePortForwardWebsocket(t *testing.T) {
 			t.Fatalf("channel %d said %q, want channel 0 %q", ch, data, "hi\n")
 		}
 
+		// Pings are answered (client-go's executor needs the pongs).
+		pong := make(chan string, 1)
+		s.conn.SetPongHandler(func(data string) error {
+			pong <- data
+			return nil
+		})
+
+		if err := s.conn.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(5*time.Second)); err != nil {
+			t.Fatalf("ping: %v", err)
+		}
+
 		payload := strings.Repeat("ping through the namespace\n", 2000)
 		go s.write(2, payload)
 
@@ -178,6 +189,15 @@ func TestServePortForwardWebsocket(t *testing.T) {
 
 		if got.String() != payload {
 			t.Errorf("echo differs: %d bytes back, want %d", got.Len(), len(payload))
+		}
+
+		select {
+		case data := <-pong:
+			if data != "are you there" {
+				t.Errorf("pong %q, want the ping's payload", data)
+			}
+		default:
+			t.Error("no pong for the ping")
 		}
 
 		if err := s.conn.WriteMessage(websocket.CloseMessage,

@@ -378,3 +378,44 @@ func TestServeAttach(t *testing.T) {
 		}
 	})
 }
+
+// Attach to a container with a terminal: output with \r\n line ends, and
+// resizes reach the container's pty.
+func TestServeAttachTerminal(t *testing.T) {
+	e := newEnv(t)
+	cl := e.startServer()
+
+	c := e.newContainer(true, "/busybox", "sh", "-c", "while true; do /busybox stty size; /busybox sleep 0.1; done")
+	if _, err := cl.CreateContainer(rpcCtx(t), c.createConfig(true)); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+
+	if _, err := e.runtime("start", c.id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+
+	res, err := cl.ServeAttachContainer(rpcCtx(t), &client.ServeAttachContainerConfig{ID: c.id, Stdout: true})
+	if err != nil {
+		t.Fatalf("ServeAttachContainer: %v", err)
+	}
+
+	q := &sizeQueue{sizes: make(chan remotecommand.TerminalSize, 1)}
+	q.sizes <- remotecommand.TerminalSize{Width: 99, Height: 11}
+	defer close(q.sizes)
+
+	var stdout safeBuffer
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+
+	err = executor(t, res.URL).StreamWithContext(ctx, remotecommand.StreamOptions{
+		Stdout: &stdout, Tty: true, TerminalSizeQueue: q,
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("StreamWithContext: %v, want the context deadline", err)
+	}
+
+	if !strings.Contains(stdout.String(), "11 99\r\n") {
+		t.Errorf("stdout %q, want the new size %q", stdout.String(), "11 99\r\n")
+	}
+}
