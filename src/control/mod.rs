@@ -186,8 +186,8 @@ impl conmon::Server for ConmonServer {
         params: conmon::ServeExecContainerParams,
         mut results: conmon::ServeExecContainerResults,
     ) -> Result<(), capnp::Error> {
-        let req =
-            rpc::serve_exec_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        let req = rpc::stream::serve_exec_container(params.get()?.get_request()?)
+            .map_err(|e| failed(&e))?;
         drop(params);
         debug!(id = %req.id, command = ?req.command, tty = req.tty, "serveExecContainer");
         let url = self.streams.serve_exec(req).await.map_err(|e| failed(&e))?;
@@ -200,8 +200,8 @@ impl conmon::Server for ConmonServer {
         params: conmon::ServeAttachContainerParams,
         mut results: conmon::ServeAttachContainerResults,
     ) -> Result<(), capnp::Error> {
-        let req =
-            rpc::serve_attach_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
+        let req = rpc::stream::serve_attach_container(params.get()?.get_request()?)
+            .map_err(|e| failed(&e))?;
         drop(params);
         debug!(id = %req.id, "serveAttachContainer");
         let url = self
@@ -218,7 +218,7 @@ impl conmon::Server for ConmonServer {
         params: conmon::ServePortForwardContainerParams,
         mut results: conmon::ServePortForwardContainerResults,
     ) -> Result<(), capnp::Error> {
-        let req = rpc::serve_port_forward_container(params.get()?.get_request()?)
+        let req = rpc::stream::serve_port_forward_container(params.get()?.get_request()?)
             .map_err(|e| failed(&e))?;
         drop(params);
         debug!(netns = %req.net_ns_path.display(), "servePortForwardContainer");
