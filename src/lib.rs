@@ -15,6 +15,7 @@ pub mod fixture;
 pub mod log;
 pub mod rpc;
 pub mod server_log;
+pub mod stream;
 pub mod sys;
 #[cfg(test)]
 mod test_support;

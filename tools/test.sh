@@ -23,7 +23,7 @@
 #   RINGMON_SKIP_DEPS=1    do not run tools/install-deps.sh
 #   GO_TEST_TIMEOUT        per-runtime go test timeout (default 10m)
 #   GO_TEST_RUN            passed to go test -run (default: all tests)
-#   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy", dirs under tests/)
+#   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy go-stream", dirs under tests/)
 #   RINGMON_GO_ONLY=1      only run the Go suites, against $RINGMON_BINARY if set
 #                          (default target/release/ringmon); for quick reruns
 set -euo pipefail
@@ -44,7 +44,7 @@ export RINGMON_TEST_RUNTIMES="${RINGMON_TEST_RUNTIMES:-/usr/sbin/runc /usr/bin/c
 RINGMON_TEST_BACKENDS="${RINGMON_TEST_BACKENDS:-uring epoll}"
 GO_TEST_TIMEOUT="${GO_TEST_TIMEOUT:-10m}"
 GO_TEST_RUN="${GO_TEST_RUN:-}"
-RINGMON_GO_SUITES="${RINGMON_GO_SUITES:-go go-legacy}"
+RINGMON_GO_SUITES="${RINGMON_GO_SUITES:-go go-legacy go-stream}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 GO_ONLY="${RINGMON_GO_ONLY:-0}"
 if [[ "$GO_ONLY" == 1 && -n "${RINGMON_BINARY:-}" ]]; then

@@ -22,11 +22,14 @@ pub struct ConmonServer {
     monitor: Rc<Monitor>,
     /// The daemon's pid, reported by `version` (clients adopt servers by it).
     pid: u32,
+    /// The streaming server (its HTTP listener starts on first use).
+    streams: Rc<crate::stream::StreamServer>,
 }
 
 impl ConmonServer {
     pub fn new(monitor: Rc<Monitor>) -> Self {
         ConmonServer {
+            streams: crate::stream::StreamServer::new(Rc::clone(&monitor)),
             monitor,
             pid: std::process::id(),
         }
@@ -174,6 +177,56 @@ impl conmon::Server for ConmonServer {
             entry.set_type(rpc::wire_namespace(*ns));
             entry.set_path(path.to_string_lossy().as_ref());
         }
+        Ok(())
+    }
+
+    async fn serve_exec_container(
+        self: Rc<Self>,
+        params: conmon::ServeExecContainerParams,
+        mut results: conmon::ServeExecContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::stream::serve_exec_container(params.get()?.get_request()?)
+            .map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(id = %req.id, command = ?req.command, tty = req.tty, "serveExecContainer");
+        let url = self.streams.serve_exec(req).await.map_err(|e| failed(&e))?;
+        results.get().init_response().set_url(url.as_str());
+        Ok(())
+    }
+
+    async fn serve_attach_container(
+        self: Rc<Self>,
+        params: conmon::ServeAttachContainerParams,
+        mut results: conmon::ServeAttachContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::stream::serve_attach_container(params.get()?.get_request()?)
+            .map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(id = %req.id, "serveAttachContainer");
+        let url = self
+            .streams
+            .serve_attach(req)
+            .await
+            .map_err(|e| failed(&e))?;
+        results.get().init_response().set_url(url.as_str());
+        Ok(())
+    }
+
+    async fn serve_port_forward_container(
+        self: Rc<Self>,
+        params: conmon::ServePortForwardContainerParams,
+        mut results: conmon::ServePortForwardContainerResults,
+    ) -> Result<(), capnp::Error> {
+        let req = rpc::stream::serve_port_forward_container(params.get()?.get_request()?)
+            .map_err(|e| failed(&e))?;
+        drop(params);
+        debug!(netns = %req.net_ns_path.display(), "servePortForwardContainer");
+        let url = self
+            .streams
+            .serve_port_forward(req)
+            .await
+            .map_err(|e| failed(&e))?;
+        results.get().init_response().set_url(url.as_str());
         Ok(())
     }
 

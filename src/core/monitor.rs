@@ -1011,3 +1011,141 @@ pub fn random_uuid() -> String {
         &h[20..32]
     )
 }
+
+// ---------------------------------------------------------------------------
+// Streaming exec and the lookups the streaming server needs (serveExec,
+// serveAttach; spec §3.9, §6.4).
+
+/// A running streaming exec process. Waiting for it reaps it; dropping it
+/// unwaited kills it (like an abandoned exec sync).
+pub struct StreamingExec<'a> {
+    process: Tracked<'a>,
+}
+
+/// The descriptors of a streaming exec process: where to read its output,
+/// where to write its stdin, and the pty master for resizes.
+pub struct StreamingExecIo {
+    /// stdout pipe, or the pty master in terminal mode (everything).
+    pub stdout: OwnedFd,
+    pub stdout_kind: ExecStream,
+    /// `None` in terminal mode.
+    pub stderr: Option<OwnedFd>,
+    /// The stdin pipe's write end (or a pty master duplicate); `None` when
+    /// stdin was not requested.
+    pub stdin: Option<OwnedFd>,
+    /// A pty master duplicate for resizes (terminal mode only).
+    pub terminal: Option<OwnedFd>,
+}
+
+impl StreamingExec<'_> {
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// Waits for the exec process to exit and reaps it; its exit code
+    /// (128 + signal for a signal), -1 if the status could not be read.
+    pub async fn wait(self) -> i32 {
+        let pid = self.process.pid;
+        let code = match wait_exit(pid).await {
+            Ok(exit) => exit.code(),
+            Err(e) => {
+                warn!(pid, "streaming exec: cannot get exit status: {e}");
+                -1
+            }
+        };
+        self.process.reaped();
+        code
+    }
+}
+
+impl Monitor {
+    /// The server's runtime dir.
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// Whether a container with this id is monitored (and not exited).
+    pub fn has_child(&self, id: &str) -> bool {
+        self.lookup(id, |_| ()).is_ok()
+    }
+
+    /// Starts `command` in container `id` for a streaming exec session
+    /// (spec §6.4): `runtime exec -d` as for exec sync, with the pid file
+    /// `<runtime-dir>/exec_streaming<UUID>pid` (removed once read), no extra
+    /// environment, stdin piped only if `stdin`, a pty when `terminal`. The
+    /// caller streams the output and waits for the exit.
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        command: &[String],
+        terminal: bool,
+        stdin: bool,
+        cgroup: super::CgroupManager,
+    ) -> Result<(StreamingExec<'_>, StreamingExecIo), CoreError> {
+        let pid_file = self
+            .runtime_dir
+            .join(format!("exec_streaming{}pid", random_uuid()));
+        let _remove_pid_file = RemoveOnDrop(&pid_file);
+        let hold = SweepHold::new(self);
+        let console = if terminal {
+            Some(ConsoleSocket::bind()?)
+        } else {
+            None
+        };
+        let (stdout_r, stdout_w) = pipe("stdout")?;
+        let (stderr_r, stderr_w) = pipe("stderr")?;
+        let (stdin_r, stdin_w) = if stdin && !terminal {
+            let (r, w) = pipe("stdin")?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        let args = self.runtime.exec_args(&ExecArgs {
+            id,
+            pid_file: &pid_file,
+            cgroup,
+            command,
+            console_socket: console.as_ref().map(|c| c.path.as_path()),
+            process_env: &[],
+            preserve_fds: 0,
+            process_spec: None,
+        });
+        debug!(%id, ?args, "spawning runtime exec (streaming)");
+        let mut cmd = Command::new(&self.runtime.path);
+        cmd.args(&args)
+            .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
+            .stdout(Stdio::from(stdout_w))
+            .stderr(Stdio::from(stderr_w));
+        runtime_succeeded(self.run_to_exit(cmd).await?, &stderr_r)?;
+        let master = match &console {
+            Some(c) => Some(c.receive_master()?),
+            None => None,
+        };
+        drop(console);
+        let pid = read_pid_file(&pid_file)?;
+        let process = Tracked::new(self, pid, true);
+        drop(hold);
+        let dup = |m: &OwnedFd| {
+            m.try_clone()
+                .map_err(|e| CoreError::io("duplicate pty master", e))
+        };
+        let io = match master {
+            Some(master) => StreamingExecIo {
+                stdin: if stdin { Some(dup(&master)?) } else { None },
+                terminal: Some(dup(&master)?),
+                stdout: master,
+                stdout_kind: ExecStream::Pty,
+                stderr: None,
+            },
+            None => StreamingExecIo {
+                stdout: stdout_r,
+                stdout_kind: ExecStream::Pipe,
+                stderr: Some(stderr_r),
+                stdin: stdin_w,
+                terminal: None,
+            },
+        };
+        debug!(%id, pid, "streaming exec started");
+        Ok((StreamingExec { process }, io))
+    }
+}

@@ -8,6 +8,7 @@
 //! the layout per request; the translation below is the same for both.
 
 pub mod legacy;
+pub mod stream;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;

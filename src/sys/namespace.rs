@@ -146,6 +146,39 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
     Ok(())
 }
 
+/// Connects a TCP socket to `127.0.0.1:port` inside the network namespace
+/// at `netns` (an nsfs file such as `/proc/<pid>/ns/net`). The `setns`
+/// happens on a short-lived thread of its own that only creates and
+/// connects the socket: a socket keeps the namespace it was created in, so
+/// the connection works from any thread afterwards while no other thread
+/// (the control thread in particular) ever changes namespace. The thread
+/// ends right after the connect, taking its namespace with it.
+pub fn connect_loopback_in_netns(
+    netns: &Path,
+    port: u16,
+) -> tokio::sync::oneshot::Receiver<io::Result<std::net::TcpStream>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let netns = netns.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("ringmon-netns".into())
+        .spawn(move || {
+            let result = (|| {
+                let ns = std::fs::File::open(&netns)?;
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+            })();
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        // The closure (and with it the sender) was dropped: report through
+        // a fresh channel instead.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Err(e));
+        return rx;
+    }
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
