@@ -271,7 +271,7 @@ func TestServeExecResize(t *testing.T) {
 
 	res, err := cl.ServeExecContainer(rpcCtx(t), &client.ServeExecContainerConfig{
 		ID:      c.id,
-		Command: []string{"/busybox", "sh", "-c", "/busybox sleep 0.5; /busybox stty size"},
+		Command: []string{"/busybox", "sh", "-c", "/busybox sleep 1; /busybox stty size"},
 		Tty:     true,
 		Stdout:  true,
 	})
