@@ -21,10 +21,10 @@ pub struct BuildInfo {
 /// Why not ringmon's version alone: clients compare the reported version
 /// with conmon-rs releases to decide what the server can do (the v0.7.3
 /// client refuses `createNamespaces` below 0.5.0), and build metadata is
-/// ignored in semver comparisons. 0.6.0 is the newest level whose features
+/// ignored in semver comparisons. 0.7.0 is the newest level whose features
 /// are all served (namespaces 0.5, fd passing, env vars and per-request
-/// cgroup manager 0.6); the streaming server (0.7) is not yet.
-pub const VERSION: &str = concat!("0.6.0+ringmon.", env!("CARGO_PKG_VERSION"));
+/// cgroup manager 0.6, the streaming server 0.7).
+pub const VERSION: &str = concat!("0.7.0+ringmon.", env!("CARGO_PKG_VERSION"));
 
 /// This binary's build information.
 pub const BUILD: BuildInfo = BuildInfo {

@@ -20,7 +20,7 @@ fn version_and_pidfile() {
             // The conmon-rs feature level, ringmon's version as build metadata.
             assert_eq!(
                 v.version,
-                format!("0.6.0+ringmon.{}", env!("CARGO_PKG_VERSION"))
+                format!("0.7.0+ringmon.{}", env!("CARGO_PKG_VERSION"))
             );
             for f in [
                 &v.commit,

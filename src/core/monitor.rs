@@ -1111,18 +1111,18 @@ impl Monitor {
             process_spec: None,
         });
         debug!(%id, ?args, "spawning runtime exec (streaming)");
-        let mut cmd = Command::new(&self.runtime.path);
-        cmd.args(&args)
-            .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
-            .stdout(Stdio::from(stdout_w))
-            .stderr(Stdio::from(stderr_w));
-        runtime_succeeded(self.run_to_exit(cmd).await?, &stderr_r)?;
-        let master = match &console {
-            Some(c) => Some(c.receive_master()?),
-            None => None,
-        };
-        drop(console);
-        let pid = read_pid_file(&pid_file)?;
+        let (master, pid) = self
+            .run_runtime(RuntimeRun {
+                args: &args,
+                env: &[],
+                stdin: stdin_r,
+                stdout: stdout_w,
+                stderr: (stderr_w, &stderr_r),
+                fds: Vec::new(),
+                console,
+                pid_file: &pid_file,
+            })
+            .await?;
         let process = Tracked::new(self, pid, true);
         drop(hold);
         let dup = |m: &OwnedFd| {
