@@ -141,7 +141,7 @@ pub fn encode_error(request_id: u32, message: &str) -> Vec<u8> {
 
 /// A slot named by `createContainer` that holds no fd.
 #[derive(Debug, thiserror::Error)]
-#[error("no file descriptor in slot {0} (never sent, already used by a createContainer, or its fd-socket connection closed)")]
+#[error("no file descriptor in slot {0} (never sent, already used by a request, or its fd-socket connection closed)")]
 pub struct NoSuchSlot(pub u64);
 
 /// The server-wide table of received, unclaimed descriptors.
