@@ -289,3 +289,125 @@ fn attach_rejects_bad_fields() {
     });
     server.runtime_cmd(&["delete", "-f", &id]);
 }
+
+/// Every field of the exec session extension with a wrong value: a clear
+/// error naming field and value, no session left behind, the server up.
+#[test]
+fn exec_session_rejects_bad_fields() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("bad-session");
+    let id = start_sleeping_container(&server, dir.path());
+    let good = ringmon::client::CreateExecSessionRequest {
+        id: id.clone(),
+        session_id: "s".into(),
+        command: vec!["/bin/true".into()],
+        cgroup_manager: 1,
+        ..Default::default()
+    };
+    run_local(async {
+        let c = server.client().await;
+        let with = |f: &dyn Fn(&mut ringmon::client::CreateExecSessionRequest)| {
+            let mut r = good.clone();
+            f(&mut r);
+            r
+        };
+        let cases: Vec<(ringmon::client::CreateExecSessionRequest, Vec<&str>)> = vec![
+            (with(&|r| r.id = "a/b".into()), vec!["invalid id 'a/b'"]),
+            (
+                with(&|r| r.session_id = "a\nb".into()),
+                vec!["invalid sessionId 'a\nb'", "control characters"],
+            ),
+            (
+                with(&|r| r.session_id = "x".repeat(300)),
+                vec!["invalid sessionId", "at most 256 bytes"],
+            ),
+            (
+                with(&|r| {
+                    r.command.clear();
+                    r.process_path = "rel/process.json".into();
+                }),
+                vec!["invalid processPath 'rel/process.json'", "absolute"],
+            ),
+            (
+                with(&|r| {
+                    r.command.clear();
+                    r.process_path = "/nonexistent/process.json".into();
+                }),
+                vec![
+                    "invalid processPath '/nonexistent/process.json'",
+                    "not a file",
+                ],
+            ),
+            (
+                with(&|r| r.process_env = vec![("A=B".into(), "x".into())]),
+                vec!["invalid processEnv[0].key 'A=B'"],
+            ),
+            (
+                with(&|r| r.env_vars = vec![(String::new(), "x".into())]),
+                vec!["invalid envVars[0].key ''"],
+            ),
+            (
+                with(&|r| r.exit_paths = vec!["relative/exit".into()]),
+                vec!["invalid exitPaths[0] 'relative/exit'"],
+            ),
+            (
+                with(&|r| {
+                    r.log_drivers = vec![LogDriver {
+                        kind: 7,
+                        path: dir.path().join("s.log").display().to_string(),
+                        max_size: 0,
+                    }]
+                }),
+                vec!["invalid logDrivers[0].type '7'"],
+            ),
+            (
+                with(&|r| r.cgroup_manager = 9),
+                vec!["invalid cgroupManager '9'"],
+            ),
+            (
+                with(&|r| r.additional_fds = vec![4, 4]),
+                vec!["invalid additionalFds[1] '4'", "slot named twice"],
+            ),
+            (
+                with(&|r| r.additional_fds = vec![77]),
+                vec!["no file descriptor in slot 77"],
+            ),
+        ];
+        for (req, needles) in cases {
+            let e = c.create_exec_session(&req).await.unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "error {e:?} should contain {n:?}");
+            }
+        }
+        // None of them left a session behind.
+        let e = c
+            .exec_session_status(&id, "s", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exec session 's' not found"), "{e}");
+        for (sid, needle) in [("", "invalid sessionId ''"), ("a\tb", "control characters")] {
+            let e = c
+                .start_exec_session(&id, sid)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "start {sid:?}: {e}");
+            let e = c
+                .exec_session_status(&id, sid, true)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "status {sid:?}: {e}");
+        }
+        let e = c
+            .resize_exec_session(&id, "a\u{7f}b", 80, 24)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid sessionId"), "{e}");
+        c.version(false).await.unwrap();
+    });
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
