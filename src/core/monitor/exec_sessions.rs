@@ -25,7 +25,6 @@ use crate::core::exec_session::{
 /// One exec session.
 pub(super) struct Session {
     key: ContainerKey,
-    state: SessionState,
     /// What the start needs; taken by it.
     prepared: Option<Prepared>,
     /// A duplicate of the pty master, for resizes (terminal sessions).
@@ -33,7 +32,14 @@ pub(super) struct Session {
     pub(super) attach: Attach,
     /// When it ended, in this container's order of endings.
     ended: Option<u64>,
+    /// Its state; waiting status calls follow it.
     status: Rc<watch::Sender<SessionState>>,
+}
+
+impl Session {
+    fn state(&self) -> SessionState {
+        *self.status.borrow()
+    }
 }
 
 /// A created session's request and the resources made for it.
@@ -167,7 +173,6 @@ impl Monitor {
         let (id, session_id, suspended) = (req.id.clone(), req.session_id.clone(), req.suspended);
         let session = Session {
             key,
-            state: SessionState::Created,
             prepared: Some(Prepared {
                 req,
                 stdin_read,
@@ -207,7 +212,7 @@ impl Monitor {
         let (key, prepared, status) = {
             let mut st = self.state.borrow_mut();
             let session = find_session(&mut st.sessions, id, session_id)?;
-            match session.state {
+            match session.state() {
                 SessionState::Created => {}
                 SessionState::Running { .. } => {
                     return Err(session_state_error(session_id, "already running"))
@@ -307,10 +312,7 @@ impl Monitor {
                 .and_then(|s| s.by_id.get_mut(&session_id))
                 .filter(|s| s.key == key);
             match session {
-                Some(session) => {
-                    session.state = running;
-                    session.terminal = terminal;
-                }
+                Some(session) => session.terminal = terminal,
                 // Its container ended meanwhile.
                 None => sys::process::kill_tree(pid, Signal::SIGKILL),
             }
@@ -433,7 +435,6 @@ impl Monitor {
                     .get_mut(&w.session_id)
                     .filter(|s| s.key == w.key)
                 {
-                    session.state = exited;
                     session.ended = Some(ending);
                     session.terminal = None;
                     session.attach.close();
@@ -491,7 +492,7 @@ impl Monitor {
     ) -> Result<(), CoreError> {
         let mut st = self.state.borrow_mut();
         let session = find_session(&mut st.sessions, id, session_id)?;
-        if session.state.has_exited() {
+        if session.state().has_exited() {
             return Err(session_state_error(session_id, "already exited"));
         }
         session
@@ -512,7 +513,7 @@ impl Monitor {
     ) -> Result<(), CoreError> {
         let mut st = self.state.borrow_mut();
         let session = find_session(&mut st.sessions, id, session_id)?;
-        match (&session.terminal, session.state) {
+        match (&session.terminal, session.state()) {
             (Some(master), _) => sys::tty::set_window_size(master, width, height)
                 .map_err(|e| CoreError::io("resize exec session terminal", e)),
             (None, SessionState::Created) => {
@@ -534,7 +535,7 @@ impl Monitor {
             return;
         };
         for (session_id, mut session) in sessions.by_id {
-            match session.state {
+            match session.state() {
                 SessionState::Running { pid } => {
                     debug!(%id, session = %session_id, pid, "container ended: killing exec session");
                     sys::process::kill_tree(pid, Signal::SIGKILL);
