@@ -129,7 +129,7 @@ interface Conmon {
     metadata @4 :Metadata;
     # ringmon extension: resize this exec session's terminal instead of the
     # container's. This makes 3 pointers, as many as the legacy layout has:
-    # src/rpc/legacy.rs tells them apart by what slot 2 holds (Text here, a
+    # src/rpc/legacy.rs (window_size_tie) tells them apart by what slot 2 holds (Text here, a
     # struct list there).
     execSessionId @5 :Text;
   }

@@ -208,7 +208,7 @@ fn legacy_struct_sizes_match_the_spec() {
         if name == "SetWindowSizeRequest" {
             // The extension's pointer brings v1 to the legacy count; the
             // server tells them apart by slot 2's content
-            // (`SetWindowSizeRequest::detect_extended`).
+            // (`window_size_tie` in src/rpc/legacy.rs).
             assert_eq!(legacy.1, v1.1, "{name}: extended v1 pointer count");
         } else {
             assert_eq!(legacy.1, v1.1 + 1, "{name}: legacy has one pointer more");

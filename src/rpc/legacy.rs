@@ -70,8 +70,15 @@ type Cgroup = Result<conmon::CgroupManager, capnp::NotInSchema>;
 
 /// Declares a view over the v1 and legacy layout of one request struct
 /// (module `$m` in both schemas) with the listed getters.
+///
+/// Where the v1 struct has as many pointers as the legacy one, the size
+/// cannot tell them apart and `tie` decides from the pointer slots; without
+/// a `tie` such a request is read as v1.
 macro_rules! view {
     ($(#[$doc:meta])* $view:ident = $m:ident { $($get:ident -> $ret:ty;)* }) => {
+        view! { $(#[$doc])* $view = $m, tie = |_| Generation::V1, { $($get -> $ret;)* } }
+    };
+    ($(#[$doc:meta])* $view:ident = $m:ident, tie = $tie:expr, { $($get:ident -> $ret:ty;)* }) => {
         $(#[$doc])*
         #[derive(Clone, Copy)]
         pub enum $view<'a> {
@@ -83,11 +90,18 @@ macro_rules! view {
             /// The v1 reader a handler got, read in the layout its size says.
             pub fn detect(r: conmon::$m::Reader<'a>) -> Self {
                 let pointers = pointer_count(r);
-                match generation(
-                    pointers,
-                    <conmon::$m::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers,
-                    <legacy::$m::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers,
-                ) {
+                let v1_pointers = <conmon::$m::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers;
+                let legacy_pointers =
+                    <legacy::$m::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers;
+                let tie: fn(capnp::any_pointer_list::Reader<'_>) -> Generation = $tie;
+                let detected = if v1_pointers == legacy_pointers
+                    && pointers == u32::from(legacy_pointers)
+                {
+                    tie(capnp::raw::get_struct_pointer_section(r))
+                } else {
+                    generation(pointers, v1_pointers, legacy_pointers)
+                };
+                match detected {
                     Generation::V1 => Self::V1(r),
                     Generation::Legacy => {
                         tracing::trace!(
@@ -188,8 +202,8 @@ view! {
 view! {
     /// `setWindowSizeContainer` request: legacy 1 / 3, v1 1 / 2 (only
     /// `metadata` moves). ringmon's `execSessionId` extension makes v1 3
-    /// pointers too: see [`SetWindowSizeRequest::detect_extended`].
-    SetWindowSizeRequest = set_window_size_request {
+    /// pointers too; slot 2 tells them apart ([`window_size_tie`]).
+    SetWindowSizeRequest = set_window_size_request, tie = window_size_tie, {
         get_id -> Text<'a>;
         get_width -> u16;
         get_height -> u16;
@@ -197,30 +211,20 @@ view! {
     }
 }
 
-impl<'a> SetWindowSizeRequest<'a> {
-    /// Like `detect`, for the one struct whose extended v1 layout has as
-    /// many pointers (3) as its legacy layout. Slot 2 tells them apart:
-    /// `execSessionId` (Text, a byte list) in the extension, `metadata` (a
-    /// struct list) in the legacy layout. Null there reads the same either
-    /// way (no session, metadata unused), so it is left to `detect`.
-    pub fn detect_extended(r: conmon::set_window_size_request::Reader<'a>) -> Self {
-        let slots = capnp::raw::get_struct_pointer_section(r);
-        let legacy_pointers =
-            <legacy::set_window_size_request::Builder<'_> as HasStructSize>::STRUCT_SIZE.pointers;
-        if slots.len() != u32::from(legacy_pointers) {
-            return Self::V1(r);
-        }
-        let slot = slots.get(2);
-        if !slot.is_null() && slot.get_as::<text::Reader<'_>>().is_ok() {
-            return Self::V1(r);
-        }
-        tracing::trace!(
-            request = "set_window_size_request",
-            "conmon-rs <= 0.8 request layout"
-        );
-        Self::Legacy(r.into_internal_struct_reader().into())
+/// A 3-pointer `SetWindowSizeRequest`: slot 2 is `execSessionId` (Text, a
+/// byte list) in the extended v1 layout and `metadata` (a struct list) in
+/// the legacy one. Null there reads the same either way (no session,
+/// metadata unused) and is taken as legacy.
+fn window_size_tie(slots: capnp::any_pointer_list::Reader<'_>) -> Generation {
+    let slot = slots.get(2);
+    if !slot.is_null() && slot.get_as::<text::Reader<'_>>().is_ok() {
+        Generation::V1
+    } else {
+        Generation::Legacy
     }
+}
 
+impl<'a> SetWindowSizeRequest<'a> {
     /// The exec session to resize; empty for the container itself (and
     /// always for legacy clients, which predate the field).
     pub fn get_exec_session_id(self) -> Text<'a> {
@@ -557,7 +561,7 @@ mod tests {
             r.set_metadata_old(b"{}");
             fill_map(r.reborrow().init_metadata(1), TRACE);
         }
-        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
+        let r = SetWindowSizeRequest::detect(as_v1(&msg));
         assert_eq!(r.generation(), Generation::Legacy);
         assert_eq!(super::super::target_id(r.get_id()).unwrap(), "abc");
         assert_eq!((r.get_width(), r.get_height()), (132, 43));
@@ -578,7 +582,7 @@ mod tests {
             fill_map(r.reborrow().init_metadata(1), TRACE);
             r.set_exec_session_id("s1");
         }
-        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
+        let r = SetWindowSizeRequest::detect(as_v1(&msg));
         assert_eq!(
             pointer_count(as_v1::<conmon::set_window_size_request::Reader<'_>>(&msg)),
             3
@@ -597,7 +601,7 @@ mod tests {
             r.set_height(24);
             fill_map(r.reborrow().init_metadata(1), TRACE);
         }
-        let r = SetWindowSizeRequest::detect_extended(as_v1(&msg));
+        let r = SetWindowSizeRequest::detect(as_v1(&msg));
         assert_eq!(super::super::target_id(r.get_id()).unwrap(), "abc");
         assert_eq!((r.get_width(), r.get_height()), (80, 24));
         assert_eq!(r.get_exec_session_id().unwrap(), "");

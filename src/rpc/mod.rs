@@ -415,7 +415,7 @@ pub struct SetWindowSize {
 pub fn set_window_size(
     r: conmon::set_window_size_request::Reader<'_>,
 ) -> Result<SetWindowSize, RequestError> {
-    let r = legacy::SetWindowSizeRequest::detect_extended(r);
+    let r = legacy::SetWindowSizeRequest::detect(r);
     Ok(SetWindowSize {
         id: target_id(r.get_id())?,
         exec_session_id: session_id(r.get_exec_session_id())?,
