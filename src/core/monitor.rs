@@ -273,11 +273,7 @@ impl Monitor {
             }
             _ => {}
         }
-        let console = if req.terminal {
-            Some(ConsoleSocket::bind()?)
-        } else {
-            None
-        };
+        let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let (stdin_r, stdin_w) = if req.stdin && !req.terminal {
@@ -527,11 +523,7 @@ impl Monitor {
         req: &ExecSync,
         pid_file: &Path,
     ) -> Result<(Tracked<'_>, ExecStreams), CoreError> {
-        let console = if req.terminal {
-            Some(ConsoleSocket::bind()?)
-        } else {
-            None
-        };
+        let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let args = self.runtime.exec_args(&ExecArgs {
@@ -945,6 +937,11 @@ struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
+    /// A console socket for a process in terminal mode; none otherwise.
+    fn bind_if(terminal: bool) -> Result<Option<ConsoleSocket>, CoreError> {
+        terminal.then(ConsoleSocket::bind).transpose()
+    }
+
     fn bind() -> Result<ConsoleSocket, CoreError> {
         let dir = std::env::var_os("TMPDIR")
             .filter(|d| !d.is_empty())
@@ -1087,11 +1084,7 @@ impl Monitor {
             .join(format!("exec_streaming{}pid", random_uuid()));
         let _remove_pid_file = RemoveOnDrop(&pid_file);
         let hold = SweepHold::new(self);
-        let console = if terminal {
-            Some(ConsoleSocket::bind()?)
-        } else {
-            None
-        };
+        let console = ConsoleSocket::bind_if(terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let (stdin_r, stdin_w) = if stdin && !terminal {

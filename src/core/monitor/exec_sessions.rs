@@ -349,11 +349,7 @@ impl Monitor {
             .join(format!("exec_session{}pid", random_uuid()));
         let _remove_pid_file = RemoveOnDrop(&pid_file);
         let hold = SweepHold::new(self);
-        let console = if req.terminal {
-            Some(ConsoleSocket::bind()?)
-        } else {
-            None
-        };
+        let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let (command, process_spec) = match &req.process {
