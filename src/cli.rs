@@ -139,6 +139,15 @@ pub struct Cli {
     /// grow (for measurements).
     #[arg(long, env = "RINGMON_BUSY_PIPE_SIZE", hide = true)]
     pub busy_pipe_size: Option<usize>,
+
+    /// Milliseconds an engine worker lets light log output accumulate in
+    /// the pipes before reading it, so that one wake-up serves many
+    /// containers; 0 reads at once. Never applies to attached or exec
+    /// output, nor to a stream that is busy (BENCHMARKS.md, "Density").
+    #[arg(long, env = "RINGMON_ENGINE_BATCH_WINDOW_MS", value_name = "MS",
+          default_value_t = DEFAULT_BATCH_WINDOW_MS,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub engine_batch_window_ms: u64,
 }
 
 /// Subcommands. No top-level flag validation applies to them.
@@ -247,7 +256,11 @@ pub struct ServerConfig {
     pub engine_workers: usize,
     pub io_backend: BackendChoice,
     pub busy_pipe_size: Option<usize>,
+    pub batch_window: std::time::Duration,
 }
+
+/// Default of `--engine-batch-window-ms`.
+const DEFAULT_BATCH_WINDOW_MS: u64 = crate::engine::DEFAULT_BATCH_WINDOW.as_millis() as u64;
 
 impl Cli {
     /// Validates and prepares directories, in the order of spec §1.1.
@@ -294,6 +307,7 @@ impl Cli {
             engine_workers,
             io_backend: self.io_backend.into(),
             busy_pipe_size: self.busy_pipe_size,
+            batch_window: std::time::Duration::from_millis(self.engine_batch_window_ms),
         })
     }
 }

@@ -93,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     workers: config.engine_workers,
                     backend: config.io_backend,
                     busy_pipe_size: config.busy_pipe_size,
+                    batch_window: config.batch_window,
                 },
                 events_tx,
             )

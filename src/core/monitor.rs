@@ -582,6 +582,7 @@ impl Monitor {
             }
         };
         self.state.borrow_mut().tracked.remove(pid);
+        self.engine.expedite(*key);
         if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
             warn!(%id, "output still open {DRAIN_GRACE:?} after exit; writing exit files before EOF");
         }

@@ -95,4 +95,28 @@ pub trait Backend {
         timeout: Option<Duration>,
         on_event: &mut dyn FnMut(BackendEvent<'_>),
     ) -> io::Result<()>;
+
+    /// Sleeps until `duration` passed or the worker's wake-up eventfd fired,
+    /// reporting nothing: output keeps accumulating in the kernel's pipes
+    /// meanwhile, to be taken by the next `wait` in one batch (the worker's
+    /// wake-up coalescing). The wake-up itself is still reported by the next
+    /// `wait`.
+    fn pause(&mut self, duration: Duration);
+}
+
+/// `Backend::pause` for a backend whose wake-up eventfd is `waker`: a
+/// `poll(2)` on the eventfd alone. Both backends leave the eventfd's counter
+/// for their `wait` to consume, so a wake-up during (or just before) the
+/// pause ends it at once. io_uring: the ring's pending read of the eventfd
+/// completes through task work that only runs when the worker waits on the
+/// ring (`DEFER_TASKRUN`) or returns to user space (older kernels), so the
+/// counter is still set when `poll` looks at it. On kernels without
+/// `DEFER_TASKRUN` (before 6.1), reads completing during the pause cut it
+/// short: coalescing is then weaker, never wrong.
+pub(super) fn pause_until_woken(waker: BorrowedFd<'_>, duration: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let millis = u16::try_from(duration.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(waker, PollFlags::POLLIN)];
+    // EINTR (a signal, or task work) just ends the pause early.
+    let _ = poll(&mut fds, PollTimeout::from(millis));
 }

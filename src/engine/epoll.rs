@@ -282,4 +282,8 @@ impl Backend for EpollBackend {
         }
         Ok(())
     }
+
+    fn pause(&mut self, duration: Duration) {
+        super::backend::pause_until_woken(self.waker.as_fd(), duration);
+    }
 }

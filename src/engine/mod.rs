@@ -61,6 +61,34 @@
 //!   a container that is unknown or already drained gets the done packet at
 //!   once.
 //!
+//! # Wake-up coalescing
+//!
+//! On a dense host most containers write a few lines now and then, and
+//! what a logged line costs is then mostly the worker's wake-up (the sleep
+//! and the wake through the scheduler), not the read, the encoding or the
+//! write: with 100 containers each printing 20 lines a second, waking once
+//! per burst cost ~2.5–4 µs per line, of which the wake-ups were about two
+//! thirds (perf, BENCHMARKS.md "Density"). So after a batch of only light
+//! output a worker sleeps for the batch window (`--engine-batch-window-ms`,
+//! default [`DEFAULT_BATCH_WINDOW`]) before it reads again, and one wake-up
+//! then takes the bursts of every container that wrote meanwhile. The bytes
+//! wait in the kernel's pipes, never in ringmon, so nothing can be lost to
+//! the pause. It never applies where someone waits:
+//! * a batch with a busy read ([`worker::BUSY_READ`], 16 KiB: a stream that
+//!   could fill a default pipe within a window), a command, an EOF, or an
+//!   attach socket event is followed by the next read at once;
+//! * output of a container with attach clients or an attach listener, or of
+//!   an exec session, likewise;
+//! * a command ends a pause at once (it writes the worker's eventfd, which
+//!   the pause polls), and so does [`Engine::expedite`], which the control
+//!   thread calls when a container's process exits: its exit files wait for
+//!   the EOF, and must not wait for the window too.
+//!
+//! What it costs: unwatched log output reaches the log files up to one
+//! window later; a container that goes from light output to more than a
+//! pipe's capacity (64 KiB) within one window blocks in `write(2)` until the
+//! window ends, once (the next read is busy, and grows the pipe).
+//!
 //! The backend is deliberately simple (one read in flight per source into a
 //! per-source buffer); see `uring` for the optimisations planned on top.
 
@@ -94,6 +122,9 @@ pub const ATTACH_QUEUE_LIMIT: usize = 16 * 1024 * 1024;
 /// How long an attach client may make no progress after its container's
 /// output ended before it is dropped (see the module docs).
 pub const ATTACH_LINGER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default `EngineConfig::batch_window` (see "Wake-up coalescing").
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// Identifies one monitored process (container or exec) across layers.
 pub type ContainerKey = u64;
@@ -136,6 +167,9 @@ pub struct EngineConfig {
     /// Capacity busy pipes are grown to (`None`: the default of
     /// [`pipe_size::BUSY_PIPE_CAPACITY`]; `Some(0)`: never grow).
     pub busy_pipe_size: Option<usize>,
+    /// How long a worker lets light output accumulate before reading it
+    /// (see "Wake-up coalescing" in the module docs); zero disables it.
+    pub batch_window: Duration,
 }
 
 /// The backend the workers actually run, once `Auto` is resolved.
@@ -340,6 +374,7 @@ impl Engine {
                 index,
                 backend,
                 pipe_sizer,
+                config.batch_window,
                 events.clone(),
                 engine.assignments.clone(),
                 engine.attach_drops.clone(),
@@ -506,6 +541,18 @@ impl Engine {
         }
     }
 
+    /// The process of `key` exited: its worker reads what is left at once
+    /// instead of after its batch window, so that exit files are not
+    /// delayed by the wake-up coalescing. Does nothing for an unknown key.
+    pub fn expedite(&self, key: ContainerKey) {
+        let worker = self.lock_assignments().worker_of.get(&key).copied();
+        if let Some(worker) = worker {
+            // A wake-up with no command: the worker's pause ends and its
+            // next batch counts as urgent.
+            let _ = self.workers[worker].waker.write(1);
+        }
+    }
+
     fn send(&self, worker: usize, command: Command) -> Result<(), EngineError> {
         let handle = &self.workers[worker];
         handle
@@ -559,6 +606,7 @@ fn spawn_worker(
     index: usize,
     backend: ResolvedBackend,
     pipe_sizer: pipe_size::PipeSizer,
+    batch_window: Duration,
     events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
     attach_drops: Arc<AtomicU64>,
@@ -583,6 +631,7 @@ fn spawn_worker(
                     &ready_tx,
                     |ring| {
                         Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
+                            .with_batch_window(batch_window)
                             .run()
                     },
                 ),
@@ -592,6 +641,7 @@ fn spawn_worker(
                     &ready_tx,
                     |set| {
                         Worker::new(index, set, commands_rx, events, assignments, attach_drops)
+                            .with_batch_window(batch_window)
                             .run()
                     },
                 ),

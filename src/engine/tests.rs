@@ -101,12 +101,21 @@ fn parse_cri(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn start(backend: BackendChoice, workers: usize) -> (Engine, UnboundedReceiver<EngineEvent>) {
+    start_with_window(backend, workers, DEFAULT_BATCH_WINDOW)
+}
+
+fn start_with_window(
+    backend: BackendChoice,
+    workers: usize,
+    batch_window: Duration,
+) -> (Engine, UnboundedReceiver<EngineEvent>) {
     let (events_tx, events_rx) = unbounded_channel();
     let engine = Engine::start(
         EngineConfig {
             workers,
             backend,
             busy_pipe_size: None,
+            batch_window,
         },
         events_tx,
     )
@@ -910,6 +919,131 @@ fn the_backend_choice_is_explained() {
     assert!(engine.backend_reason().contains("forced"));
 }
 
+/// Light output from many containers, written in small paced pieces (the
+/// case the batch window coalesces), ends up in the logs byte-exact.
+fn paced_light_output_is_logged_exactly(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "paced");
+    let (engine, mut events) = start(backend, 2);
+    let mut writers = Vec::new();
+    for key in 0..30u64 {
+        let (read_end, write_end) = pipe();
+        engine
+            .register(Registration {
+                key,
+                sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+                logs: vec![cri_writer(dir.path(&format!("{key}.log")))],
+            })
+            .unwrap();
+        writers.push(std::thread::spawn(move || {
+            let mut file = fs::File::from(write_end);
+            for line in 0..40 {
+                writeln!(file, "container {key} line {line}").unwrap();
+                std::thread::sleep(Duration::from_millis(3 + key % 7));
+            }
+        }));
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let mut drained = std::collections::BTreeSet::new();
+    while drained.len() < 30 {
+        match events.blocking_recv().unwrap() {
+            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for key in 0..30u64 {
+        let (stdout, _) = parse_cri(&fs::read(dir.path(&format!("{key}.log"))).unwrap());
+        let want: String = (0..40)
+            .map(|line| format!("container {key} line {line}\n"))
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&stdout), want);
+    }
+}
+
+/// A window far longer than the bounds below: if a command or an exit had
+/// to wait for the pause to end, these tests would see it.
+const LONG_WINDOW: Duration = Duration::from_secs(20);
+const PROMPT: Duration = Duration::from_secs(8);
+
+/// Keeps a light writer going on container 100 so that the worker keeps
+/// pausing; dropped, it ends.
+fn keep_pausing(engine: &Engine) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 100,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut file = fs::File::from(write_end);
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            stop_rx.recv_timeout(Duration::from_millis(20))
+        {
+            file.write_all(b"light\n").unwrap();
+        }
+    });
+    // Let the worker take a light batch and start pausing.
+    std::thread::sleep(Duration::from_millis(200));
+    (stop_tx, writer)
+}
+
+fn next_drained(events: &mut UnboundedReceiver<EngineEvent>, within: Duration) -> ContainerKey {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    match runtime.block_on(async { tokio::time::timeout(within, events.recv()).await }) {
+        Ok(Some(EngineEvent::Drained { key })) => key,
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(_) => panic!("nothing drained within {within:?}: a pause was not cut short"),
+    }
+}
+
+/// A command that arrives while the worker pauses for its batch window is
+/// served at once, not when the window ends.
+fn a_command_ends_the_batch_pause(backend: BackendChoice) {
+    let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
+    let (stop, writer) = keep_pausing(&engine);
+    engine
+        .register(Registration {
+            key: 1,
+            sources: Vec::new(),
+            logs: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(next_drained(&mut events, PROMPT), 1);
+    drop(stop);
+    writer.join().unwrap();
+}
+
+/// `Engine::expedite` (the process exited) ends the pause, so that the
+/// container's EOF, and with it its exit files, do not wait for the window.
+fn expedite_ends_the_batch_pause(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "expedite");
+    let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key: 1,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![cri_writer(dir.path("1.log"))],
+        })
+        .unwrap();
+    let mut file = fs::File::from(write_end);
+    file.write_all(b"last words\n").unwrap();
+    // The worker reads the light line, then pauses for the window.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(file);
+    engine.expedite(1);
+    assert_eq!(next_drained(&mut events, PROMPT), 1);
+    let (stdout, _) = parse_cri(&fs::read(dir.path("1.log")).unwrap());
+    assert_eq!(stdout, b"last words\n");
+}
+
 /// Every engine test above runs once per backend: `per_backend!(tests...)`
 /// makes a module per backend with one `#[test]` per name.
 macro_rules! per_backend {
@@ -936,6 +1070,9 @@ macro_rules! per_backend {
 
 per_backend!(
     busy_pipes_grow_and_idle_pipes_do_not,
+    paced_light_output_is_logged_exactly,
+    a_command_ends_the_batch_pause,
+    expedite_ends_the_batch_pause,
     pipes_are_logged_byte_exact_to_every_writer,
     many_containers_drain_exactly_once,
     container_without_sources_drains_at_once,

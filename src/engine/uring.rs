@@ -378,4 +378,8 @@ impl Backend for UringBackend {
         }
         Ok(())
     }
+
+    fn pause(&mut self, duration: Duration) {
+        super::backend::pause_until_woken(self.waker.as_fd(), duration);
+    }
 }

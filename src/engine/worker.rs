@@ -156,6 +156,16 @@ struct Container {
     /// Attach listeners whose pending connections are accepted before each
     /// chunk is routed.
     attach_listeners: Vec<(AttachListenerId, OwnedFd)>,
+    /// An exec session: someone waits for its output (never coalesced).
+    exec_session: bool,
+}
+
+impl Container {
+    /// Whether a person or a program is waiting on this output right now, so
+    /// that it must not wait for the batch window.
+    fn is_interactive(&self) -> bool {
+        self.exec_session || !self.attach_clients.is_empty() || !self.attach_listeners.is_empty()
+    }
 }
 
 /// Worker-local id of an attach client.
@@ -234,6 +244,33 @@ pub struct Worker<B: Backend> {
     // operations are cancelled before anything else goes.
     backend: B,
     routing: Routing,
+    /// See `EngineConfig::batch_window`.
+    batch_window: Duration,
+}
+
+/// A read at least this large means a busy stream: the worker then reads
+/// again at once instead of pausing for the batch window, so a default
+/// 64 KiB pipe never fills while the worker sleeps (at 16 KiB per 50 ms
+/// window a stream writes 320 KB/s; it would need 1.3 MB/s to fill the
+/// pipe within one window).
+pub(super) const BUSY_READ: usize = 16 * 1024;
+
+/// What one backend wait brought, to decide whether the next read may wait
+/// for the batch window.
+#[derive(Default)]
+struct BatchLoad {
+    /// Some output was routed.
+    data: bool,
+    /// Something in the batch must not wait: a command, an EOF (an exit
+    /// file waits on it), an attach socket event, a busy read, or output
+    /// someone is attached to.
+    urgent: bool,
+}
+
+impl BatchLoad {
+    fn may_coalesce(&self) -> bool {
+        self.data && !self.urgent
+    }
 }
 
 impl<B: Backend> Worker<B> {
@@ -263,7 +300,14 @@ impl<B: Backend> Worker<B> {
                 events,
                 assignments,
             },
+            batch_window: Duration::ZERO,
         }
+    }
+
+    /// Lets light output accumulate for `window` between reads (zero: never).
+    pub fn with_batch_window(mut self, window: Duration) -> Worker<B> {
+        self.batch_window = window;
+        self
     }
 
     /// Runs until a `Shutdown` command (or until the `Engine` is gone).
@@ -275,16 +319,31 @@ impl<B: Backend> Worker<B> {
                 .next_linger_deadline()
                 .map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let routing = &mut self.routing;
+            let mut load = BatchLoad::default();
             let waited = self.backend.wait(timeout, &mut |event| match event {
-                BackendEvent::Wake => routing.take_commands(),
-                BackendEvent::Data { source, bytes } => {
+                BackendEvent::Wake => {
+                    load.urgent = true;
                     routing.take_commands();
-                    routing.on_data(source, bytes);
                 }
-                BackendEvent::Eof { source, error } => routing.on_eof(source, error),
-                BackendEvent::Writable { sink } => routing.on_writable(sink),
-                BackendEvent::SinkFailed { sink, error } => routing.on_sink_failed(sink, error),
+                BackendEvent::Data { source, bytes } => {
+                    load.urgent |= routing.take_commands() || bytes.len() >= BUSY_READ;
+                    load.data = true;
+                    load.urgent |= routing.on_data(source, bytes);
+                }
+                BackendEvent::Eof { source, error } => {
+                    load.urgent = true;
+                    routing.on_eof(source, error);
+                }
+                BackendEvent::Writable { sink } => {
+                    load.urgent = true;
+                    routing.on_writable(sink);
+                }
+                BackendEvent::SinkFailed { sink, error } => {
+                    load.urgent = true;
+                    routing.on_sink_failed(sink, error);
+                }
             });
+            let waited_ok = waited.is_ok();
             match waited {
                 Ok(()) => consecutive_failures = 0,
                 // Usually transient (ENOMEM, a full completion queue); the
@@ -302,6 +361,9 @@ impl<B: Backend> Worker<B> {
                     break;
                 }
             }
+            if load.may_coalesce() && waited_ok {
+                self.pause_for_batch();
+            }
             if !self.apply_deferred_commands() {
                 break;
             }
@@ -310,6 +372,21 @@ impl<B: Backend> Worker<B> {
         }
         self.routing.flush_all();
         self.routing.close_all_clients(&mut self.backend);
+    }
+
+    /// Wake-up coalescing: after a batch of light, unwatched output, sleeps
+    /// for the batch window (a command ends it early) so that the next wait
+    /// takes the output of every container that wrote meanwhile in one
+    /// wake-up. The bytes wait in the kernel's pipes, not in ringmon.
+    fn pause_for_batch(&mut self) {
+        if self.batch_window.is_zero()
+            || self.routing.take_commands()
+            || !self.routing.deferred.is_empty()
+            || !self.routing.scheduled.is_empty()
+        {
+            return;
+        }
+        self.backend.pause(self.batch_window);
     }
 
     /// Applies the commands that had to wait for the backend; false once the
@@ -351,6 +428,7 @@ impl<B: Backend> Worker<B> {
                 logs: logs.into_iter().map(LogSink::new).collect(),
                 attach_clients: Vec::new(),
                 attach_listeners: Vec::new(),
+                exec_session: pending,
             },
         );
         self.add_sources(key, sources);
@@ -390,14 +468,16 @@ impl<B: Backend> Worker<B> {
 impl Routing {
     /// Takes every queued command; applies those that need no backend at
     /// once (unless they must stay behind a deferred registration of their
-    /// container) and defers the rest.
-    fn take_commands(&mut self) {
+    /// container) and defers the rest. True if there was any.
+    fn take_commands(&mut self) -> bool {
+        let mut took = false;
         while !self.stopping {
             let command = match self.commands.try_recv() {
                 Ok(command) => command,
-                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => Command::Shutdown,
             };
+            took = true;
             match command {
                 Command::Attach { key, client } if !self.registration_deferred(key) => {
                     self.attach(key, client);
@@ -417,6 +497,7 @@ impl Routing {
                 command => self.deferred.push_back(command),
             }
         }
+        took
     }
 
     fn registration_deferred(&self, key: ContainerKey) -> bool {
@@ -510,13 +591,15 @@ impl Routing {
         }
     }
 
-    fn on_data(&mut self, source: SourceId, bytes: &[u8]) {
+    /// Routes a chunk; true if its container is interactive (see
+    /// `Container::is_interactive`).
+    fn on_data(&mut self, source: SourceId, bytes: &[u8]) -> bool {
         let Some(&route) = self.sources.get(&source) else {
-            return;
+            return false;
         };
         self.accept_pending_clients(route.key);
         let Some(container) = self.containers.get_mut(&route.key) else {
-            return;
+            return false;
         };
         self.timestamps.refresh();
         let timestamps = &self.timestamps;
@@ -538,6 +621,7 @@ impl Routing {
                 self.scheduled.push(id);
             }
         }
+        container.is_interactive()
     }
 
     fn on_eof(&mut self, source: SourceId, error: Option<std::io::Error>) {
