@@ -67,7 +67,8 @@ fn logs_and_exit_code() {
         assert_eq!(out, b"hello world\nno newline\n");
         assert!(
             String::from_utf8_lossy(&log).ends_with(" stdout F \n"),
-            "no closing F record"
+            "no closing F record: {}",
+            String::from_utf8_lossy(&log)
         );
         assert_eq!(err, b"oops\n");
         let text = String::from_utf8(log).unwrap();

@@ -79,6 +79,11 @@
 //!   attach socket event is followed by the next read at once;
 //! * output of a container with attach clients or an attach listener, or of
 //!   an exec session, likewise;
+//! * and output of a container that wrote to both stdout and stderr within
+//!   one batch, for 10 s after it last did: two pipes carry no order between
+//!   them, so whatever both hold when the worker reads is logged stream by
+//!   stream, and a window would let up to a window of one stream overtake
+//!   the other in the log;
 //! * a command ends a pause at once (it writes the worker's eventfd, which
 //!   the pause polls), and so does [`Engine::expedite`], which the control
 //!   thread calls when a container's process exits: its exit files wait for

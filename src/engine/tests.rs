@@ -1044,6 +1044,50 @@ fn expedite_ends_the_batch_pause(backend: BackendChoice) {
     assert_eq!(stdout, b"last words\n");
 }
 
+/// A container whose stdout and stderr both had output in one batch is
+/// read without the window afterwards: the two pipes carry no order between
+/// them, and a window would let whole windows of one stream overtake the
+/// other.
+fn a_container_writing_both_streams_is_read_at_once(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "interleaving");
+    let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
+    let (out_read, out_write) = pipe();
+    let (err_read, err_write) = pipe();
+    let (mut out, mut err) = (fs::File::from(out_write), fs::File::from(err_write));
+    // Both are pending when the sources are added: one batch reads both.
+    out.write_all(b"first\n").unwrap();
+    err.write_all(b"oops\n").unwrap();
+    engine
+        .register(Registration {
+            key: 1,
+            sources: vec![
+                source(out_read, StreamKind::Stdout, SourceKind::Pipe),
+                source(err_read, StreamKind::Stderr, SourceKind::Pipe),
+            ],
+            logs: vec![cri_writer(dir.path("1.log"))],
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    out.write_all(b"second\n").unwrap();
+    let deadline = std::time::Instant::now() + PROMPT;
+    loop {
+        let (stdout, stderr) = parse_cri(&fs::read(dir.path("1.log")).unwrap());
+        if stdout == b"first\nsecond\n" {
+            assert_eq!(stderr, b"oops\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stdout held back by the batch window: {:?}",
+            String::from_utf8_lossy(&stdout)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((out, err));
+    engine.expedite(1);
+    assert_eq!(next_drained(&mut events, PROMPT), 1);
+}
+
 /// Every engine test above runs once per backend: `per_backend!(tests...)`
 /// makes a module per backend with one `#[test]` per name.
 macro_rules! per_backend {
@@ -1073,6 +1117,7 @@ per_backend!(
     paced_light_output_is_logged_exactly,
     a_command_ends_the_batch_pause,
     expedite_ends_the_batch_pause,
+    a_container_writing_both_streams_is_read_at_once,
     pipes_are_logged_byte_exact_to_every_writer,
     many_containers_drain_exactly_once,
     container_without_sources_drains_at_once,

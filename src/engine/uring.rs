@@ -354,6 +354,7 @@ impl Backend for UringBackend {
             self.ring.read(self.wake_slot, self.waker.as_fd())?;
             self.wake_armed = true;
         }
+        self.ring.post_finished_completions()?;
         match timeout {
             None => self.ring.submit_and_wait(1)?,
             Some(timeout) => self.ring.submit_and_wait_timeout(1, timeout)?,

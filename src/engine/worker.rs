@@ -158,13 +158,48 @@ struct Container {
     attach_listeners: Vec<(AttachListenerId, OwnedFd)>,
     /// An exec session: someone waits for its output (never coalesced).
     exec_session: bool,
+    /// The batch (`Routing::batch`) that `streams_in_batch` describes.
+    batch: u64,
+    /// Streams that had output in that batch (bit 0 stdout, bit 1 stderr).
+    streams_in_batch: u8,
+    /// Until when it counts as writing both streams at once (see
+    /// `INTERLEAVING_HOLD`).
+    interleaving_until: Option<Instant>,
 }
 
+/// How long a container that wrote to stdout and stderr within one batch
+/// is read without the batch window. Two pipes carry no order between them:
+/// whatever both hold when the worker reads is logged stream by stream. A
+/// window would widen that to the window's length, so such a container is
+/// read at once, as before coalescing, for a while after it last did so.
+const INTERLEAVING_HOLD: Duration = Duration::from_secs(10);
+
 impl Container {
-    /// Whether a person or a program is waiting on this output right now, so
-    /// that it must not wait for the batch window.
+    /// Whether a person or a program is waiting on this output right now, or
+    /// its two streams interleave, so that it must not wait for the batch
+    /// window.
     fn is_interactive(&self) -> bool {
-        self.exec_session || !self.attach_clients.is_empty() || !self.attach_listeners.is_empty()
+        self.exec_session
+            || !self.attach_clients.is_empty()
+            || !self.attach_listeners.is_empty()
+            || self
+                .interleaving_until
+                .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Notes output on `stream` in batch `batch`.
+    fn note_output(&mut self, stream: StreamKind, batch: u64) {
+        if self.batch != batch {
+            self.batch = batch;
+            self.streams_in_batch = 0;
+        }
+        self.streams_in_batch |= match stream {
+            StreamKind::Stdout => 1,
+            StreamKind::Stderr => 2,
+        };
+        if self.streams_in_batch == 3 {
+            self.interleaving_until = Some(Instant::now() + INTERLEAVING_HOLD);
+        }
     }
 }
 
@@ -235,6 +270,8 @@ struct Routing {
     /// Engine-wide count of dropped attach clients.
     attach_drops: Arc<AtomicU64>,
     timestamps: TimestampCache,
+    /// Counts backend waits (see `Container::note_output`).
+    batch: u64,
     events: UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
 }
@@ -297,6 +334,7 @@ impl<B: Backend> Worker<B> {
                 scheduled: Vec::new(),
                 attach_drops,
                 timestamps: TimestampCache::new(),
+                batch: 0,
                 events,
                 assignments,
             },
@@ -319,6 +357,7 @@ impl<B: Backend> Worker<B> {
                 .next_linger_deadline()
                 .map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let routing = &mut self.routing;
+            routing.batch += 1;
             let mut load = BatchLoad::default();
             let waited = self.backend.wait(timeout, &mut |event| match event {
                 BackendEvent::Wake => {
@@ -429,6 +468,9 @@ impl<B: Backend> Worker<B> {
                 attach_clients: Vec::new(),
                 attach_listeners: Vec::new(),
                 exec_session: pending,
+                batch: 0,
+                streams_in_batch: 0,
+                interleaving_until: None,
             },
         );
         self.add_sources(key, sources);
@@ -601,6 +643,7 @@ impl Routing {
         let Some(container) = self.containers.get_mut(&route.key) else {
             return false;
         };
+        container.note_output(route.stream, self.batch);
         self.timestamps.refresh();
         let timestamps = &self.timestamps;
         for sink in &mut container.logs {

@@ -136,7 +136,12 @@ pub struct Ring {
     /// on kernels without `IORING_FEAT_EXT_ARG`); lives in the ring for the
     /// same reason as `drain_timeout`.
     wait_timeout: types::Timespec,
+    /// Set up with `DEFER_TASKRUN`: completion work runs only in waits.
+    deferred_taskrun: bool,
 }
+
+/// `IORING_ENTER_GETEVENTS` (an interface constant of `io_uring_enter(2)`).
+const ENTER_GETEVENTS: u32 = 1;
 
 impl Ring {
     /// Sets up a ring with `entries` submission queue entries. Completions
@@ -155,12 +160,14 @@ impl Ring {
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(entries);
-        let ring = match deferred {
-            Ok(ring) => ring,
+        let (ring, deferred_taskrun) = match deferred {
+            Ok(ring) => (ring, true),
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
                 match IoUring::builder().setup_coop_taskrun().build(entries) {
-                    Ok(ring) => ring,
-                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)?,
+                    Ok(ring) => (ring, false),
+                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                        (IoUring::new(entries)?, false)
+                    }
                     Err(err) => return Err(err),
                 }
             }
@@ -173,7 +180,33 @@ impl Ring {
             in_flight: 0,
             drain_timeout: DROP_DRAIN_TIMEOUT.into(),
             wait_timeout: types::Timespec::new(),
+            deferred_taskrun,
         })
+    }
+
+    /// Posts the completions of operations that finished since the last
+    /// wait, without submitting what is queued. With `DEFER_TASKRUN` they
+    /// reach the completion queue only when the worker enters the ring, and
+    /// a queued read submitted in the same entry can complete inline ahead
+    /// of them: a container's stdout written after its stderr would then be
+    /// logged first. Calling this before `submit_and_wait*` keeps
+    /// completions in the order the sources became ready.
+    pub fn post_finished_completions(&mut self) -> io::Result<()> {
+        if !self.deferred_taskrun || self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        // SAFETY: no submissions (to_submit 0) and no argument pointer: the
+        // kernel reads no user memory, it only runs the ring's pending
+        // completion work.
+        match unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
+        } {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Allocates a slot with a zeroed buffer of `buffer_len` bytes (at most
