@@ -94,8 +94,8 @@
 //! pipe's capacity (64 KiB) within one window blocks in `write(2)` until the
 //! window ends, once (the next read is busy, and grows the pipe).
 //!
-//! The backend is deliberately simple (one read in flight per source into a
-//! per-source buffer); see `uring` for the optimisations planned on top.
+//! How each backend reads is described in `epoll` and `uring`; `uring` also
+//! says why it is not the default.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

@@ -64,6 +64,13 @@ pub struct Completion {
     pub slot: SlotId,
     /// The raw CQE result: bytes read, poll revents, or `-errno`.
     pub result: i32,
+    /// The provided buffer a multishot read filled (see
+    /// [`Ring::provided_buffer`]); it must be given back with
+    /// [`Ring::recycle`].
+    pub buffer: Option<u16>,
+    /// The operation stays armed (multishot) and the slot busy: more
+    /// completions of it follow.
+    pub more: bool,
 }
 
 impl Completion {
@@ -138,6 +145,136 @@ pub struct Ring {
     wait_timeout: types::Timespec,
     /// Set up with `DEFER_TASKRUN`: completion work runs only in waits.
     deferred_taskrun: bool,
+    /// The buffer ring of multishot reads, once enabled.
+    provided: Option<ProvidedBuffers>,
+}
+
+/// Buffer group id of the ring's provided buffers (one group per ring).
+const PROVIDED_GROUP: u16 = 0;
+
+/// A ring of buffers the kernel picks from for multishot reads
+/// (`IORING_REGISTER_PBUF_RING`). The soundness rule, as for slots: the
+/// kernel may write into every buffer that is *in the ring*; a buffer a
+/// completion names is *lent* to user space, and is only borrowed while
+/// lent, until [`Ring::recycle`] puts it back.
+struct ProvidedBuffers {
+    /// `count` ring entries, page-aligned (an anonymous mapping), shared
+    /// with the kernel; the tail lives in entry 0's reserved field.
+    entries: NonNull<types::BufRingEntry>,
+    entries_len: usize,
+    /// `count * len` bytes (an anonymous mapping, resident as touched).
+    memory: NonNull<u8>,
+    count: u16,
+    len: u32,
+    /// Next tail to publish.
+    tail: u16,
+    lent: Vec<bool>,
+}
+
+impl ProvidedBuffers {
+    fn new(count: u16, len: u32) -> io::Result<ProvidedBuffers> {
+        assert!(
+            count.is_power_of_two(),
+            "buffer ring size must be a power of two"
+        );
+        let entries_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        let memory_len = usize::from(count) * len as usize;
+        let entries = map_anonymous(entries_len)?;
+        let memory = match map_anonymous(memory_len) {
+            Ok(memory) => memory,
+            Err(err) => {
+                // SAFETY: just mapped with this length, not shared with the
+                // kernel yet.
+                unsafe { unmap(entries, entries_len) };
+                return Err(err);
+            }
+        };
+        let mut buffers = ProvidedBuffers {
+            entries: entries.cast(),
+            entries_len,
+            memory,
+            count,
+            len,
+            tail: 0,
+            lent: vec![false; usize::from(count)],
+        };
+        for bid in 0..count {
+            buffers.push(bid);
+        }
+        buffers.publish();
+        Ok(buffers)
+    }
+
+    /// Writes the entry for `bid` at the tail (not yet visible to the kernel).
+    fn push(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `index < count`, so the entry lies inside the mapping. The
+        // kernel only reads entries between its head and the published
+        // tail, and this one is past the published tail. Setting addr, len
+        // and bid never touches the reserved field that holds the tail.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
+        // SAFETY: `bid < count`: the buffer lies inside `memory`.
+        let addr = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * self.len as usize)
+        };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.len);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the pushed entries visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail is a u16 inside entry 0, valid for the mapping's
+        // lifetime and aligned for u16; the kernel reads it concurrently, so
+        // it is written atomically, with release ordering so that the
+        // entries written before are seen first.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
+            (*tail.cast::<std::sync::atomic::AtomicU16>())
+                .store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for ProvidedBuffers {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped with these lengths in `new`; `Ring`
+        // drops this only once the kernel can no longer write into the
+        // buffers (no multishot read in flight, or the ring is gone) and
+        // leaks it otherwise.
+        unsafe {
+            unmap(self.entries.cast(), self.entries_len);
+            unmap(self.memory, usize::from(self.count) * self.len as usize);
+        }
+    }
+}
+
+/// A private anonymous read-write mapping of `len` bytes (page-aligned,
+/// zero-filled, resident only where touched).
+fn map_anonymous(len: usize) -> io::Result<NonNull<u8>> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let len = std::num::NonZeroUsize::new(len).expect("empty mapping");
+    // SAFETY: a fresh anonymous mapping aliases nothing.
+    let memory = unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+    }?;
+    Ok(memory.cast())
+}
+
+/// # Safety
+/// `memory` must be a mapping of `len` bytes from `map_anonymous` that
+/// nothing uses any more.
+unsafe fn unmap(memory: NonNull<u8>, len: usize) {
+    // SAFETY: forwarded to the caller.
+    let _ = unsafe { nix::sys::mman::munmap(memory.cast(), len) };
 }
 
 /// `IORING_ENTER_GETEVENTS` (an interface constant of `io_uring_enter(2)`).
@@ -181,7 +318,120 @@ impl Ring {
             drain_timeout: DROP_DRAIN_TIMEOUT.into(),
             wait_timeout: types::Timespec::new(),
             deferred_taskrun,
+            provided: None,
         })
+    }
+
+    /// Sets up `count` provided buffers of `len` bytes for
+    /// [`Ring::read_multishot`]. Fails with `Unsupported` where the kernel
+    /// has no multishot reads (6.7+) or buffer rings (5.19+): probed, not
+    /// guessed from the version.
+    pub fn enable_provided_buffers(&mut self, count: u16, len: u32) -> io::Result<()> {
+        let mut probe = io_uring::Probe::new();
+        self.ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::ReadMulti::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no IORING_OP_READ_MULTISHOT",
+            ));
+        }
+        let buffers = ProvidedBuffers::new(count, len)?;
+        // SAFETY: the entries stay mapped until the buffers are dropped,
+        // which `Drop for Ring` does only after the ring is torn down or no
+        // operation can use them any more.
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                buffers.entries.as_ptr() as u64,
+                count,
+                PROVIDED_GROUP,
+                0,
+            )
+        }?;
+        self.provided = Some(buffers);
+        Ok(())
+    }
+
+    /// Whether `enable_provided_buffers` succeeded.
+    pub fn has_provided_buffers(&self) -> bool {
+        self.provided.is_some()
+    }
+
+    /// Queues a multishot read of `fd`: each time it has data, the kernel
+    /// reads it into a provided buffer and posts a completion naming the
+    /// buffer, with `more` set while the read stays armed. The slot stays
+    /// busy until a completion without `more` (EOF, an error, no free
+    /// buffer, or a cancellation).
+    ///
+    /// # Panics
+    /// If the slot is not idle, or no provided buffers are enabled.
+    pub fn read_multishot(&mut self, slot: SlotId, fd: BorrowedFd<'_>) -> io::Result<()> {
+        assert!(
+            self.provided.is_some(),
+            "multishot read without provided buffers"
+        );
+        // The slot's own buffer is not used: the kernel picks one of the
+        // provided buffers.
+        let _ = self.mark_busy(slot);
+        let entry = opcode::ReadMulti::new(types::Fd(fd.as_raw_fd()), 0, PROVIDED_GROUP)
+            .build()
+            .user_data(u64::from(slot.0));
+        // SAFETY: the entry references no user memory but the provided
+        // buffers, which are mapped for as long as an operation can use them
+        // (see `enable_provided_buffers`).
+        let pushed = unsafe { self.push(&entry) };
+        self.unmark_if_failed(slot, pushed)
+    }
+
+    /// The first `len` bytes of a provided buffer a completion lent out.
+    ///
+    /// # Panics
+    /// If the buffer is not lent (never named by a completion, or recycled).
+    pub fn provided_buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let buffers = self.provided.as_ref().expect("no provided buffers");
+        assert!(
+            buffers.lent[usize::from(bid)],
+            "borrowing a buffer the kernel owns"
+        );
+        assert!(len <= buffers.len as usize);
+        // SAFETY: a lent buffer is out of the ring, so the kernel does not
+        // write into it until `recycle` (which needs `&mut self`) puts it
+        // back; it lies inside the mapping (`bid < count`, `len <= len`).
+        unsafe {
+            std::slice::from_raw_parts(
+                buffers
+                    .memory
+                    .as_ptr()
+                    .add(usize::from(bid) * buffers.len as usize),
+                len,
+            )
+        }
+    }
+
+    /// Gives a lent provided buffer back to the kernel.
+    ///
+    /// # Panics
+    /// If it is not lent.
+    pub fn recycle(&mut self, bid: u16) {
+        let buffers = self.provided.as_mut().expect("no provided buffers");
+        assert!(
+            buffers.lent[usize::from(bid)],
+            "recycling a buffer the kernel owns"
+        );
+        buffers.lent[usize::from(bid)] = false;
+        buffers.push(bid);
+        buffers.publish();
+    }
+
+    /// Gives an idle slot a fresh zeroed buffer of `buffer_len` bytes (a
+    /// source moving from multishot reads to reads of its own).
+    ///
+    /// # Panics
+    /// If the slot is not idle.
+    pub fn replace_buffer(&mut self, slot: SlotId, buffer_len: usize) {
+        assert!(u32::try_from(buffer_len).is_ok(), "slot buffer too large");
+        let slot = &mut self.slots[slot.index()];
+        slot.free_buffer();
+        slot.allocate(buffer_len);
     }
 
     /// Posts the completions of operations that finished since the last
@@ -192,8 +442,19 @@ impl Ring {
     /// logged first. Calling this before `submit_and_wait*` keeps
     /// completions in the order the sources became ready.
     pub fn post_finished_completions(&mut self) -> io::Result<()> {
-        if !self.deferred_taskrun || self.ring.submission().is_empty() {
+        if self.ring.submission().is_empty() {
             return Ok(());
+        }
+        self.run_completion_work().map(drop)
+    }
+
+    /// With `DEFER_TASKRUN`: runs pending completion work (posting what it
+    /// completes) without submitting or waiting, and returns true. The
+    /// kernel runs a bounded amount per call. Without it: false, nothing to
+    /// do (completion work runs by itself).
+    pub fn run_completion_work(&mut self) -> io::Result<bool> {
+        if !self.deferred_taskrun {
+            return Ok(false);
         }
         // SAFETY: no submissions (to_submit 0) and no argument pointer: the
         // kernel reads no user memory, it only runs the ring's pending
@@ -203,8 +464,8 @@ impl Ring {
                 .submitter()
                 .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
         } {
-            Ok(_) => Ok(()),
-            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(true),
             Err(err) => Err(err),
         }
     }
@@ -397,13 +658,23 @@ impl Ring {
             let Ok(index) = u32::try_from(entry.user_data()) else {
                 continue; // INTERNAL_USER_DATA: cancellation or timeout.
             };
+            let flags = entry.flags();
+            let buffer = io_uring::cqueue::buffer_select(flags);
+            if let (Some(bid), Some(buffers)) = (buffer, self.provided.as_mut()) {
+                buffers.lent[usize::from(bid)] = true;
+            }
+            let more = io_uring::cqueue::more(flags);
             let slot = &mut self.slots[index as usize];
             debug_assert_eq!(slot.state, SlotState::Busy);
-            slot.state = SlotState::Idle;
-            self.in_flight -= 1;
+            if !more {
+                slot.state = SlotState::Idle;
+                self.in_flight -= 1;
+            }
             return Some(Completion {
                 slot: SlotId(index),
                 result: entry.result(),
+                buffer,
+                more,
             });
         }
     }
@@ -494,6 +765,16 @@ impl Drop for Ring {
         if self.in_flight > 0 {
             self.cancel_all_and_drain();
         }
+        if let Some(buffers) = self.provided.take() {
+            if self.in_flight == 0 {
+                // Nothing can read into them any more.
+                let _ = self.ring.submitter().unregister_buf_ring(PROVIDED_GROUP);
+                drop(buffers);
+            } else {
+                // A multishot read may still be armed: leak them.
+                std::mem::forget(buffers);
+            }
+        }
         for slot in &mut self.slots {
             match slot.state {
                 SlotState::Idle => slot.free_buffer(),
@@ -511,6 +792,78 @@ mod tests {
     use nix::fcntl::OFlag;
 
     use super::*;
+
+    fn next_completion(ring: &mut Ring) -> Completion {
+        loop {
+            ring.submit_and_wait(1).unwrap();
+            if let Some(completion) = ring.pop_completion() {
+                return completion;
+            }
+        }
+    }
+
+    #[test]
+    fn multishot_reads_fill_provided_buffers_until_eof() {
+        let mut ring = Ring::new(8).unwrap();
+        if ring.enable_provided_buffers(2, 16).is_err() {
+            eprintln!("no multishot reads on this kernel; skipped");
+            return;
+        }
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let slot = ring.add_slot(0);
+        ring.read_multishot(slot, read_end.as_fd()).unwrap();
+        for word in [&b"one"[..], b"two", b"three"] {
+            nix::unistd::write(&write_end, word).unwrap();
+            let completion = next_completion(&mut ring);
+            assert_eq!(completion.slot, slot);
+            assert!(completion.more, "the read stays armed");
+            let bid = completion.buffer.expect("a provided buffer");
+            let len = completion.outcome().unwrap() as usize;
+            assert_eq!(ring.provided_buffer(bid, len), word);
+            ring.recycle(bid);
+            assert_eq!(ring.in_flight(), 1);
+        }
+        drop(write_end);
+        let eof = next_completion(&mut ring);
+        assert_eq!((eof.result, eof.buffer, eof.more), (0, None, false));
+        assert_eq!(ring.in_flight(), 0);
+        ring.remove_slot(slot);
+    }
+
+    #[test]
+    fn a_multishot_read_without_free_buffers_ends_with_enobufs() {
+        let mut ring = Ring::new(8).unwrap();
+        if ring.enable_provided_buffers(2, 16).is_err() {
+            eprintln!("no multishot reads on this kernel; skipped");
+            return;
+        }
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let slot = ring.add_slot(0);
+        ring.read_multishot(slot, read_end.as_fd()).unwrap();
+        let mut lent = Vec::new();
+        let end = loop {
+            nix::unistd::write(&write_end, b"x").unwrap();
+            let completion = next_completion(&mut ring);
+            if !completion.more {
+                break completion;
+            }
+            lent.push(completion.buffer.unwrap());
+        };
+        assert_eq!(lent.len(), 2, "both buffers used first");
+        assert_eq!(end.outcome(), Err(nix::errno::Errno::ENOBUFS));
+        // Buffers given back, the read can be armed again and goes on.
+        for bid in lent {
+            ring.recycle(bid);
+        }
+        ring.read_multishot(slot, read_end.as_fd()).unwrap();
+        let again = next_completion(&mut ring);
+        assert!(again.more);
+        let bid = again.buffer.unwrap();
+        assert_eq!(ring.provided_buffer(bid, again.result as usize), b"x");
+        ring.recycle(bid);
+        // Dropping the ring with the multishot read armed cancels it.
+        drop(ring);
+    }
 
     #[test]
     fn reads_a_pipe_into_the_slot_buffer() {
