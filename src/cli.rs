@@ -348,6 +348,21 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_window_defaults_to_100_ms_and_refuses_more_than_a_second() {
+        let cli = Cli::try_parse_from(["ringmon"]).unwrap();
+        assert_eq!(cli.engine_batch_window_ms, 100);
+        let cli = Cli::try_parse_from(["ringmon", "--engine-batch-window-ms", "0"]).unwrap();
+        assert_eq!(cli.engine_batch_window_ms, 0);
+        let err = Cli::try_parse_from(["ringmon", "--engine-batch-window-ms", "1001"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--engine-batch-window-ms") && err.contains("1001"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn top_level_flags_still_parse_without_a_subcommand() {
         let cli = Cli::try_parse_from(["ringmon", "--version-json", "full"]).unwrap();
         assert!(cli.command.is_none());

@@ -190,32 +190,56 @@ fn pipes_are_logged_byte_exact_to_every_writer(backend: BackendChoice) {
     assert!(events.try_recv().is_err(), "only one event expected");
 }
 
+/// Container `key` with a stdout and a stderr pipe, logged as CRI to `log`.
+fn two_pipes(key: ContainerKey, stdout: OwnedFd, stderr: OwnedFd, log: PathBuf) -> Registration {
+    Registration {
+        key,
+        sources: vec![
+            source(stdout, StreamKind::Stdout, SourceKind::Pipe),
+            source(stderr, StreamKind::Stderr, SourceKind::Pipe),
+        ],
+        logs: vec![cri_writer(log)],
+    }
+}
+
+/// Registers container `key` with one stdout pipe logged as CRI to
+/// `<dir>/<key>.log`; returns the pipe's write end.
+fn register_stdout_pipe(engine: &Engine, key: ContainerKey, dir: &TempDir) -> OwnedFd {
+    let (read_end, write_end) = pipe();
+    engine
+        .register(Registration {
+            key,
+            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
+            logs: vec![cri_writer(dir.path(&format!("{key}.log")))],
+        })
+        .unwrap();
+    write_end
+}
+
+/// Waits for `count` `Drained` events, each for a different key.
+fn expect_each_drained_once(events: &mut UnboundedReceiver<EngineEvent>, count: usize) {
+    let mut drained = std::collections::BTreeSet::new();
+    while drained.len() < count {
+        match events.blocking_recv().unwrap() {
+            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 fn many_containers_drain_exactly_once(backend: BackendChoice) {
     let dir = TempDir::new("engine", "many");
     let (engine, mut events) = start(backend, 2);
     let mut feeders = Vec::new();
     for key in 0..20u64 {
-        let (read_end, write_end) = pipe();
-        engine
-            .register(Registration {
-                key,
-                sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
-                logs: vec![cri_writer(dir.path(&format!("{key}.log")))],
-            })
-            .unwrap();
+        let write_end = register_stdout_pipe(&engine, key, &dir);
         feeders.push(feed(
             write_end,
             format!("container {key}\n").into_bytes(),
             key + 1,
         ));
     }
-    let mut drained = std::collections::BTreeSet::new();
-    while drained.len() < 20 {
-        match events.blocking_recv().unwrap() {
-            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    expect_each_drained_once(&mut events, 20);
     for key in 0..20u64 {
         // Written in random pieces, so possibly split into P records.
         let (stdout, _) = parse_cri(&fs::read(dir.path(&format!("{key}.log"))).unwrap());
@@ -506,14 +530,7 @@ fn attach_clients_and_logs_get_the_same_bytes(backend: BackendChoice) {
     let (stdout_read, stdout_write) = pipe();
     let (stderr_read, stderr_write) = pipe();
     engine
-        .register(Registration {
-            key: 8,
-            sources: vec![
-                source(stdout_read, StreamKind::Stdout, SourceKind::Pipe),
-                source(stderr_read, StreamKind::Stderr, SourceKind::Pipe),
-            ],
-            logs: vec![cri_writer(dir.path("ctr.log"))],
-        })
+        .register(two_pipes(8, stdout_read, stderr_read, dir.path("ctr.log")))
         .unwrap();
     let readers: Vec<_> = (0..2)
         .map(|_| {
@@ -926,14 +943,7 @@ fn paced_light_output_is_logged_exactly(backend: BackendChoice) {
     let (engine, mut events) = start(backend, 2);
     let mut writers = Vec::new();
     for key in 0..30u64 {
-        let (read_end, write_end) = pipe();
-        engine
-            .register(Registration {
-                key,
-                sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
-                logs: vec![cri_writer(dir.path(&format!("{key}.log")))],
-            })
-            .unwrap();
+        let write_end = register_stdout_pipe(&engine, key, &dir);
         writers.push(std::thread::spawn(move || {
             let mut file = fs::File::from(write_end);
             for line in 0..40 {
@@ -945,13 +955,7 @@ fn paced_light_output_is_logged_exactly(backend: BackendChoice) {
     for writer in writers {
         writer.join().unwrap();
     }
-    let mut drained = std::collections::BTreeSet::new();
-    while drained.len() < 30 {
-        match events.blocking_recv().unwrap() {
-            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    expect_each_drained_once(&mut events, 30);
     for key in 0..30u64 {
         let (stdout, _) = parse_cri(&fs::read(dir.path(&format!("{key}.log"))).unwrap());
         let want: String = (0..40)
@@ -1025,15 +1029,7 @@ fn a_command_ends_the_batch_pause(backend: BackendChoice) {
 fn expedite_ends_the_batch_pause(backend: BackendChoice) {
     let dir = TempDir::new("engine", "expedite");
     let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
-    let (read_end, write_end) = pipe();
-    engine
-        .register(Registration {
-            key: 1,
-            sources: vec![source(read_end, StreamKind::Stdout, SourceKind::Pipe)],
-            logs: vec![cri_writer(dir.path("1.log"))],
-        })
-        .unwrap();
-    let mut file = fs::File::from(write_end);
+    let mut file = fs::File::from(register_stdout_pipe(&engine, 1, &dir));
     file.write_all(b"last words\n").unwrap();
     // The worker reads the light line, then pauses for the window.
     std::thread::sleep(Duration::from_millis(200));
@@ -1058,14 +1054,7 @@ fn a_container_writing_both_streams_is_read_at_once(backend: BackendChoice) {
     out.write_all(b"first\n").unwrap();
     err.write_all(b"oops\n").unwrap();
     engine
-        .register(Registration {
-            key: 1,
-            sources: vec![
-                source(out_read, StreamKind::Stdout, SourceKind::Pipe),
-                source(err_read, StreamKind::Stderr, SourceKind::Pipe),
-            ],
-            logs: vec![cri_writer(dir.path("1.log"))],
-        })
+        .register(two_pipes(1, out_read, err_read, dir.path("1.log")))
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     out.write_all(b"second\n").unwrap();

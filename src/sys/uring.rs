@@ -802,16 +802,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn multishot_reads_fill_provided_buffers_until_eof() {
+    /// A ring with two 16-byte provided buffers and a multishot read armed
+    /// on a new pipe (read end, write end, slot); None without multishot
+    /// reads.
+    fn multishot_pipe() -> Option<(Ring, std::os::fd::OwnedFd, std::os::fd::OwnedFd, SlotId)> {
         let mut ring = Ring::new(8).unwrap();
-        if ring.enable_provided_buffers(2, 16).is_err() {
-            eprintln!("no multishot reads on this kernel; skipped");
-            return;
-        }
+        ring.enable_provided_buffers(2, 16).ok()?;
         let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
         let slot = ring.add_slot(0);
         ring.read_multishot(slot, read_end.as_fd()).unwrap();
+        Some((ring, read_end, write_end, slot))
+    }
+
+    #[test]
+    fn multishot_reads_fill_provided_buffers_until_eof() {
+        let Some((mut ring, _read_end, write_end, slot)) = multishot_pipe() else {
+            eprintln!("no multishot reads on this kernel; skipped");
+            return;
+        };
         for word in [&b"one"[..], b"two", b"three"] {
             nix::unistd::write(&write_end, word).unwrap();
             let completion = next_completion(&mut ring);
@@ -832,14 +840,10 @@ mod tests {
 
     #[test]
     fn a_multishot_read_without_free_buffers_ends_with_enobufs() {
-        let mut ring = Ring::new(8).unwrap();
-        if ring.enable_provided_buffers(2, 16).is_err() {
+        let Some((mut ring, read_end, write_end, slot)) = multishot_pipe() else {
             eprintln!("no multishot reads on this kernel; skipped");
             return;
-        }
-        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let slot = ring.add_slot(0);
-        ring.read_multishot(slot, read_end.as_fd()).unwrap();
+        };
         let mut lent = Vec::new();
         let end = loop {
             nix::unistd::write(&write_end, b"x").unwrap();
