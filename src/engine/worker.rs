@@ -287,9 +287,9 @@ pub struct Worker<B: Backend> {
 
 /// A read at least this large means a busy stream: the worker then reads
 /// again at once instead of pausing for the batch window, so a default
-/// 64 KiB pipe never fills while the worker sleeps (at 16 KiB per 50 ms
-/// window a stream writes 320 KB/s; it would need 1.3 MB/s to fill the
-/// pipe within one window).
+/// 64 KiB pipe does not fill while the worker sleeps. A steady stream that
+/// stays below it writes under 160 KB/s at the default 100 ms window; it
+/// would need 640 KB/s to fill the pipe within one window.
 pub(super) const BUSY_READ: usize = 16 * 1024;
 
 /// What one backend wait brought, to decide whether the next read may wait
