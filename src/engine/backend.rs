@@ -109,10 +109,10 @@ pub trait Backend {
 /// for their `wait` to consume, so a wake-up during (or just before) the
 /// pause ends it at once. io_uring: the ring's pending read of the eventfd
 /// completes through task work that only runs when the worker waits on the
-/// ring (`DEFER_TASKRUN`) or returns to user space (older kernels), so the
-/// counter is still set when `poll` looks at it. On kernels without
-/// `DEFER_TASKRUN` (before 6.1), reads completing during the pause cut it
-/// short: coalescing is then weaker, never wrong.
+/// ring (`DEFER_TASKRUN`), so the
+/// counter is still set when `poll` looks at it. Rings without
+/// `DEFER_TASKRUN` (kernels before 6.1) do not pause at all (see the
+/// io_uring backend's `pause`).
 pub(super) fn pause_until_woken(waker: BorrowedFd<'_>, duration: Duration) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let millis = u16::try_from(duration.as_millis()).unwrap_or(u16::MAX);

@@ -77,17 +77,19 @@
 //! * a batch with a busy read ([`worker::BUSY_READ`], 16 KiB: a stream that
 //!   could fill a default pipe within a window), a command, an EOF, or an
 //!   attach socket event is followed by the next read at once;
-//! * output of a container with attach clients or an attach listener, or of
-//!   an exec session, likewise;
-//! * and output of a container that wrote to both stdout and stderr within
-//!   one batch, for 10 s after it last did: two pipes carry no order between
-//!   them, so whatever both hold when the worker reads is logged stream by
-//!   stream, and a window would let up to a window of one stream overtake
-//!   the other in the log;
+//! * a worker does not pause at all while any of its containers has attach
+//!   clients or an attach listener, is an exec session, or wrote to both
+//!   stdout and stderr within one batch in the last 10 s (the pause holds
+//!   back every source of the worker, so one attached shell turns it off for
+//!   its neighbours too). Two pipes carry no order between them: whatever
+//!   both hold when the worker reads is logged stream by stream, and a
+//!   window would let up to a window of one stream overtake the other;
 //! * a command ends a pause at once (it writes the worker's eventfd, which
 //!   the pause polls), and so does [`Engine::expedite`], which the control
-//!   thread calls when a container's process exits: its exit files wait for
-//!   the EOF, and must not wait for the window too.
+//!   thread calls when a container's (or exec session's) process exits: its
+//!   exit files wait for the EOF, and must not wait for the window too;
+//! * io_uring rings without `DEFER_TASKRUN` (kernels before 6.1) never
+//!   pause (see `uring`).
 //!
 //! What it costs: unwatched log output reaches the log files up to one
 //! window later; a container that goes from light output to more than a

@@ -1040,6 +1040,34 @@ fn expedite_ends_the_batch_pause(backend: BackendChoice) {
     assert_eq!(stdout, b"last words\n");
 }
 
+/// An attached container is not held back by a neighbour's batch window:
+/// the pause stops every source of the worker, so while any of its
+/// containers is interactive the worker does not pause.
+fn an_attached_container_is_not_held_back_by_a_neighbour(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "neighbour");
+    let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
+    let (stop, writer) = keep_pausing(&engine);
+    let mut file = fs::File::from(register_stdout_pipe(&engine, 1, &dir));
+    let (engine_end, _client_end) = attach_pair();
+    engine.attach(1, engine_end).unwrap();
+    // Let the worker take the attach and go back to its neighbour's rhythm.
+    std::thread::sleep(Duration::from_millis(200));
+    file.write_all(b"echo\n").unwrap();
+    let deadline = std::time::Instant::now() + PROMPT;
+    while parse_cri(&fs::read(dir.path("1.log")).unwrap()).0 != b"echo\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attached output held back by the batch window"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(file);
+    engine.expedite(1);
+    assert_eq!(next_drained(&mut events, PROMPT), 1);
+    drop(stop);
+    writer.join().unwrap();
+}
+
 /// A container whose stdout and stderr both had output in one batch is
 /// read without the window afterwards: the two pipes carry no order between
 /// them, and a window would let whole windows of one stream overtake the
@@ -1107,6 +1135,7 @@ per_backend!(
     a_command_ends_the_batch_pause,
     expedite_ends_the_batch_pause,
     a_container_writing_both_streams_is_read_at_once,
+    an_attached_container_is_not_held_back_by_a_neighbour,
     pipes_are_logged_byte_exact_to_every_writer,
     many_containers_drain_exactly_once,
     container_without_sources_drains_at_once,

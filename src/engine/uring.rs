@@ -62,6 +62,9 @@ const SOURCE_BUFFER_LEN: usize = 256 * 1024;
 /// chatty pty cannot starve the worker's other sources.
 const MAX_READS_PER_POLL: usize = 16;
 
+/// Rounds of completion work one `wait` runs (see `Backend::wait` below).
+const MAX_COMPLETION_ROUNDS: usize = 8;
+
 /// Submission queue size; completions beyond it are kept by the kernel.
 const RING_ENTRIES: u32 = 256;
 
@@ -266,13 +269,15 @@ impl UringBackend {
     ) {
         let slot = completion.slot;
         let mut busy = false;
-        if let (Some(bid), Ok(len)) = (completion.buffer, completion.outcome()) {
-            on_event(BackendEvent::Data {
-                source: SourceId(slot.index() as u32),
-                bytes: self.ring.provided_buffer(bid, len as usize),
-            });
+        if let Some(bid) = completion.buffer {
+            if let Ok(len) = completion.outcome() {
+                on_event(BackendEvent::Data {
+                    source: SourceId(slot.index() as u32),
+                    bytes: self.ring.provided_buffer(bid, len as usize),
+                });
+                busy = len >= PROVIDED_BUFFER_LEN;
+            }
             self.ring.recycle(bid);
-            busy = len >= PROVIDED_BUFFER_LEN;
         }
         if completion.more {
             if busy && !leaving {
@@ -474,7 +479,7 @@ impl Backend for UringBackend {
             None => self.ring.submit_and_wait(1)?,
             Some(timeout) => self.ring.submit_and_wait_timeout(1, timeout)?,
         }
-        loop {
+        for round in 1.. {
             let mut reaped = 0usize;
             while let Some(completion) = self.ring.pop_completion() {
                 reaped += 1;
@@ -499,7 +504,9 @@ impl Backend for UringBackend {
             // completions per entry (20 on recent kernels); fetch the rest
             // now, not one wait (and one batch window) later: at 500
             // containers that backlog lagged the logs by ~4 %.
-            if reaped == 0 || !self.ring.run_completion_work()? {
+            // Bounded, so that a worker kept busy by many sources still
+            // submits its re-arms and returns to its commands.
+            if reaped == 0 || round >= MAX_COMPLETION_ROUNDS || !self.ring.run_completion_work()? {
                 break;
             }
         }
@@ -507,6 +514,12 @@ impl Backend for UringBackend {
     }
 
     fn pause(&mut self, duration: Duration) {
-        super::backend::pause_until_woken(self.waker.as_fd(), duration);
+        // Without deferred task work (kernels before 6.1) the ring's read of
+        // the eventfd can consume a wake-up just before the poll looks at
+        // it, and the pause would then hold a command for the whole window:
+        // such rings do not coalesce.
+        if self.ring.has_deferred_taskrun() {
+            super::backend::pause_until_woken(self.waker.as_fd(), duration);
+        }
     }
 }

@@ -417,11 +417,21 @@ impl<B: Backend> Worker<B> {
     /// for the batch window (a command ends it early) so that the next wait
     /// takes the output of every container that wrote meanwhile in one
     /// wake-up. The bytes wait in the kernel's pipes, not in ringmon.
+    ///
+    /// The pause holds back every source of the worker, so it is skipped
+    /// while any of its containers is interactive, not only those that
+    /// wrote in this batch: an attached shell's echo must not wait for a
+    /// neighbour's window.
     fn pause_for_batch(&mut self) {
         if self.batch_window.is_zero()
             || self.routing.take_commands()
             || !self.routing.deferred.is_empty()
             || !self.routing.scheduled.is_empty()
+            || self
+                .routing
+                .containers
+                .values()
+                .any(Container::is_interactive)
         {
             return;
         }

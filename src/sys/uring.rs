@@ -351,6 +351,11 @@ impl Ring {
         Ok(())
     }
 
+    /// Whether the ring was set up with `DEFER_TASKRUN`.
+    pub fn has_deferred_taskrun(&self) -> bool {
+        self.deferred_taskrun
+    }
+
     /// Whether `enable_provided_buffers` succeeded.
     pub fn has_provided_buffers(&self) -> bool {
         self.provided.is_some()

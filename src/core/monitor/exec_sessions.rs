@@ -410,6 +410,7 @@ impl Monitor {
             st.tracked.remove(&w.pid);
             st.exec_pids.remove(&w.pid);
         }
+        self.engine.expedite(w.key);
         if tokio::time::timeout(DRAIN_GRACE, w.drained).await.is_err() {
             warn!(id = %w.id, session = %w.session_id, "exec session output still open {DRAIN_GRACE:?} after exit");
         }
