@@ -255,13 +255,7 @@ fn many_containers_drain_exactly_once(backend: BackendChoice) {
 
 fn container_without_sources_drains_at_once(backend: BackendChoice) {
     let (engine, mut events) = start(backend, 1);
-    engine
-        .register(Registration {
-            key: 1,
-            sources: Vec::new(),
-            logs: Vec::new(),
-        })
-        .unwrap();
+    engine.register(without_sources(1)).unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
         EngineEvent::Drained { key: 1 }
@@ -1007,18 +1001,41 @@ fn next_drained(events: &mut UnboundedReceiver<EngineEvent>, within: Duration) -
     }
 }
 
+/// Polls the CRI log at `path` until its (stdout, stderr) satisfy `done`,
+/// for at most `PROMPT` (output held back by a batch window would take
+/// `LONG_WINDOW`); returns them.
+fn wait_for_log(path: &std::path::Path, done: impl Fn(&[u8], &[u8]) -> bool) -> (Vec<u8>, Vec<u8>) {
+    let deadline = std::time::Instant::now() + PROMPT;
+    loop {
+        let (stdout, stderr) = parse_cri(&fs::read(path).unwrap());
+        if done(&stdout, &stderr) {
+            return (stdout, stderr);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "output held back by the batch window: stdout {:?}, stderr {:?}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Container `key` with no sources (it drains as soon as it is registered).
+fn without_sources(key: ContainerKey) -> Registration {
+    Registration {
+        key,
+        sources: Vec::new(),
+        logs: Vec::new(),
+    }
+}
+
 /// A command that arrives while the worker pauses for its batch window is
 /// served at once, not when the window ends.
 fn a_command_ends_the_batch_pause(backend: BackendChoice) {
     let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
     let (stop, writer) = keep_pausing(&engine);
-    engine
-        .register(Registration {
-            key: 1,
-            sources: Vec::new(),
-            logs: Vec::new(),
-        })
-        .unwrap();
+    engine.register(without_sources(1)).unwrap();
     assert_eq!(next_drained(&mut events, PROMPT), 1);
     drop(stop);
     writer.join().unwrap();
@@ -1053,14 +1070,7 @@ fn an_attached_container_is_not_held_back_by_a_neighbour(backend: BackendChoice)
     // Let the worker take the attach and go back to its neighbour's rhythm.
     std::thread::sleep(Duration::from_millis(200));
     file.write_all(b"echo\n").unwrap();
-    let deadline = std::time::Instant::now() + PROMPT;
-    while parse_cri(&fs::read(dir.path("1.log")).unwrap()).0 != b"echo\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attached output held back by the batch window"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&dir.path("1.log"), |stdout, _| stdout == b"echo\n");
     drop(file);
     engine.expedite(1);
     assert_eq!(next_drained(&mut events, PROMPT), 1);
@@ -1086,20 +1096,8 @@ fn a_container_writing_both_streams_is_read_at_once(backend: BackendChoice) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     out.write_all(b"second\n").unwrap();
-    let deadline = std::time::Instant::now() + PROMPT;
-    loop {
-        let (stdout, stderr) = parse_cri(&fs::read(dir.path("1.log")).unwrap());
-        if stdout == b"first\nsecond\n" {
-            assert_eq!(stderr, b"oops\n");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stdout held back by the batch window: {:?}",
-            String::from_utf8_lossy(&stdout)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_, stderr) = wait_for_log(&dir.path("1.log"), |stdout, _| stdout == b"first\nsecond\n");
+    assert_eq!(stderr, b"oops\n");
     drop((out, err));
     engine.expedite(1);
     assert_eq!(next_drained(&mut events, PROMPT), 1);
