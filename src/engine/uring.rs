@@ -29,7 +29,8 @@
 //! * the ring runs with `DEFER_TASKRUN` (see `sys::uring::Ring::new`), so a
 //!   wait first posts finished completions and only then submits (keeping
 //!   the order sources became ready in), and keeps fetching completion work
-//!   until none is left (the kernel runs a bounded amount per entry).
+//!   until none is left, for up to `MAX_COMPLETION_ROUNDS` rounds (the
+//!   kernel runs a bounded amount per entry).
 //!
 //! Why io_uring is not cheaper than epoll here (BENCHMARKS.md, "Density"):
 //! with wake-ups coalesced, a logged burst costs mostly the buffered ext4
@@ -69,8 +70,8 @@ const MAX_COMPLETION_ROUNDS: usize = 8;
 const RING_ENTRIES: u32 = 256;
 
 /// Provided buffers per worker for multishot reads, and their size. A
-/// multishot read that fills a whole buffer marks a busy source (the same
-/// 16 KiB as the worker's `BUSY_READ`), which then moves to reads into a
+/// multishot read that fills a whole buffer marks a busy source (by the
+/// worker's own measure, `BUSY_READ`: 16 KiB), which then moves to reads into a
 /// `SOURCE_BUFFER_LEN` buffer of its own: large reads and writes are what a
 /// busy stream needs, and a busy stream cycling through all the shared
 /// buffers would make every one of them resident. So the buffers hold light
@@ -78,7 +79,7 @@ const RING_ENTRIES: u32 = 256;
 /// (more get `ENOBUFS` and are re-armed), and at most 1 MiB of them is ever
 /// resident per worker.
 const PROVIDED_BUFFERS: u16 = 64;
-const PROVIDED_BUFFER_LEN: u32 = 16 * 1024;
+const PROVIDED_BUFFER_LEN: u32 = super::worker::BUSY_READ as u32;
 
 /// How a source's bytes are fetched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,10 +229,10 @@ impl UringBackend {
             Some(source) => source.mode,
             None => return,
         };
-        if let ReadMode::Multishot { leaving } = mode {
-            return self.complete_multishot(completion, leaving, on_event);
-        }
         match (mode, completion.outcome()) {
+            (ReadMode::Multishot { leaving }, _) => {
+                self.complete_multishot(completion, leaving, on_event)
+            }
             (ReadMode::RingRead, Ok(0)) => self.close(slot, None, on_event),
             (ReadMode::RingRead, Ok(len)) => {
                 if len as usize >= FULL_DEFAULT_PIPE {
@@ -245,19 +246,32 @@ impl UringBackend {
             }
             (ReadMode::RingRead, Err(Errno::EAGAIN)) => {
                 // A non-blocking pipe: wait for readability instead.
-                if let Some(SlotUser::Source(source)) = &mut self.slot_users[slot.index()] {
-                    source.mode = ReadMode::PollThenRead;
-                }
+                self.set_mode(slot, ReadMode::PollThenRead);
                 self.rearm_or_close(slot, on_event);
             }
             (ReadMode::PollThenRead, Ok(_revents)) => self.read_until_drained(slot, on_event),
-            (ReadMode::Multishot { .. }, Ok(_)) => unreachable!("handled above"),
             (_, Err(Errno::EINTR)) => self.rearm_or_close(slot, on_event),
-            (_, Err(errno)) => {
-                let error = (errno != Errno::EIO).then(|| io::Error::from(errno));
-                self.close(slot, error, on_event);
-            }
+            (_, Err(errno)) => self.close_failed(slot, errno, on_event),
         }
+    }
+
+    /// Closes a source whose read failed with `errno`; `EIO` (a pty master
+    /// whose slave side closed) is a plain EOF.
+    fn close_failed(
+        &mut self,
+        slot: SlotId,
+        errno: Errno,
+        on_event: &mut dyn FnMut(BackendEvent<'_>),
+    ) {
+        let error = (errno != Errno::EIO).then(|| io::Error::from(errno));
+        self.close(slot, error, on_event);
+    }
+
+    /// Moves an idle source to single reads into a buffer of its own.
+    fn switch_to_single_reads(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
+        self.ring.replace_buffer(slot, SOURCE_BUFFER_LEN);
+        self.set_mode(slot, ReadMode::RingRead);
+        self.rearm_or_close(slot, on_event);
     }
 
     /// A completion of a source's multishot read.
@@ -295,11 +309,7 @@ impl UringBackend {
         // that filled the buffer); the slot is idle.
         match completion.outcome() {
             Ok(0) if completion.buffer.is_none() => self.close(slot, None, on_event),
-            _ if leaving || busy => {
-                self.ring.replace_buffer(slot, SOURCE_BUFFER_LEN);
-                self.set_mode(slot, ReadMode::RingRead);
-                self.rearm_or_close(slot, on_event);
-            }
+            _ if leaving || busy => self.switch_to_single_reads(slot, on_event),
             // Data without `more` (the kernel stopped it), no free buffer,
             // a signal: arm it again.
             Ok(_) | Err(Errno::ENOBUFS | Errno::EINTR | Errno::ECANCELED) => {
@@ -307,14 +317,9 @@ impl UringBackend {
             }
             // A file that cannot do multishot reads: single reads then.
             Err(Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBADFD) => {
-                self.ring.replace_buffer(slot, SOURCE_BUFFER_LEN);
-                self.set_mode(slot, ReadMode::RingRead);
-                self.rearm_or_close(slot, on_event);
+                self.switch_to_single_reads(slot, on_event)
             }
-            Err(errno) => {
-                let error = (errno != Errno::EIO).then(|| io::Error::from(errno));
-                self.close(slot, error, on_event);
-            }
+            Err(errno) => self.close_failed(slot, errno, on_event),
         }
     }
 

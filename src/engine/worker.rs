@@ -299,8 +299,9 @@ struct BatchLoad {
     /// Some output was routed.
     data: bool,
     /// Something in the batch must not wait: a command, an EOF (an exit
-    /// file waits on it), an attach socket event, a busy read, or output
-    /// someone is attached to.
+    /// file waits on it), an attach socket event or a busy read. (Whether a
+    /// container is interactive is looked at in `pause_for_batch`, for all
+    /// of them.)
     urgent: bool,
 }
 
@@ -367,7 +368,7 @@ impl<B: Backend> Worker<B> {
                 BackendEvent::Data { source, bytes } => {
                     load.urgent |= routing.take_commands() || bytes.len() >= BUSY_READ;
                     load.data = true;
-                    load.urgent |= routing.on_data(source, bytes);
+                    routing.on_data(source, bytes);
                 }
                 BackendEvent::Eof { source, error } => {
                     load.urgent = true;
@@ -643,15 +644,13 @@ impl Routing {
         }
     }
 
-    /// Routes a chunk; true if its container is interactive (see
-    /// `Container::is_interactive`).
-    fn on_data(&mut self, source: SourceId, bytes: &[u8]) -> bool {
+    fn on_data(&mut self, source: SourceId, bytes: &[u8]) {
         let Some(&route) = self.sources.get(&source) else {
-            return false;
+            return;
         };
         self.accept_pending_clients(route.key);
         let Some(container) = self.containers.get_mut(&route.key) else {
-            return false;
+            return;
         };
         container.note_output(route.stream, self.batch);
         self.timestamps.refresh();
@@ -674,7 +673,6 @@ impl Routing {
                 self.scheduled.push(id);
             }
         }
-        container.is_interactive()
     }
 
     fn on_eof(&mut self, source: SourceId, error: Option<std::io::Error>) {
