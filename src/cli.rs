@@ -148,6 +148,14 @@ pub struct Cli {
           default_value_t = DEFAULT_BATCH_WINDOW_MS,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub engine_batch_window_ms: u64,
+
+    /// Seconds an OCI runtime invocation (create, exec, delete) may take
+    /// before it is killed and the call fails with an error that says so: a
+    /// runtime or hook that hangs must not hold a request forever.
+    #[arg(long, env = "RINGMON_RUNTIME_TIMEOUT", value_name = "SECONDS",
+          default_value_t = DEFAULT_RUNTIME_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub runtime_timeout: u64,
 }
 
 /// Subcommands. No top-level flag validation applies to them.
@@ -257,7 +265,11 @@ pub struct ServerConfig {
     pub io_backend: BackendChoice,
     pub busy_pipe_size: Option<usize>,
     pub batch_window: std::time::Duration,
+    pub runtime_timeout: std::time::Duration,
 }
+
+/// Default of `--runtime-timeout`.
+const DEFAULT_RUNTIME_TIMEOUT_SECS: u64 = crate::core::runtime::DEFAULT_TIMEOUT.as_secs();
 
 /// Default of `--engine-batch-window-ms`.
 const DEFAULT_BATCH_WINDOW_MS: u64 = crate::engine::DEFAULT_BATCH_WINDOW.as_millis() as u64;
@@ -308,6 +320,7 @@ impl Cli {
             io_backend: self.io_backend.into(),
             busy_pipe_size: self.busy_pipe_size,
             batch_window: std::time::Duration::from_millis(self.engine_batch_window_ms),
+            runtime_timeout: std::time::Duration::from_secs(self.runtime_timeout),
         })
     }
 }

@@ -113,7 +113,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.runtime.clone(),
                 config.runtime_root.clone(),
                 config.log_level,
-            ),
+            )
+            .with_timeout(config.runtime_timeout),
             config.runtime_dir.clone(),
             Arc::clone(&engine),
             events_rx,

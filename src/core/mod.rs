@@ -72,6 +72,12 @@ pub enum CoreError {
     RuntimeFailed { code: i32, stderr: String },
     #[error("child command exited with signal {signal}{}", stderr_suffix(.stderr))]
     RuntimeSignaled { signal: i32, stderr: String },
+    /// The runtime ran past `--runtime-timeout` and was killed.
+    #[error("runtime did not finish within {}s and was killed (--runtime-timeout){}", .timeout.as_secs(), stderr_suffix(.stderr))]
+    RuntimeTimedOut {
+        timeout: std::time::Duration,
+        stderr: String,
+    },
     #[error("grandchild pid read error {path}: {source}")]
     PidRead {
         path: PathBuf,

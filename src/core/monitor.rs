@@ -102,6 +102,9 @@ pub struct Monitor {
     sweep: Notify,
     /// Pods whose namespaces are pinned (`core::namespaces`).
     pub(crate) namespaces: super::namespaces::PodNamespaces,
+    /// Containers an abandoned create left in the runtime, for
+    /// `delete_leftovers`.
+    leftovers: mpsc::UnboundedSender<Leftover>,
 }
 
 impl Monitor {
@@ -113,6 +116,7 @@ impl Monitor {
         engine: Arc<Engine>,
         events: mpsc::UnboundedReceiver<EngineEvent>,
     ) -> Rc<Monitor> {
+        let (leftovers, leftovers_rx) = mpsc::unbounded_channel();
         let monitor = Rc::new(Monitor {
             runtime,
             runtime_dir,
@@ -122,8 +126,10 @@ impl Monitor {
             next_key: Cell::new(1),
             sweep: Notify::new(),
             namespaces: Default::default(),
+            leftovers,
         });
         tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
+        tokio::task::spawn_local(Rc::clone(&monitor).delete_leftovers(leftovers_rx));
         tokio::task::spawn_local(Rc::clone(&monitor).reap_strays());
         monitor
     }
@@ -217,17 +223,34 @@ impl Monitor {
             additional: additional_fds?,
             leaked: leak_fds?,
         };
-        {
-            let mut st = self.state.borrow_mut();
-            if st.children.get(&req.id).is_some_and(|c| !c.is_empty())
-                || !st.creating.insert(req.id.clone())
-            {
-                return Err(CoreError::DuplicateId(req.id));
-            }
-        }
-        let result = self.create_inner(&req, fds).await;
-        self.state.borrow_mut().creating.remove(&req.id);
+        let reservation = CreateReservation::take(self, &req)?;
+        let result = self.create_inner(&req, fds, &reservation).await;
+        reservation.settle(&result);
         result
+    }
+
+    /// Deletes, through the runtime, containers whose create was abandoned
+    /// (see [`CreateReservation`]), then frees their ids. Runs for the
+    /// monitor's life.
+    async fn delete_leftovers(self: Rc<Self>, mut leftovers: mpsc::UnboundedReceiver<Leftover>) {
+        while let Some(left) = leftovers.recv().await {
+            let args = self
+                .runtime
+                .delete_args(&left.id, left.cgroup, &left.global_args);
+            let mut cmd = Command::new(&self.runtime.path);
+            cmd.args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            match tokio::time::timeout(self.runtime.timeout, self.run_to_exit(cmd)).await {
+                Ok(Ok(exit)) => {
+                    info!(id = %left.id, ?exit, "deleted the container of an abandoned create")
+                }
+                Ok(Err(e)) => warn!(id = %left.id, "delete after an abandoned create: {e}"),
+                Err(_) => warn!(id = %left.id, "delete after an abandoned create timed out"),
+            }
+            self.state.borrow_mut().creating.remove(&left.id);
+        }
     }
 
     /// Takes the fds of fd-socket `slots` out of the table.
@@ -257,6 +280,7 @@ impl Monitor {
         self: &Rc<Self>,
         req: &CreateContainer,
         fds: PassedFds,
+        reservation: &CreateReservation<'_>,
     ) -> Result<u32, CoreError> {
         let logs = req
             .logs
@@ -293,18 +317,29 @@ impl Monitor {
             console_socket: console.as_ref().map(|c| c.path.as_path()),
         });
         debug!(id = %req.id, ?args, "spawning runtime create");
-        let (master, pid) = self
+        reservation.stage.set(CreateStage::RuntimeRunning);
+        let created = self
             .run_runtime(RuntimeRun {
                 args: &args,
                 env: &req.env,
                 stdin: stdin_r,
                 stdout: stdout_w,
                 stderr: (stderr_w, &stderr_r),
+                create_stdout: Some(&stdout_r),
                 fds: fds.additional,
                 console,
                 pid_file: &pid_file,
             })
-            .await?;
+            .await;
+        reservation.stage.set(match &created {
+            // The runtime cleans up after its own failure.
+            Err(CoreError::RuntimeFailed { .. } | CoreError::RuntimeSignaled { .. }) => {
+                CreateStage::RuntimeFailed
+            }
+            // Made (or, after a timeout, perhaps half made) by the runtime.
+            _ => CreateStage::Created,
+        });
+        let (master, pid) = created?;
 
         let key = self.next_key();
         let mut stdin_target = match stdin_w {
@@ -386,7 +421,15 @@ impl Monitor {
     /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
     /// If the wait is abandoned (the call was cancelled), the runtime is
     /// left running and handed to the sweep, which reaps it.
-    async fn run_to_exit(&self, mut cmd: Command) -> Result<sys::process::Exit, CoreError> {
+    async fn run_to_exit(&self, cmd: Command) -> Result<sys::process::Exit, CoreError> {
+        let pid = self.spawn_runtime(cmd)?;
+        self.wait_spawned(pid)
+            .await
+            .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+    }
+
+    /// Spawns the runtime command `cmd` and returns its pid.
+    fn spawn_runtime(&self, mut cmd: Command) -> Result<u32, CoreError> {
         let child = cmd.spawn().map_err(|e| {
             CoreError::io(
                 format!("spawn runtime '{}'", self.runtime.path.display()),
@@ -394,16 +437,17 @@ impl Monitor {
             )
         })?;
         drop(cmd); // closes our copies of the child's stdio
-        let pid = child.id();
-        self.wait_spawned(pid)
-            .await
-            .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+        Ok(child.id())
     }
 
     /// Runs the runtime to its exit with the given stdio, `fds` as fd 3,
     /// 4, ..., then takes the pty master it sent to `console` (terminal
     /// mode) and the pid it wrote to `pid_file`. A non-zero exit is an error
     /// carrying what the runtime wrote to stderr.
+    ///
+    /// The runtime gets `self.runtime.timeout`: past it, it is killed and the
+    /// call fails with [`CoreError::RuntimeTimedOut`]. A cancelled call kills
+    /// it too, so no runtime outlives the request that started it.
     async fn run_runtime(&self, run: RuntimeRun<'_>) -> Result<(Option<OwnedFd>, u32), CoreError> {
         let mut cmd = Command::new(&self.runtime.path);
         cmd.args(run.args)
@@ -413,13 +457,48 @@ impl Monitor {
             .stderr(Stdio::from(run.stderr.0));
         sys::process::pass_fds_from_3(&mut cmd, run.fds)
             .map_err(|e| CoreError::io("prepare additionalFds", e))?;
-        let exit = self.run_to_exit(cmd).await?;
+        let pid = self.spawn_runtime(cmd)?;
+        let abandon = KillOnDrop(Some(pid));
+        let stderr_r = run.stderr.1;
+        let mut captured = RuntimeOutput::default();
+        let waited = self.wait_spawned(pid);
+        let waited = tokio::time::timeout(self.runtime.timeout, async {
+            match run.create_stdout {
+                Some(stdout_r) => drain_while(waited, stdout_r, stderr_r, &mut captured).await,
+                None => waited.await,
+            }
+        })
+        .await;
+        abandon.disarm();
+        if run.create_stdout.is_some() {
+            captured.drain_rest(run.create_stdout, stderr_r);
+            if captured.stdout_bytes > 0 {
+                debug!(
+                    pid,
+                    bytes = captured.stdout_bytes,
+                    "runtime wrote to stdout (dropped)"
+                );
+            }
+        }
+        let exit = match waited {
+            Ok(exit) => {
+                exit.map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))?
+            }
+            Err(_) => {
+                // The wait was dropped with the timeout: the sweep reaps it.
+                sys::process::kill_tree(pid, Signal::SIGKILL);
+                return Err(CoreError::RuntimeTimedOut {
+                    timeout: self.runtime.timeout,
+                    stderr: captured.into_stderr(stderr_r),
+                });
+            }
+        };
         let master = match &run.console {
             Some(c) if exit == sys::process::Exit::Code(0) => Some(c.receive_master()?),
             _ => None,
         };
         drop(run.console);
-        runtime_succeeded(exit, run.stderr.1)?;
+        runtime_succeeded(exit, || captured.into_stderr(stderr_r))?;
         Ok((master, read_pid_file(run.pid_file)?))
     }
 
@@ -544,6 +623,7 @@ impl Monitor {
                 stdin: None,
                 stdout: stdout_w,
                 stderr: (stderr_w, &stderr_r),
+                create_stdout: None,
                 fds: Vec::new(),
                 console,
                 pid_file,
@@ -728,6 +808,10 @@ struct RuntimeRun<'a> {
     stdout: OwnedFd,
     /// The write end the runtime gets, and the read end its error is read from.
     stderr: (OwnedFd, &'a OwnedFd),
+    /// `create` only: the stdout pipe's read end. Both pipes are then read
+    /// while the runtime runs (see [`RuntimeOutput`]); an exec's pipes are
+    /// its process's output, left for the caller.
+    create_stdout: Option<&'a OwnedFd>,
     fds: Vec<OwnedFd>,
     console: Option<ConsoleSocket>,
     pid_file: &'a Path,
@@ -900,18 +984,243 @@ fn pipe_sources(stdout_r: OwnedFd, stderr_r: OwnedFd) -> Vec<StreamSource> {
 }
 
 /// Ok if the runtime exited 0; else its failure with what it wrote to
-/// stderr (read from the pipe's read end `stderr_r`).
-fn runtime_succeeded(exit: sys::process::Exit, stderr_r: &OwnedFd) -> Result<(), CoreError> {
+/// stderr.
+fn runtime_succeeded(
+    exit: sys::process::Exit,
+    stderr: impl FnOnce() -> String,
+) -> Result<(), CoreError> {
     match exit {
         sys::process::Exit::Code(0) => Ok(()),
         sys::process::Exit::Code(code) => Err(CoreError::RuntimeFailed {
             code,
-            stderr: sys::fd::read_available(stderr_r.as_fd(), RUNTIME_STDERR_MAX),
+            stderr: stderr(),
         }),
         sys::process::Exit::Signal(signal) => Err(CoreError::RuntimeSignaled {
             signal,
-            stderr: sys::fd::read_available(stderr_r.as_fd(), RUNTIME_STDERR_MAX),
+            stderr: stderr(),
         }),
+    }
+}
+
+/// What a runtime wrote to the container's pipes while `create` ran. The
+/// container process cannot write before `start`, so all of it is the
+/// runtime's (or its hooks'): stderr is kept for the error message (its
+/// last [`RUNTIME_STDERR_MAX`] bytes, where the runtime's verdict is),
+/// stdout only counted. None of it reaches the container's log.
+#[derive(Default)]
+struct RuntimeOutput {
+    stderr: Vec<u8>,
+    stdout_bytes: usize,
+}
+
+impl RuntimeOutput {
+    fn push_stderr(&mut self, chunk: &[u8]) {
+        self.stderr.extend_from_slice(chunk);
+        if self.stderr.len() > 2 * RUNTIME_STDERR_MAX {
+            let cut = self.stderr.len() - RUNTIME_STDERR_MAX;
+            self.stderr.drain(..cut);
+        }
+    }
+
+    /// Reads what is left in both pipes once the runtime is gone. Bounded:
+    /// a writer that stays (a hook's child) cannot keep this going.
+    fn drain_rest(&mut self, stdout_r: Option<&OwnedFd>, stderr_r: &OwnedFd) {
+        let mut chunk = vec![0u8; DRAIN_CHUNK];
+        for _ in 0..DRAIN_REST_CHUNKS {
+            match sys::fd::read_nonblocking(stderr_r.as_fd(), &mut chunk) {
+                Ok(n) if n > 0 => self.push_stderr(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let Some(stdout_r) = stdout_r else { return };
+        for _ in 0..DRAIN_REST_CHUNKS {
+            match sys::fd::read_nonblocking(stdout_r.as_fd(), &mut chunk) {
+                Ok(n) if n > 0 => self.stdout_bytes += n,
+                _ => break,
+            }
+        }
+    }
+
+    /// The error text: what was drained, else what is in the pipe now (an
+    /// exec, whose pipes are the process's and are not drained).
+    fn into_stderr(self, stderr_r: &OwnedFd) -> String {
+        if self.stderr.is_empty() {
+            return sys::fd::read_available(stderr_r.as_fd(), RUNTIME_STDERR_MAX);
+        }
+        let start = self.stderr.len().saturating_sub(RUNTIME_STDERR_MAX);
+        String::from_utf8_lossy(&self.stderr[start..]).into_owned()
+    }
+}
+
+/// Size of one read while draining a runtime's output.
+const DRAIN_CHUNK: usize = 64 * 1024;
+
+/// At most this many chunks are read from each pipe after the runtime
+/// exited (4 MiB: more than a grown pipe holds).
+const DRAIN_REST_CHUNKS: usize = 64;
+
+/// Awaits `wait` while reading the runtime's stdout and stderr pipes, so a
+/// runtime that writes more than a pipe holds never blocks on it (and
+/// create never hangs on it).
+async fn drain_while<F: std::future::Future>(
+    wait: F,
+    stdout_r: &OwnedFd,
+    stderr_r: &OwnedFd,
+    out: &mut RuntimeOutput,
+) -> F::Output {
+    let watch = |fd: &OwnedFd| -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let dup = fd.try_clone().ok()?;
+        sys::fd::set_nonblocking(dup.as_fd()).ok()?;
+        sys::reactor::async_fd(dup, tokio::io::Interest::READABLE).ok()
+    };
+    // Without a reactor registration (never expected) the pipe is read
+    // after the exit only, as before.
+    let mut stdout = watch(stdout_r);
+    let mut stderr = watch(stderr_r);
+    let mut chunk = vec![0u8; DRAIN_CHUNK];
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut wait => return done,
+            ready = readable(&stderr) => match read_ready(ready, &mut chunk) {
+                Some(n) => out.push_stderr(&chunk[..n]),
+                None => stderr = None,
+            },
+            ready = readable(&stdout) => match read_ready(ready, &mut chunk) {
+                Some(n) => out.stdout_bytes += n,
+                None => stdout = None,
+            },
+        }
+    }
+}
+
+/// Readiness of a watched pipe; never for one no longer watched.
+async fn readable(
+    fd: &Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One read from a ready pipe: `Some(n)` bytes (0 when the readiness was
+/// stale), `None` at EOF or on an error (stop watching it).
+fn read_ready(
+    ready: io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>>,
+    chunk: &mut [u8],
+) -> Option<usize> {
+    let mut guard = ready.ok()?;
+    match guard.try_io(|f| nix::unistd::read(f.get_ref(), chunk).map_err(io::Error::from)) {
+        Ok(Ok(0)) | Ok(Err(_)) => None,
+        Ok(Ok(n)) => Some(n),
+        Err(_would_block) => Some(0),
+    }
+}
+
+/// How far a create got, for what its reservation must undo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CreateStage {
+    /// The runtime was not started: nothing to undo in it.
+    BeforeRuntime,
+    /// The runtime is running (a drop here means the call was cancelled).
+    RuntimeRunning,
+    /// The runtime failed and cleaned up itself.
+    RuntimeFailed,
+    /// The runtime made the container (or was killed making it).
+    Created,
+    /// The container is monitored.
+    Monitored,
+}
+
+/// A container the runtime has that no request will monitor.
+struct Leftover {
+    id: String,
+    cgroup: super::CgroupManager,
+    global_args: Vec<String>,
+}
+
+/// Holds a container id in `creating` for one create, whatever becomes of
+/// the call. capnp-rpc drops a call's future when its client goes away, so
+/// the release cannot wait for the create to finish: it happens on drop. A
+/// create that ends, or is dropped, after the runtime made the container
+/// but before it is monitored leaves a container no client knows of; it is
+/// handed to `delete_leftovers`, which deletes it and frees the id only
+/// then (so a retry cannot meet the leftover or be deleted with it).
+struct CreateReservation<'a> {
+    monitor: &'a Monitor,
+    id: String,
+    cgroup: super::CgroupManager,
+    global_args: Vec<String>,
+    stage: Cell<CreateStage>,
+}
+
+impl<'a> CreateReservation<'a> {
+    fn take(monitor: &'a Monitor, req: &CreateContainer) -> Result<Self, CoreError> {
+        let mut st = monitor.state.borrow_mut();
+        if st.children.get(&req.id).is_some_and(|c| !c.is_empty())
+            || !st.creating.insert(req.id.clone())
+        {
+            return Err(CoreError::DuplicateId(req.id.clone()));
+        }
+        Ok(CreateReservation {
+            monitor,
+            id: req.id.clone(),
+            cgroup: req.cgroup_manager,
+            global_args: req.global_args.clone(),
+            stage: Cell::new(CreateStage::BeforeRuntime),
+        })
+    }
+
+    /// Records the create's outcome; the release happens on drop.
+    fn settle<T>(self, result: &Result<T, CoreError>) {
+        if result.is_ok() {
+            self.stage.set(CreateStage::Monitored);
+        }
+    }
+}
+
+impl Drop for CreateReservation<'_> {
+    fn drop(&mut self) {
+        match self.stage.get() {
+            CreateStage::RuntimeRunning | CreateStage::Created => {
+                warn!(id = %self.id, stage = ?self.stage.get(), "create did not complete: deleting what the runtime made");
+                let left = Leftover {
+                    id: std::mem::take(&mut self.id),
+                    cgroup: self.cgroup,
+                    global_args: std::mem::take(&mut self.global_args),
+                };
+                if let Err(unsent) = self.monitor.leftovers.send(left) {
+                    // The monitor is going away: nothing will retry the id.
+                    self.monitor
+                        .state
+                        .borrow_mut()
+                        .creating
+                        .remove(&unsent.0.id);
+                }
+            }
+            CreateStage::BeforeRuntime | CreateStage::RuntimeFailed | CreateStage::Monitored => {
+                self.monitor.state.borrow_mut().creating.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Kills a spawned runtime when dropped armed: its call was abandoned.
+struct KillOnDrop(Option<u32>);
+
+impl KillOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            sys::process::kill_tree(pid, Signal::SIGKILL);
+        }
     }
 }
 
@@ -1112,6 +1421,7 @@ impl Monitor {
                 stdin: stdin_r,
                 stdout: stdout_w,
                 stderr: (stderr_w, &stderr_r),
+                create_stdout: None,
                 fds: Vec::new(),
                 console,
                 pid_file: &pid_file,

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::cli::LogLevel;
 
@@ -15,12 +16,19 @@ pub enum CgroupManager {
     Cgroupfs,
 }
 
+/// Timeout of one runtime invocation unless the server is told otherwise:
+/// far above a healthy create with slow hooks (seconds), and still an end
+/// for one that hangs.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// Server-wide facts that shape every runtime invocation.
 #[derive(Debug)]
 pub struct RuntimeConfig {
     pub path: PathBuf,
     pub root: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// How long one runtime invocation may run before it is killed.
+    pub timeout: Duration,
     /// Whether crun knows `--log-level` (crun < 1.9, e.g. Debian 12's 1.8.1,
     /// rejects it and every create would fail). Probed on first use.
     crun_log_level: OnceLock<bool>,
@@ -32,8 +40,15 @@ impl RuntimeConfig {
             path,
             root,
             log_level,
+            timeout: DEFAULT_TIMEOUT,
             crun_log_level: OnceLock::new(),
         }
+    }
+
+    /// The same configuration with another per-invocation timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn is_crun(&self) -> bool {
@@ -95,6 +110,16 @@ impl RuntimeConfig {
             args.push(a);
         }
         args.push(c.id.into());
+        args
+    }
+
+    /// argv (without the program) of `runtime delete --force <id>`, which
+    /// removes what an abandoned or failed-after-create container left in
+    /// the runtime.
+    pub fn delete_args(&self, id: &str, cgroup: CgroupManager, global: &[String]) -> Vec<OsString> {
+        let mut args = self.global_args(id, cgroup);
+        args.extend(global.iter().map(OsString::from));
+        args.extend(["delete".into(), "--force".into(), id.into()]);
         args
     }
 
@@ -249,6 +274,15 @@ mod tests {
         assert_eq!(
             strs(c.global_args("id", CgroupManager::Cgroupfs)),
             ["--log=journald:id"]
+        );
+    }
+
+    #[test]
+    fn delete_forces_and_keeps_the_global_args() {
+        let c = cfg("/usr/sbin/runc", Some("/run/r"), LogLevel::Info);
+        assert_eq!(
+            strs(c.delete_args("abc", CgroupManager::Cgroupfs, &["--debug".into()])),
+            ["--root=/run/r", "--debug", "delete", "--force", "abc"]
         );
     }
 

@@ -52,3 +52,10 @@ pub fn read_available(fd: BorrowedFd<'_>, max: usize) -> String {
     }
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
+
+/// One read from `fd` that never blocks: `Ok(0)` at EOF, `WouldBlock` when
+/// nothing is buffered.
+pub fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    set_nonblocking(fd)?;
+    nix::unistd::read(fd, buf).map_err(io::Error::from)
+}

@@ -374,6 +374,7 @@ impl Monitor {
                 stdin: stdin_read,
                 stdout: stdout_w,
                 stderr: (stderr_w, &stderr_r),
+                create_stdout: None,
                 fds,
                 console,
                 pid_file: &pid_file,
