@@ -115,6 +115,27 @@ fn create_rejects_bad_fields() {
             &["invalid leakFds[1] '3'", "slot named twice"],
         )
         .await;
+        // Lists past the bound are refused before an entry is read: one
+        // message can carry millions (the slot check was quadratic).
+        let many: Vec<u64> = (0..200_000).collect();
+        expect_error(
+            &c,
+            &with(&|r| r.additional_fds = many.clone()),
+            &["invalid additionalFds '200000 entries'", "limit of 65536"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.command_args = vec![String::new(); 70_000]),
+            &["invalid commandArgs '70000 entries'", "limit of 65536"],
+        )
+        .await;
+        expect_error(
+            &c,
+            &with(&|r| r.env_vars = vec![("K".into(), "v".into()); 70_000]),
+            &["invalid envVars '70000 entries'", "limit of 65536"],
+        )
+        .await;
 
         // A valid create works after all that, and a second one with the
         // same id is refused while the first lives.
@@ -408,6 +429,29 @@ fn exec_session_rejects_bad_fields() {
             .to_string();
         assert!(e.contains("invalid sessionId"), "{e}");
         c.version(false).await.unwrap();
+    });
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
+
+#[test]
+fn a_zero_window_size_is_refused_naming_the_field() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("badwinsz");
+    let bundle = make_bundle(dir.path(), &["/bin/sleep", "100"], true);
+    let id = container_id();
+    let req = basic_request(dir.path(), &id, &bundle, true);
+    run_local(async {
+        let c = server.client().await;
+        c.create_container(&req).await.unwrap();
+        for (w, h, want) in [
+            (0, 24, "invalid width '0': must be at least 1"),
+            (80, 0, "invalid height '0': must be at least 1"),
+        ] {
+            let err = c.set_window_size(&id, w, h).await.unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?}, got {err}");
+        }
+        c.set_window_size(&id, 80, 24).await.unwrap();
     });
     server.runtime_cmd(&["delete", "-f", &id]);
 }

@@ -55,6 +55,23 @@ fn invalid(
     }
 }
 
+/// Most entries any list of a request may have (argv words, paths, env
+/// entries, log drivers, fd slots). One capnp message can carry millions;
+/// no real client sends more than a few hundred.
+pub const MAX_LIST_LEN: u32 = 65_536;
+
+/// The refusal of a list longer than [`MAX_LIST_LEN`].
+const TOO_LONG: &str = "more entries than the limit of 65536";
+
+/// Refuses a list of `len` entries named `field` past [`MAX_LIST_LEN`],
+/// before any entry is read.
+fn bounded(field: &'static str, len: u32) -> Result<(), RequestError> {
+    if len > MAX_LIST_LEN {
+        return Err(invalid(field, format!("{len} entries"), TOO_LONG));
+    }
+    Ok(())
+}
+
 fn decode(field: &'static str) -> impl Fn(capnp::Error) -> RequestError {
     move |source| RequestError::Decode { field, source }
 }
@@ -78,6 +95,7 @@ fn texts(
     r: capnp::Result<text_list::Reader<'_>>,
 ) -> Result<Vec<String>, RequestError> {
     let list = r.map_err(decode(field))?;
+    bounded(field, list.len())?;
     list.iter()
         .map(|t| utf8(field, t.map_err(decode(field))?))
         .collect()
@@ -197,7 +215,9 @@ fn log_drivers(
     r: capnp::Result<capnp::struct_list::Reader<'_, conmon::log_driver::Owned>>,
 ) -> Result<Vec<LogSpec>, RequestError> {
     let mut logs = Vec::new();
-    for (i, d) in r.map_err(decode("logDrivers"))?.iter().enumerate() {
+    let list = r.map_err(decode("logDrivers"))?;
+    bounded("logDrivers", list.len())?;
+    for (i, d) in list.iter().enumerate() {
         let format = match d.get_type() {
             Ok(conmon::log_driver::Type::ContainerRuntimeInterface) => LogFormat::Cri,
             Ok(conmon::log_driver::Type::Json) => LogFormat::Json,
@@ -231,9 +251,12 @@ fn slots(
     field: &'static str,
     r: capnp::Result<capnp::primitive_list::Reader<'_, u64>>,
 ) -> Result<Vec<u64>, RequestError> {
-    let list: Vec<u64> = r.map_err(decode(field))?.iter().collect();
+    let list = r.map_err(decode(field))?;
+    bounded(field, list.len())?;
+    let list: Vec<u64> = list.iter().collect();
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
     for (i, &slot) in list.iter().enumerate() {
-        if list[..i].contains(&slot) {
+        if !seen.insert(slot) {
             return Err(invalid(
                 format!("{field}[{i}]"),
                 slot.to_string(),
@@ -258,7 +281,9 @@ fn env_map(
     r: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,
 ) -> Result<Vec<(String, String)>, RequestError> {
     let mut env = Vec::new();
-    for (i, e) in r.map_err(decode(field))?.iter().enumerate() {
+    let list = r.map_err(decode(field))?;
+    bounded(field, list.len())?;
+    for (i, e) in list.iter().enumerate() {
         let key = text(field, e.get_key())?;
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(invalid(
@@ -416,9 +441,17 @@ pub fn set_window_size(
     r: conmon::set_window_size_request::Reader<'_>,
 ) -> Result<SetWindowSize, RequestError> {
     let r = legacy::SetWindowSizeRequest::detect(r);
+    let id = target_id(r.get_id())?;
+    let exec_session_id = session_id(r.get_exec_session_id())?;
+    // A 0×N terminal makes full-screen programs divide by zero or spin.
+    for (field, value) in [("width", r.get_width()), ("height", r.get_height())] {
+        if value == 0 {
+            return Err(invalid(field, "0", "must be at least 1"));
+        }
+    }
     Ok(SetWindowSize {
-        id: target_id(r.get_id())?,
-        exec_session_id: session_id(r.get_exec_session_id())?,
+        id,
+        exec_session_id,
         width: r.get_width(),
         height: r.get_height(),
     })
