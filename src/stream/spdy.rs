@@ -166,6 +166,11 @@ impl Decoder {
         }))
     }
 
+    /// Decompresses one header block. Every call must make progress: a
+    /// zlib stream that ended (`StreamEnd`), or any status that neither
+    /// takes input nor gives output, is an error, since looping on it would
+    /// spin the control thread forever. The output is bounded by
+    /// [`MAX_HEADERS`].
     fn inflate(&mut self, input: &[u8]) -> Result<Vec<u8>, SpdyError> {
         let err = |e: flate2::DecompressError| SpdyError::Inflate(e.to_string());
         let mut out = Vec::with_capacity(1024);
@@ -174,12 +179,23 @@ impl Decoder {
             if out.len() == out.capacity() {
                 out.reserve(4096);
             }
-            let before = self.inflate.total_in();
+            let (in_before, out_before) = (self.inflate.total_in(), out.len());
             let res = self
                 .inflate
                 .decompress_vec(&input[pos..], &mut out, FlushDecompress::Sync);
-            pos += (self.inflate.total_in() - before) as usize;
+            pos += (self.inflate.total_in() - in_before) as usize;
+            let progressed = self.inflate.total_in() != in_before || out.len() != out_before;
             match res {
+                Ok(flate2::Status::StreamEnd) => {
+                    // SPDY header streams never end; whatever follows the
+                    // end can never be decompressed.
+                    return Err(SpdyError::Inflate("the header stream ended".into()));
+                }
+                Ok(_) if !progressed => {
+                    return Err(SpdyError::Inflate(
+                        "no progress decompressing headers".into(),
+                    ));
+                }
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
                     self.inflate
@@ -266,13 +282,15 @@ impl Encoder {
             if out.len() == out.capacity() {
                 out.reserve(256);
             }
-            let before = self.deflate.total_in();
+            let (in_before, out_before) = (self.deflate.total_in(), out.len());
             // Compressing into a Vec with spare room cannot fail.
             let _ = self
                 .deflate
                 .compress_vec(&input[pos..], &mut out, FlushCompress::Sync);
-            pos += (self.deflate.total_in() - before) as usize;
-            if pos >= input.len() && out.len() < out.capacity() {
+            pos += (self.deflate.total_in() - in_before) as usize;
+            let progressed = self.deflate.total_in() != in_before || out.len() != out_before;
+            // Never spin: a call that moved nothing will not move later.
+            if !progressed || (pos >= input.len() && out.len() < out.capacity()) {
                 return out;
             }
         }
@@ -418,6 +436,55 @@ mod tests {
             }
             assert_eq!(out, vec![0, 0, 0, 0]);
         }
+    }
+
+    /// A client whose zlib stream ended (a finished deflate stream) sends
+    /// another header block: an error, not an endless loop.
+    #[test]
+    fn header_block_after_the_stream_ended_is_an_error() {
+        let mut z = client_deflate();
+        let mut d = Decoder::default();
+        let mut block = Vec::with_capacity(4096);
+        z.compress_vec(&0u32.to_be_bytes(), &mut block, FlushCompress::Finish)
+            .unwrap();
+        let mut body = 1u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(&block);
+        d.push(&control(TYPE_SYN_STREAM, 0, &body));
+        let mut body = 3u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(b"more header bytes");
+        d.push(&control(TYPE_SYN_STREAM, 0, &body));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = d.next_frame().map(|_| ());
+            let second = d.next_frame().map(|_| ());
+            let _ = tx.send((first.is_err(), second.is_err()));
+        });
+        let (first_err, second_err) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the decoder spins on a finished zlib stream");
+        assert!(first_err || second_err, "one of the blocks must fail");
+    }
+
+    /// A header block that inflates past the bound is refused.
+    #[test]
+    fn header_block_size_is_bounded() {
+        let mut z = client_deflate();
+        let mut d = Decoder::default();
+        let mut block = (1u32).to_be_bytes().to_vec();
+        block.extend_from_slice(&(4u32).to_be_bytes());
+        block.extend_from_slice(b"name");
+        block.extend_from_slice(&((MAX_HEADERS as u32) * 2).to_be_bytes());
+        block.extend(std::iter::repeat_n(b'a', MAX_HEADERS * 2));
+        let mut out = Vec::with_capacity(MAX_HEADERS);
+        z.compress_vec(&block, &mut out, FlushCompress::Sync)
+            .unwrap();
+        let mut body = 1u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(&out);
+        d.push(&control(TYPE_SYN_STREAM, 0, &body));
+        assert!(matches!(d.next_frame(), Err(SpdyError::TooLarge(_))));
     }
 
     #[test]
