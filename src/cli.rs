@@ -361,6 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_timeout_defaults_to_240_s_and_refuses_0() {
+        let cli = Cli::try_parse_from(["ringmon"]).unwrap();
+        assert_eq!(cli.runtime_timeout, 240);
+        for bad in ["0", "86401", "soon"] {
+            let err = Cli::try_parse_from(["ringmon", "--runtime-timeout", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--runtime-timeout") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn the_batch_window_defaults_to_100_ms_and_refuses_more_than_a_second() {
         let cli = Cli::try_parse_from(["ringmon"]).unwrap();
         assert_eq!(cli.engine_batch_window_ms, 100);
