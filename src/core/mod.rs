@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::log::LogSpec;
 
 pub mod attach;
+pub mod bundle;
 pub mod exec;
 pub mod exec_session;
 pub mod exit_files;

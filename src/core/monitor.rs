@@ -59,6 +59,9 @@ struct Child {
     terminal: Option<OwnedFd>,
     /// Attach listeners and the stdin forwarder.
     attach: Attach,
+    /// The bundle's `io.kubernetes.cri-o.StdinOnce`: the end of a streaming
+    /// attach's stdin closes the container's stdin.
+    stdin_once: bool,
     /// `leakFds`: held open while the container lives, closed when it is
     /// forgotten.
     _leaked: Vec<OwnedFd>,
@@ -297,6 +300,13 @@ impl Monitor {
             }
             _ => {}
         }
+        // Only a container with stdin has a stdin to close. Read before the
+        // runtime runs: the same file the runtime reads.
+        let stdin_once = req.stdin
+            && super::bundle::read_stdin_once(&req.bundle).unwrap_or_else(|e| {
+                warn!(id = %req.id, "{e}; stdin_once taken as false");
+                false
+            });
         let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
@@ -392,6 +402,7 @@ impl Monitor {
                 pid,
                 terminal,
                 attach: Attach::new(key, stdin_target),
+                stdin_once,
                 _leaked: fds.leaked,
             });
         }
@@ -733,6 +744,11 @@ impl Monitor {
             .map_err(|e| {
                 CoreError::io(format!("create attach socket {}", socket_path.display()), e)
             })
+    }
+
+    /// Whether the container is `stdin_once` (see [`super::bundle`]).
+    pub fn stdin_once(&self, id: &str) -> Result<bool, CoreError> {
+        self.lookup(id, |c| c.stdin_once)
     }
 
     /// Resizes the container's terminal (or, with a non-empty

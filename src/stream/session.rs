@@ -326,9 +326,18 @@ pub(super) async fn exec(monitor: Rc<Monitor>, req: ExecRequest, ws: Ws, framing
 /// An attach session: bridges a private attach socket of the container
 /// (spec §5.3/§5.4) to the websocket. Ends when the container's output
 /// ends (exit, stdin-once EOF) or the client leaves.
+///
+/// The client's close of stdin (v5 close-stream 0) ends the attach
+/// socket's writing side. For a `stdin_once` container that socket's
+/// listener stops after stdin EOF (the RPC attach's `stopAfterStdinEof`
+/// path), so the container's stdin closes once the input sent before is
+/// written, as with the kubelet; for other containers it only ends this
+/// client's input. A stdin client leaving hangs the socket up, which is
+/// the same EOF: Kubernetes closes a `stdin_once` container's stdin when
+/// its attach disconnects.
 pub(super) async fn attach(monitor: Rc<Monitor>, req: AttachRequest, ws: Ws, framing: Framing) {
     let (out, mut stream, writer) = start(ws);
-    let conn = match attach_socket(&monitor, &req.id) {
+    let conn = match attach_socket(&monitor, &req.id, req.stdin) {
         Ok(c) => Rc::new(c),
         Err(e) => {
             warn!(id = %req.id, "streaming attach: {e}");
@@ -346,6 +355,8 @@ pub(super) async fn attach(monitor: Rc<Monitor>, req: AttachRequest, ws: Ws, fra
     ));
     tokio::pin!(output);
     let mut client_open = true;
+    // Until the client closes its stdin.
+    let mut stdin_open = req.stdin;
     loop {
         tokio::select! {
             _ = &mut output => break,
@@ -354,9 +365,16 @@ pub(super) async fn attach(monitor: Rc<Monitor>, req: AttachRequest, ws: Ws, fra
                     client_open = false;
                     break;
                 }
-                Some(Input::Stdin(data)) if req.stdin => {
+                Some(Input::Stdin(data)) if stdin_open => {
                     if let Err(e) = attach_send(&conn, &data).await {
                         debug!(id = %req.id, "streaming attach stdin: {e}");
+                    }
+                }
+                Some(Input::CloseStream(CH_STDIN)) if stdin_open => {
+                    stdin_open = false;
+                    debug!(id = %req.id, "streaming attach: the client closed stdin");
+                    if let Err(e) = sys::socket::shut_down_writing(conn.get_ref()) {
+                        debug!(id = %req.id, "streaming attach stdin close: {e}");
                     }
                 }
                 Some(Input::Stdin(_)) | Some(Input::CloseStream(_)) => {}
@@ -375,17 +393,27 @@ pub(super) async fn attach(monitor: Rc<Monitor>, req: AttachRequest, ws: Ws, fra
     }
 }
 
-/// Makes the container's private streaming attach listener (one per
-/// container, reused) and connects to it.
+/// Makes the container's private streaming attach listener and connects to
+/// it. Two listeners per container, each made once and reused:
+/// `attach-streams/<id>` for sessions whose stdin end changes nothing, and,
+/// for the sessions with stdin of a `stdin_once` container,
+/// `attach-streams-stdin-once/<id>`, which stops after stdin EOF. (Separate
+/// directories: no container id can name the other's socket.)
 fn attach_socket(
     monitor: &Monitor,
     id: &str,
+    stdin: bool,
 ) -> Result<tokio::io::unix::AsyncFd<OwnedFd>, crate::core::CoreError> {
-    let dir = monitor.runtime_dir().join("attach-streams");
+    let stop_after_stdin_eof = stdin && monitor.stdin_once(id)?;
+    let dir = monitor.runtime_dir().join(if stop_after_stdin_eof {
+        "attach-streams-stdin-once"
+    } else {
+        "attach-streams"
+    });
     std::fs::create_dir_all(&dir)
         .map_err(|e| crate::core::CoreError::io(format!("create {}", dir.display()), e))?;
     let path: PathBuf = dir.join(id);
-    monitor.attach_container(id, "", &path, false)?;
+    monitor.attach_container(id, "", &path, stop_after_stdin_eof)?;
     let io_err = |e| crate::core::CoreError::io(format!("connect {}", path.display()), e);
     let fd = sys::socket::connect_seqpacket(&path).map_err(io_err)?;
     sys::fd::set_nonblocking(fd.as_fd()).map_err(io_err)?;

@@ -169,6 +169,13 @@ pub fn hang_up(fd: impl AsFd) {
     while let Ok(1..) = recv(raw, &mut sink, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {}
 }
 
+/// Ends the sending direction of a connected socket: the peer reads EOF
+/// after the packets already sent, and can still send to us.
+pub fn shut_down_writing(fd: impl AsFd) -> io::Result<()> {
+    nix::sys::socket::shutdown(fd.as_fd().as_raw_fd(), nix::sys::socket::Shutdown::Write)
+        .map_err(io::Error::from)
+}
+
 /// One packet received with [`recv_with_fds`].
 #[derive(Debug)]
 pub struct PacketWithFds {
