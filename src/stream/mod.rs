@@ -105,6 +105,9 @@ pub enum StreamError {
     },
     #[error("start streaming server on 127.0.0.1: {0}")]
     Bind(#[source] std::io::Error),
+    /// No randomness for a session token (there is no weaker fallback).
+    #[error("session token: getrandom: {0}")]
+    Random(#[source] std::io::Error),
 }
 
 /// Connections not upgraded yet, in all and per peer address (an entry
@@ -239,12 +242,16 @@ impl StreamServer {
 
     async fn add(self: &Rc<Self>, session: Session) -> Result<String, StreamError> {
         let port = self.ensure_started().await?;
-        let token = crate::core::monitor::random_uuid();
-        let url = format!(
-            "http://127.0.0.1:{port}/{}/{token}",
-            session.kind().path_prefix()
+        let mut random = [0u8; 16];
+        crate::sys::limits::fill_random(&mut random).map_err(StreamError::Random)?;
+        let token = proto::uuid_v4(random);
+        let prefix = session.kind().path_prefix();
+        let url = format!("http://127.0.0.1:{port}/{prefix}/{token}");
+        // The token is the session's only credential: never log it whole.
+        debug!(
+            url = %format!("http://127.0.0.1:{port}/{prefix}/{}", proto::masked_token(&token)),
+            "streaming session added"
         );
-        debug!(%url, "streaming session added");
         self.sessions
             .borrow_mut()
             .insert(token, Instant::now(), session);
