@@ -15,7 +15,7 @@ mod session;
 pub mod spdy;
 mod spdy_dictionary;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, warn};
 
 use crate::core::{CgroupManager, Monitor};
@@ -37,6 +38,11 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// descriptors (every local user can reach the loopback port).
 pub const MAX_PENDING_CONNECTIONS: usize = 64;
 pub const MAX_PENDING_CONNECTIONS_PER_PEER: usize = 16;
+/// Upgraded websocket sessions (exec, attach, port-forward) at a time.
+pub const MAX_WEBSOCKET_SESSIONS: usize = 128;
+/// Largest websocket message and frame accepted from a client; a larger
+/// one ends the session with close code 1009.
+pub const MAX_WEBSOCKET_MESSAGE: usize = 1 << 20;
 /// Back-off after a failed accept: doubled on each failure in a row
 /// (descriptor exhaustion keeps failing until something is closed).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -44,6 +50,13 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one accept-failure warning per this period; the others are
 /// counted and reported with the next one.
 const ACCEPT_WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// The websocket limits of every session.
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_WEBSOCKET_MESSAGE))
+        .max_frame_size(Some(MAX_WEBSOCKET_MESSAGE))
+}
 
 /// A validated `serveExecContainer` request.
 #[derive(Clone, Debug, Default)]
@@ -108,6 +121,26 @@ pub enum StreamError {
     /// No randomness for a session token (there is no weaker fallback).
     #[error("session token: getrandom: {0}")]
     Random(#[source] std::io::Error),
+}
+
+/// Counts live things of one kind; the count drops when the guard does.
+struct CountGuard(Rc<Cell<usize>>);
+
+impl CountGuard {
+    /// A guard if fewer than `max` are live.
+    fn try_new(count: &Rc<Cell<usize>>, max: usize) -> Option<CountGuard> {
+        if count.get() >= max {
+            return None;
+        }
+        count.set(count.get() + 1);
+        Some(CountGuard(Rc::clone(count)))
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Connections not upgraded yet, in all and per peer address (an entry
@@ -198,6 +231,7 @@ pub struct StreamServer {
     port: RefCell<Option<u16>>,
     sessions: RefCell<SessionStore<Session>>,
     pending: Rc<RefCell<PendingConnections>>,
+    websocket_sessions: Rc<Cell<usize>>,
 }
 
 impl StreamServer {
@@ -207,6 +241,7 @@ impl StreamServer {
             port: RefCell::new(None),
             sessions: RefCell::new(SessionStore::new(proto::MAX_SESSIONS, proto::SESSION_TTL)),
             pending: Rc::default(),
+            websocket_sessions: Rc::default(),
         })
     }
 
@@ -326,6 +361,15 @@ impl StreamServer {
             Err(_) => return reject_with(&mut stream, Reject::new(408, "request timeout")).await,
         };
         let (upgrade, head_len, buf) = head;
+        // Checked before the token is spent, so that the client may retry.
+        let Some(live) = CountGuard::try_new(&self.websocket_sessions, MAX_WEBSOCKET_SESSIONS)
+        else {
+            let reject = Reject::new(
+                503,
+                format!("too many streaming sessions (at most {MAX_WEBSOCKET_SESSIONS})"),
+            );
+            return reject_with(&mut stream, reject).await;
+        };
         let session = self
             .sessions
             .borrow_mut()
@@ -353,7 +397,7 @@ impl StreamServer {
             stream,
             rest,
             tokio_tungstenite::tungstenite::protocol::Role::Server,
-            None,
+            Some(websocket_config()),
         )
         .await;
         debug!(kind = ?upgrade.kind, ?protocol, "websocket session starts");
@@ -369,6 +413,7 @@ impl StreamServer {
                 session::port_forward(req, upgrade.ports, ws).await;
             }
         }
+        drop(live);
     }
 }
 

@@ -68,9 +68,51 @@ impl Out {
     }
 }
 
+/// The client's side of a session's websocket. A message or frame past
+/// the size limit ([`super::MAX_WEBSOCKET_MESSAGE`]) ends the session: the
+/// client gets close code 1009 naming the limit.
+pub(super) struct Incoming {
+    stream: SplitStream<Ws>,
+    out: Out,
+}
+
+impl Incoming {
+    /// The client's next binary message; `None` once it closed, went away
+    /// or broke a limit. Pings are answered by the websocket layer; text
+    /// messages are logged and ignored. Cancel-safe.
+    async fn next_binary(&mut self) -> Option<tokio_tungstenite::tungstenite::Bytes> {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        loop {
+            match self.stream.next().await? {
+                Ok(Message::Binary(data)) => return Some(data),
+                Ok(Message::Close(_)) => return None,
+                Ok(Message::Text(_)) => debug!("websocket text message ignored"),
+                Ok(_) => {}
+                Err(WsError::Capacity(e)) => {
+                    debug!("websocket read: {e}");
+                    let frame = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: format!(
+                            "{e}: messages and frames are limited to {} bytes",
+                            super::MAX_WEBSOCKET_MESSAGE
+                        )
+                        .into(),
+                    };
+                    let _ = self.out.0.send(Message::Close(Some(frame))).await;
+                    return None;
+                }
+                Err(e) => {
+                    debug!("websocket read: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Splits the websocket: a writer task for the sink, the stream for the
 /// caller.
-fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
+fn start(ws: Ws) -> (Out, Incoming, tokio::task::JoinHandle<()>) {
     let (mut sink, stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(OUT_QUEUE);
     let writer = tokio::task::spawn_local(async move {
@@ -91,26 +133,22 @@ fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
         }
         let _ = sink.flush().await;
     });
-    (Out(tx), stream, writer)
+    let out = Out(tx);
+    let incoming = Incoming {
+        stream,
+        out: out.clone(),
+    };
+    (out, incoming, writer)
 }
 
 /// Reads the client's next binary message as (channel, payload), until the
-/// client closes or goes away (`None`). Pings are answered by the websocket
-/// layer; text and empty messages are logged and ignored. Cancel-safe.
-async fn next_message(stream: &mut SplitStream<Ws>) -> Option<(u8, Vec<u8>)> {
+/// client closes or goes away (`None`). Empty messages are ignored.
+/// Cancel-safe.
+async fn next_message(stream: &mut Incoming) -> Option<(u8, Vec<u8>)> {
     loop {
-        match stream.next().await? {
-            Ok(Message::Binary(data)) => match data.split_first() {
-                Some((&channel, payload)) => return Some((channel, payload.to_vec())),
-                None => continue,
-            },
-            Ok(Message::Close(_)) => return None,
-            Ok(Message::Text(_)) => debug!("websocket text message ignored"),
-            Ok(_) => {}
-            Err(e) => {
-                debug!("websocket read: {e}");
-                return None;
-            }
+        let data = stream.next_binary().await?;
+        if let Some((&channel, payload)) = data.split_first() {
+            return Some((channel, payload.to_vec()));
         }
     }
 }
@@ -125,7 +163,7 @@ enum Input {
 
 /// The client's next remotecommand input; `None` when it closed or left.
 /// Unknown channels and bad resize messages are logged and skipped.
-async fn next_input(stream: &mut SplitStream<Ws>, framing: Framing) -> Option<Input> {
+async fn next_input(stream: &mut Incoming, framing: Framing) -> Option<Input> {
     loop {
         let (channel, payload) = next_message(stream).await?;
         match channel {
@@ -150,7 +188,7 @@ async fn next_input(stream: &mut SplitStream<Ws>, framing: Framing) -> Option<In
 async fn finish(
     out: Out,
     writer: tokio::task::JoinHandle<()>,
-    stream: &mut SplitStream<Ws>,
+    stream: &mut Incoming,
     client_open: bool,
 ) {
     out.close().await;
@@ -622,16 +660,10 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
                     }
                 }
             },
-            msg = stream.next() => {
-                let bytes = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => { client_open = false; break; }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        debug!("port-forward tunnel read: {e}");
-                        client_open = false;
-                        break;
-                    }
+            bytes = stream.next_binary() => {
+                let Some(bytes) = bytes else {
+                    client_open = false;
+                    break;
                 };
                 decoder.push(&bytes);
                 loop {
