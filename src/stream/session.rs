@@ -485,10 +485,17 @@ async fn attach_send(conn: &tokio::io::unix::AsyncFd<OwnedFd>, data: &[u8]) -> i
 /// message on each is the port number (2 bytes, little endian). Each port
 /// is connected at `127.0.0.1:<port>` inside the session's network
 /// namespace. Ends when every connection reached EOF or the client leaves.
+///
+/// Each port's backend is written by a task of its own, so a backend that
+/// does not read holds up only its port: past [`MAX_BACKEND_QUEUED`] bytes
+/// waiting for it, its further data is dropped with an error on its error
+/// channel.
 pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: Ws) {
     let (out, mut stream, writer) = start(ws);
+    // One EOF per port at most: bounded by the ports of the URL.
     let (eof_tx, mut eof_rx) = mpsc::unbounded_channel::<usize>();
-    let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    let mut writers: Vec<Option<BackendQueue>> = Vec::new();
+    let mut writer_tasks = Vec::new();
     let mut open = 0usize;
     for (i, &port) in ports.iter().enumerate() {
         let data_ch = (2 * i) as u8;
@@ -498,7 +505,9 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         match connect_in_netns(&req, port).await {
             Ok(tcp) => {
                 let (r, w) = tcp.into_split();
-                writers.push(Some(w));
+                let (queue, pending) = BackendQueue::new();
+                writers.push(Some(queue));
+                writer_tasks.push(tokio::task::spawn_local(write_backend(w, pending, port)));
                 open += 1;
                 tokio::task::spawn_local(tcp_to_ws(r, data_ch, out.clone(), eof_tx.clone(), i));
             }
@@ -515,9 +524,10 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         tokio::select! {
             Some(i) = eof_rx.recv() => {
                 open -= 1;
-                // The remote side finished: finish ours too.
-                if let Some(mut w) = writers[i].take() {
-                    let _ = w.shutdown().await;
+                // The remote side finished: finish ours too, once the data
+                // already queued is written.
+                if let Some(queue) = writers[i].take() {
+                    queue.finish();
                 }
             }
             msg = next_message(&mut stream) => match msg {
@@ -527,10 +537,15 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
                 }
                 Some((ch, data)) if ch % 2 == 0 => {
                     let i = usize::from(ch / 2);
-                    if let Some(Some(w)) = writers.get_mut(i) {
-                        if let Err(e) = w.write_all(&data).await {
-                            debug!(port = ports[i], "port-forward write: {e}");
+                    if let Some(Some(queue)) = writers.get(i) {
+                        if !queue.push(data) {
+                            debug!(port = ports[i], "port-forward: backend too slow, its data is dropped");
                             writers[i] = None;
+                            let msg = format!(
+                                "port-forward: more than {MAX_BACKEND_QUEUED} bytes waiting for port {}, its further data is dropped",
+                                ports[i]
+                            );
+                            out.send(ch + 1, msg.as_bytes()).await;
                         }
                     }
                 }
@@ -539,7 +554,102 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         }
     }
     drop(writers);
+    // Queued data gets a short while to reach backends that read.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        for task in &mut writer_tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    for task in writer_tasks {
+        task.abort();
+    }
     finish(out, writer, &mut stream, client_open).await;
+}
+
+/// Client bytes per forwarded connection waiting for its backend (still
+/// connecting, or slow to read).
+const MAX_BACKEND_QUEUED: usize = 1 << 20;
+
+/// What goes to a forwarded connection's backend, in order.
+enum ToBackend {
+    Data(Vec<u8>),
+    /// The client finished its direction.
+    Fin,
+}
+
+/// The client's data for one forwarded connection, on its way to the
+/// backend's writer ([`write_backend`]). Unbounded as a channel, bounded
+/// in bytes by [`MAX_BACKEND_QUEUED`].
+struct BackendQueue {
+    queue: mpsc::UnboundedSender<ToBackend>,
+    /// Bytes pushed and not written to the backend yet.
+    queued: Rc<std::cell::Cell<usize>>,
+}
+
+/// The writer's end of a [`BackendQueue`].
+struct BackendPending {
+    queue: mpsc::UnboundedReceiver<ToBackend>,
+    queued: Rc<std::cell::Cell<usize>>,
+}
+
+impl BackendQueue {
+    fn new() -> (BackendQueue, BackendPending) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let queued = Rc::new(std::cell::Cell::new(0));
+        let pending = BackendPending {
+            queue: rx,
+            queued: Rc::clone(&queued),
+        };
+        (BackendQueue { queue, queued }, pending)
+    }
+
+    /// Queues data; false (nothing queued) if that would exceed the bound.
+    /// Data for a backend whose writer ended is dropped.
+    fn push(&self, data: Vec<u8>) -> bool {
+        if self.queued.get() + data.len() > MAX_BACKEND_QUEUED {
+            return false;
+        }
+        if !data.is_empty() {
+            self.queued.set(self.queued.get() + data.len());
+            let _ = self.queue.send(ToBackend::Data(data));
+        }
+        true
+    }
+
+    /// The client finished: the backend's write side is shut down once
+    /// the queued data is written.
+    fn finish(&self) {
+        let _ = self.queue.send(ToBackend::Fin);
+    }
+}
+
+/// Writes a connection's queued client data to its backend, until the
+/// client finished (then shuts the write side down), the queue is dropped
+/// or a write fails.
+async fn write_backend(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut pending: BackendPending,
+    port: u16,
+) {
+    while let Some(item) = pending.queue.recv().await {
+        match item {
+            ToBackend::Data(data) => {
+                let written = w.write_all(&data).await;
+                pending
+                    .queued
+                    .set(pending.queued.get().saturating_sub(data.len()));
+                if let Err(e) = written {
+                    debug!(port, "port-forward write: {e}");
+                    return;
+                }
+            }
+            ToBackend::Fin => {
+                let _ = w.shutdown().await;
+                return;
+            }
+        }
+    }
 }
 
 /// Namespace connects in flight in the whole daemon (each takes a thread
@@ -598,25 +708,13 @@ async fn tcp_to_ws(
 /// Data streams plus error streams still waiting for their data stream,
 /// per SPDY session; a SYN_STREAM past it is refused.
 const MAX_SPDY_STREAMS: usize = 128;
-/// Client bytes per data stream waiting for its backend (still connecting,
-/// or slow to read); past it the stream is reset.
-const MAX_SPDY_QUEUED: usize = 1 << 20;
-
-/// What goes to a data stream's backend, in order.
-enum ToBackend {
-    Data(Vec<u8>),
-    /// The client finished its direction.
-    Fin,
-}
-
 /// A SPDY data stream: its own task connects the backend, writes the
 /// queued client data to it and copies its output to the client, so that a
 /// slow or hanging backend holds up nothing but its own stream.
 struct SpdyDataStream {
-    /// Unbounded as a channel; bounded in bytes by `queued`.
-    queue: mpsc::UnboundedSender<ToBackend>,
-    /// Bytes sent on `queue` and not written to the backend yet.
-    queued: Rc<std::cell::Cell<usize>>,
+    /// Client data for the backend; past [`MAX_BACKEND_QUEUED`] bytes
+    /// waiting the stream is reset.
+    backend: BackendQueue,
     task: tokio::task::AbortHandle,
     /// The error stream of the same request, if the client opened one.
     error_stream: Option<u32>,
@@ -632,8 +730,7 @@ async fn spdy_data_stream(
     req: PortForwardRequest,
     port: u16,
     (stream_id, error_stream): (u32, Option<u32>),
-    mut queue: mpsc::UnboundedReceiver<ToBackend>,
-    queued: Rc<std::cell::Cell<usize>>,
+    pending: BackendPending,
     out: Out,
 ) -> (u32, Option<io::Error>) {
     let tcp = match connect_in_netns(&req, port).await {
@@ -643,7 +740,7 @@ async fn spdy_data_stream(
             return (stream_id, Some(e));
         }
     };
-    let (r, mut w) = tcp.into_split();
+    let (r, w) = tcp.into_split();
     let to_client = async {
         spdy_tcp_reader(r, stream_id, &out).await;
         // The backend finished: so does our side of both streams.
@@ -652,24 +749,7 @@ async fn spdy_data_stream(
             out.raw(super::spdy::data(err_id, true, &[])).await;
         }
     };
-    let to_backend = async move {
-        while let Some(item) = queue.recv().await {
-            match item {
-                ToBackend::Data(data) => {
-                    let written = w.write_all(&data).await;
-                    queued.set(queued.get().saturating_sub(data.len()));
-                    if let Err(e) = written {
-                        debug!(port, "port-forward write: {e}");
-                        return;
-                    }
-                }
-                ToBackend::Fin => {
-                    let _ = w.shutdown().await;
-                    return;
-                }
-            }
-        }
-    };
+    let to_backend = write_backend(w, pending, port);
     tokio::join!(to_client, to_backend);
     (stream_id, None)
 }
@@ -682,7 +762,7 @@ async fn spdy_data_stream(
 /// written on the error stream. Ends when the client closes the tunnel.
 ///
 /// Bounded: at most [`MAX_SPDY_STREAMS`] streams (more are refused), at
-/// most [`MAX_SPDY_QUEUED`] bytes waiting per stream (more reset it), and
+/// most [`MAX_BACKEND_QUEUED`] bytes waiting per stream (more reset it), and
 /// finished streams leave the session's maps.
 pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
     use super::spdy::{self, Frame};
@@ -758,11 +838,10 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
                                     out.raw(encoder.syn_reply(stream_id)).await;
                                     let error_stream = waiting_errors.remove(&request);
                                     let port = header("port").and_then(|p| p.parse::<u16>().ok()).filter(|&p| p > 0);
-                                    let (queue, queue_rx) = mpsc::unbounded_channel();
-                                    let queued = Rc::new(std::cell::Cell::new(0));
+                                    let (backend, pending) = BackendQueue::new();
                                     let task = match port {
                                         Some(port) => tokio::task::spawn_local(spdy_data_stream(
-                                            req.clone(), port, (stream_id, error_stream), queue_rx, Rc::clone(&queued), out.clone(),
+                                            req.clone(), port, (stream_id, error_stream), pending, out.clone(),
                                         )),
                                         None => {
                                             let e = io::Error::new(
@@ -773,8 +852,7 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
                                         }
                                     };
                                     streams.insert(stream_id, SpdyDataStream {
-                                        queue,
-                                        queued,
+                                        backend,
                                         task: task.abort_handle(),
                                         error_stream,
                                     });
@@ -791,26 +869,21 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
                             let fin = flags & spdy::FLAG_FIN != 0;
                             // Error streams and finished ones: nothing to do.
                             let Some(ds) = streams.get(&stream_id) else { continue };
-                            if ds.queued.get() + data.len() > MAX_SPDY_QUEUED {
+                            if !ds.backend.push(data) {
                                 debug!(stream_id, "port-forward: backend too slow, stream reset");
                                 if let Some(ds) = streams.remove(&stream_id) {
                                     ds.task.abort();
                                     out.raw(spdy::rst_stream(stream_id, spdy::RST_FLOW_CONTROL_ERROR)).await;
                                     if let Some(err_id) = ds.error_stream {
-                                        let msg = format!("port-forward: more than {MAX_SPDY_QUEUED} bytes waiting for the backend, stream reset");
+                                        let msg = format!("port-forward: more than {MAX_BACKEND_QUEUED} bytes waiting for the backend, stream reset");
                                         out.raw(spdy::data(err_id, false, msg.as_bytes())).await;
                                         out.raw(spdy::data(err_id, true, &[])).await;
                                     }
                                 }
                                 continue;
                             }
-                            if !data.is_empty() {
-                                ds.queued.set(ds.queued.get() + data.len());
-                                // Fails only once the backend is gone: drop.
-                                let _ = ds.queue.send(ToBackend::Data(data));
-                            }
                             if fin {
-                                let _ = ds.queue.send(ToBackend::Fin);
+                                ds.backend.finish();
                             }
                         }
                         Frame::RstStream { stream_id, .. } => {

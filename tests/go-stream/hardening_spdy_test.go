@@ -307,3 +307,69 @@ func TestSpdyPortForwardSlowBackendStallsOnlyItsStream(t *testing.T) {
 
 	expectVersion(t, cl, "after the slow backend")
 }
+
+// The same for kubelet's websocket port-forward protocol: a port whose
+// backend does not read holds up only that port; the other port of the
+// session still echoes.
+func TestWebsocketPortForwardSlowBackendStallsOnlyItsPort(t *testing.T) {
+	e := newEnv(t)
+	cl := e.startServer()
+	slow := newHoldingListener(t)
+
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+
+			go func() {
+				_, _ = io.Copy(c, c)
+				c.Close()
+			}()
+		}
+	}()
+
+	s := e.dialPortForward(cl, daemonNetns, slow.port(), echo.Addr().(*net.TCPAddr).Port)
+
+	// 16 MiB for the backend that does not read (channel 0), then data
+	// for the echo port (channel 2).
+	go func() {
+		chunk := append([]byte{0}, bytes.Repeat([]byte("x"), 32<<10)...)
+		_ = s.conn.SetWriteDeadline(time.Now().Add(streamTimeout))
+
+		for i := 0; i < 512; i++ {
+			if err := s.conn.WriteMessage(websocket.BinaryMessage, chunk); err != nil {
+				return
+			}
+		}
+
+		_ = s.conn.WriteMessage(websocket.BinaryMessage, append([]byte{2}, "still there?"...))
+	}()
+
+	_ = s.conn.SetReadDeadline(time.Now().Add(3 * streamTimeout / 2))
+
+	for {
+		kind, data, err := s.conn.ReadMessage()
+		if err != nil {
+			_ = syscall.Kill(int(cl.PID()), syscall.SIGKILL)
+			t.Fatalf("no echo on the second port while the first backend does not read: %v", err)
+		}
+
+		if kind == websocket.BinaryMessage && len(data) > 1 && data[0] == 2 {
+			if string(data[1:]) != "still there?" {
+				t.Errorf("echo %q", data[1:])
+			}
+
+			break
+		}
+	}
+
+	expectVersion(t, cl, "after the slow backend")
+}
