@@ -73,6 +73,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = process::set_process_name(c"conmonrs");
 
     ringmon::server_log::init(config.log_driver, config.log_level);
+    // Every pipe, log, socket and streaming connection costs a descriptor:
+    // take the whole hard limit. Children get the original back
+    // (sys::limits::restore_nofile_in_child).
+    match ringmon::sys::limits::raise_nofile_limit() {
+        Ok((before, after)) => tracing::debug!(
+            from = before.soft,
+            to = after.soft,
+            "raised the soft RLIMIT_NOFILE to the hard limit"
+        ),
+        Err(e) => tracing::warn!("raise the soft RLIMIT_NOFILE: {e}"),
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

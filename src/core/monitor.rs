@@ -441,6 +441,9 @@ impl Monitor {
 
     /// Spawns the runtime command `cmd` and returns its pid.
     fn spawn_runtime(&self, mut cmd: Command) -> Result<u32, CoreError> {
+        // The runtime (and a container without an rlimit of its own) gets
+        // the descriptor limit we started with, not our raised one.
+        sys::limits::restore_nofile_in_child(&mut cmd);
         let child = cmd.spawn().map_err(|e| {
             CoreError::io(
                 format!("spawn runtime '{}'", self.runtime.path.display()),
@@ -691,7 +694,10 @@ impl Monitor {
         }
         info!(%id, pid, code, oom_killed, "container exited");
         if let Some((prog, args)) = policy.cleanup_cmd.split_first() {
-            if let Err(e) = Command::new(prog).args(args).stdin(Stdio::null()).spawn() {
+            let mut cleanup = Command::new(prog);
+            cleanup.args(args).stdin(Stdio::null());
+            sys::limits::restore_nofile_in_child(&mut cleanup);
+            if let Err(e) = cleanup.spawn() {
                 warn!(%id, "cleanup command '{prog}': {e}");
             }
         }

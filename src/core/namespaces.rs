@@ -364,6 +364,7 @@ impl Monitor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_w));
+        crate::sys::limits::restore_nofile_in_child(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| NamespaceError::io("spawn pause process", e))?;

@@ -92,6 +92,7 @@ fn reason_phrase(status: u16) -> &'static str {
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -233,6 +234,40 @@ pub fn is_uuid_v4(s: &str) -> bool {
     b[14] == b'4' && matches!(b[19], b'8' | b'9' | b'a' | b'b')
 }
 
+/// The hyphenated version-4 UUID made of 16 random bytes.
+pub fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A session token as logs show it: its first group only, enough to tell
+/// sessions apart and useless to connect with.
+pub fn masked_token(token: &str) -> String {
+    let head = token.get(..8).unwrap_or("");
+    format!("{head}-****")
+}
+
+/// Whether two tokens are equal, in a time that depends on their lengths
+/// only (not on where they first differ), so that the response time of a
+/// guess says nothing about a valid token.
+pub fn tokens_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 /// Ports per port-forward session (two channels each, one byte for both).
 pub const MAX_PORTS: usize = 128;
 
@@ -367,9 +402,11 @@ pub struct SessionStore<S> {
     entries: std::collections::VecDeque<(String, Instant, S)>,
 }
 
-/// Store limits (spec §6.4).
+/// Store limits (spec §6.4). A URL is used right after the serve* call
+/// that made it (the kubelet's own streaming cache keeps tokens about a
+/// minute), so a token is valid for 30 s only.
 pub const MAX_SESSIONS: usize = 25;
-pub const SESSION_TTL: Duration = Duration::from_secs(3600);
+pub const SESSION_TTL: Duration = Duration::from_secs(30);
 
 impl<S> SessionStore<S> {
     pub fn new(capacity: usize, ttl: Duration) -> SessionStore<S> {
@@ -388,8 +425,16 @@ impl<S> SessionStore<S> {
     }
 
     /// Removes the session (valid or not); returns it if still valid.
+    /// Every stored token is compared, in constant time each.
     pub fn take(&mut self, token: &str, now: Instant) -> Option<S> {
-        let i = self.entries.iter().position(|(t, _, _)| t == token)?;
+        let i = self
+            .entries
+            .iter()
+            .enumerate()
+            .fold(None, |found, (i, (t, _, _))| {
+                let equal = tokens_equal(t, token);
+                found.or(equal.then_some(i))
+            })?;
         let (_, created, s) = self.entries.remove(i)?;
         (now.saturating_duration_since(created) < self.ttl).then_some(s)
     }
@@ -511,9 +556,25 @@ mod tests {
     }
 
     #[test]
+    fn tokens_compare_and_mask() {
+        assert!(tokens_equal(TOKEN, TOKEN));
+        assert!(!tokens_equal(TOKEN, &TOKEN[..35]));
+        assert!(!tokens_equal(TOKEN, "1f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert!(!tokens_equal(TOKEN, "0f8fad5b-d9cb-469f-a165-70867728950f"));
+        let masked = masked_token(TOKEN);
+        assert_eq!(masked, "0f8fad5b-****");
+        assert!(!masked.contains("70867728950e"));
+        assert_eq!(masked_token("short"), "-****");
+        let made = uuid_v4([0xff; 16]);
+        assert!(is_uuid_v4(&made), "{made}");
+        assert_eq!(made, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    }
+
+    #[test]
     fn uuid_check() {
         assert!(is_uuid_v4(TOKEN));
         assert!(is_uuid_v4(&crate::core::monitor::random_uuid()));
+        assert!(is_uuid_v4(&uuid_v4([0; 16])));
         assert!(!is_uuid_v4("0f8fad5b-d9cb-169f-a165-70867728950e"));
         assert!(!is_uuid_v4("0f8fad5b-d9cb-469f-c165-70867728950e"));
         assert!(!is_uuid_v4("0f8fad5bd9cb469fa16570867728950e"));

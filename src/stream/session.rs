@@ -68,9 +68,51 @@ impl Out {
     }
 }
 
+/// The client's side of a session's websocket. A message or frame past
+/// the size limit ([`super::MAX_WEBSOCKET_MESSAGE`]) ends the session: the
+/// client gets close code 1009 naming the limit.
+pub(super) struct Incoming {
+    stream: SplitStream<Ws>,
+    out: Out,
+}
+
+impl Incoming {
+    /// The client's next binary message; `None` once it closed, went away
+    /// or broke a limit. Pings are answered by the websocket layer; text
+    /// messages are logged and ignored. Cancel-safe.
+    async fn next_binary(&mut self) -> Option<tokio_tungstenite::tungstenite::Bytes> {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        loop {
+            match self.stream.next().await? {
+                Ok(Message::Binary(data)) => return Some(data),
+                Ok(Message::Close(_)) => return None,
+                Ok(Message::Text(_)) => debug!("websocket text message ignored"),
+                Ok(_) => {}
+                Err(WsError::Capacity(e)) => {
+                    debug!("websocket read: {e}");
+                    let frame = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: format!(
+                            "{e}: messages and frames are limited to {} bytes",
+                            super::MAX_WEBSOCKET_MESSAGE
+                        )
+                        .into(),
+                    };
+                    let _ = self.out.0.send(Message::Close(Some(frame))).await;
+                    return None;
+                }
+                Err(e) => {
+                    debug!("websocket read: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Splits the websocket: a writer task for the sink, the stream for the
 /// caller.
-fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
+fn start(ws: Ws) -> (Out, Incoming, tokio::task::JoinHandle<()>) {
     let (mut sink, stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(OUT_QUEUE);
     let writer = tokio::task::spawn_local(async move {
@@ -91,26 +133,22 @@ fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
         }
         let _ = sink.flush().await;
     });
-    (Out(tx), stream, writer)
+    let out = Out(tx);
+    let incoming = Incoming {
+        stream,
+        out: out.clone(),
+    };
+    (out, incoming, writer)
 }
 
 /// Reads the client's next binary message as (channel, payload), until the
-/// client closes or goes away (`None`). Pings are answered by the websocket
-/// layer; text and empty messages are logged and ignored. Cancel-safe.
-async fn next_message(stream: &mut SplitStream<Ws>) -> Option<(u8, Vec<u8>)> {
+/// client closes or goes away (`None`). Empty messages are ignored.
+/// Cancel-safe.
+async fn next_message(stream: &mut Incoming) -> Option<(u8, Vec<u8>)> {
     loop {
-        match stream.next().await? {
-            Ok(Message::Binary(data)) => match data.split_first() {
-                Some((&channel, payload)) => return Some((channel, payload.to_vec())),
-                None => continue,
-            },
-            Ok(Message::Close(_)) => return None,
-            Ok(Message::Text(_)) => debug!("websocket text message ignored"),
-            Ok(_) => {}
-            Err(e) => {
-                debug!("websocket read: {e}");
-                return None;
-            }
+        let data = stream.next_binary().await?;
+        if let Some((&channel, payload)) = data.split_first() {
+            return Some((channel, payload.to_vec()));
         }
     }
 }
@@ -125,7 +163,7 @@ enum Input {
 
 /// The client's next remotecommand input; `None` when it closed or left.
 /// Unknown channels and bad resize messages are logged and skipped.
-async fn next_input(stream: &mut SplitStream<Ws>, framing: Framing) -> Option<Input> {
+async fn next_input(stream: &mut Incoming, framing: Framing) -> Option<Input> {
     loop {
         let (channel, payload) = next_message(stream).await?;
         match channel {
@@ -150,7 +188,7 @@ async fn next_input(stream: &mut SplitStream<Ws>, framing: Framing) -> Option<In
 async fn finish(
     out: Out,
     writer: tokio::task::JoinHandle<()>,
-    stream: &mut SplitStream<Ws>,
+    stream: &mut Incoming,
     client_open: bool,
 ) {
     out.close().await;
@@ -475,10 +513,17 @@ async fn attach_send(conn: &tokio::io::unix::AsyncFd<OwnedFd>, data: &[u8]) -> i
 /// message on each is the port number (2 bytes, little endian). Each port
 /// is connected at `127.0.0.1:<port>` inside the session's network
 /// namespace. Ends when every connection reached EOF or the client leaves.
+///
+/// Each port's backend is written by a task of its own, so a backend that
+/// does not read holds up only its port: past [`MAX_BACKEND_QUEUED`] bytes
+/// waiting for it, its further data is dropped with an error on its error
+/// channel.
 pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: Ws) {
     let (out, mut stream, writer) = start(ws);
+    // One EOF per port at most: bounded by the ports of the URL.
     let (eof_tx, mut eof_rx) = mpsc::unbounded_channel::<usize>();
-    let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    let mut writers: Vec<Option<BackendQueue>> = Vec::new();
+    let mut writer_tasks = Vec::new();
     let mut open = 0usize;
     for (i, &port) in ports.iter().enumerate() {
         let data_ch = (2 * i) as u8;
@@ -488,7 +533,9 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         match connect_in_netns(&req, port).await {
             Ok(tcp) => {
                 let (r, w) = tcp.into_split();
-                writers.push(Some(w));
+                let (queue, pending) = BackendQueue::new();
+                writers.push(Some(queue));
+                writer_tasks.push(tokio::task::spawn_local(write_backend(w, pending, port)));
                 open += 1;
                 tokio::task::spawn_local(tcp_to_ws(r, data_ch, out.clone(), eof_tx.clone(), i));
             }
@@ -505,9 +552,10 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         tokio::select! {
             Some(i) = eof_rx.recv() => {
                 open -= 1;
-                // The remote side finished: finish ours too.
-                if let Some(mut w) = writers[i].take() {
-                    let _ = w.shutdown().await;
+                // The remote side finished: finish ours too, once the data
+                // already queued is written.
+                if let Some(queue) = writers[i].take() {
+                    queue.finish();
                 }
             }
             msg = next_message(&mut stream) => match msg {
@@ -517,10 +565,15 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
                 }
                 Some((ch, data)) if ch % 2 == 0 => {
                     let i = usize::from(ch / 2);
-                    if let Some(Some(w)) = writers.get_mut(i) {
-                        if let Err(e) = w.write_all(&data).await {
-                            debug!(port = ports[i], "port-forward write: {e}");
+                    if let Some(Some(queue)) = writers.get(i) {
+                        if !queue.push(data) {
+                            debug!(port = ports[i], "port-forward: backend too slow, its data is dropped");
                             writers[i] = None;
+                            let msg = format!(
+                                "port-forward: more than {MAX_BACKEND_QUEUED} bytes waiting for port {}, its further data is dropped",
+                                ports[i]
+                            );
+                            out.send(ch + 1, msg.as_bytes()).await;
                         }
                     }
                 }
@@ -529,15 +582,126 @@ pub(super) async fn port_forward(req: PortForwardRequest, ports: Vec<u16>, ws: W
         }
     }
     drop(writers);
+    // Queued data gets a short while to reach backends that read.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        for task in &mut writer_tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    for task in writer_tasks {
+        task.abort();
+    }
     finish(out, writer, &mut stream, client_open).await;
 }
+
+/// Client bytes per forwarded connection waiting for its backend (still
+/// connecting, or slow to read).
+const MAX_BACKEND_QUEUED: usize = 1 << 20;
+
+/// What goes to a forwarded connection's backend, in order.
+enum ToBackend {
+    Data(Vec<u8>),
+    /// The client finished its direction.
+    Fin,
+}
+
+/// The client's data for one forwarded connection, on its way to the
+/// backend's writer ([`write_backend`]). Unbounded as a channel, bounded
+/// in bytes by [`MAX_BACKEND_QUEUED`].
+struct BackendQueue {
+    queue: mpsc::UnboundedSender<ToBackend>,
+    /// Bytes pushed and not written to the backend yet.
+    queued: Rc<std::cell::Cell<usize>>,
+}
+
+/// The writer's end of a [`BackendQueue`].
+struct BackendPending {
+    queue: mpsc::UnboundedReceiver<ToBackend>,
+    queued: Rc<std::cell::Cell<usize>>,
+}
+
+impl BackendQueue {
+    fn new() -> (BackendQueue, BackendPending) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let queued = Rc::new(std::cell::Cell::new(0));
+        let pending = BackendPending {
+            queue: rx,
+            queued: Rc::clone(&queued),
+        };
+        (BackendQueue { queue, queued }, pending)
+    }
+
+    /// Queues data; false (nothing queued) if that would exceed the bound.
+    /// Data for a backend whose writer ended is dropped.
+    fn push(&self, data: Vec<u8>) -> bool {
+        if self.queued.get() + data.len() > MAX_BACKEND_QUEUED {
+            return false;
+        }
+        if !data.is_empty() {
+            self.queued.set(self.queued.get() + data.len());
+            let _ = self.queue.send(ToBackend::Data(data));
+        }
+        true
+    }
+
+    /// The client finished: the backend's write side is shut down once
+    /// the queued data is written.
+    fn finish(&self) {
+        let _ = self.queue.send(ToBackend::Fin);
+    }
+}
+
+/// Writes a connection's queued client data to its backend, until the
+/// client finished (then shuts the write side down), the queue is dropped
+/// or a write fails.
+async fn write_backend(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut pending: BackendPending,
+    port: u16,
+) {
+    while let Some(item) = pending.queue.recv().await {
+        match item {
+            ToBackend::Data(data) => {
+                let written = w.write_all(&data).await;
+                pending
+                    .queued
+                    .set(pending.queued.get().saturating_sub(data.len()));
+                if let Err(e) = written {
+                    debug!(port, "port-forward write: {e}");
+                    return;
+                }
+            }
+            ToBackend::Fin => {
+                let _ = w.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Namespace connects in flight in the whole daemon (each takes a thread
+/// for up to [`CONNECT_TIMEOUT`]); more wait for a turn.
+const MAX_CONNECTS_IN_FLIGHT: usize = 16;
+static CONNECT_PERMITS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_CONNECTS_IN_FLIGHT);
+/// How long a port-forward connect to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn connect_in_netns(req: &PortForwardRequest, port: u16) -> io::Result<TcpStream> {
     if req.net_ns_path.as_os_str().is_empty() {
         return Err(io::Error::other("the session has no network namespace"));
     }
-    let tcp = sys::namespace::connect_loopback_in_netns(&req.net_ns_path, port)
+    let _permit = CONNECT_PERMITS
+        .acquire()
         .await
+        .map_err(|_| io::Error::other("connect permits closed"))?;
+    let connect =
+        sys::namespace::connect_loopback_in_netns(&req.net_ns_path, port, CONNECT_TIMEOUT);
+    // The thread gives up after CONNECT_TIMEOUT; this is a second guard.
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connect)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
         .map_err(|_| io::Error::other("namespace thread failed"))??;
     tcp.set_nonblocking(true)?;
     TcpStream::from_std(tcp)
@@ -569,23 +733,53 @@ async fn tcp_to_ws(
     let _ = eof.send(index);
 }
 
-/// What the SPDY port-forward loop hears from its helper tasks.
-enum SpdyEvent {
-    /// The connect for this data stream finished.
-    Connected(u32, io::Result<TcpStream>),
-    /// The forwarded connection of this data stream reached EOF.
-    Eof(u32),
+/// Data streams plus error streams still waiting for their data stream,
+/// per SPDY session; a SYN_STREAM past it is refused.
+const MAX_SPDY_STREAMS: usize = 128;
+/// A SPDY data stream: its own task connects the backend, writes the
+/// queued client data to it and copies its output to the client, so that a
+/// slow or hanging backend holds up nothing but its own stream.
+struct SpdyDataStream {
+    /// Client data for the backend; past [`MAX_BACKEND_QUEUED`] bytes
+    /// waiting the stream is reset.
+    backend: BackendQueue,
+    task: tokio::task::AbortHandle,
+    /// The error stream of the same request, if the client opened one.
+    error_stream: Option<u32>,
 }
 
-/// Where a SPDY data stream's client data goes.
-enum DataStream {
-    /// Connecting: data (and the client's FIN) kept until connected.
-    Connecting {
-        pending: Vec<Vec<u8>>,
-        fin: bool,
-    },
-    Open(tokio::net::tcp::OwnedWriteHalf),
-    Done,
+/// One data stream's task: connect, then both directions until the backend
+/// reached EOF and the client finished (or either side failed). Returns the
+/// stream id and the connect error, if any; after a connect the task ends
+/// the data stream and its error stream itself, as soon as the backend
+/// reached EOF (client-go waits for the error stream's end before it
+/// finishes its own direction).
+async fn spdy_data_stream(
+    req: PortForwardRequest,
+    port: u16,
+    (stream_id, error_stream): (u32, Option<u32>),
+    pending: BackendPending,
+    out: Out,
+) -> (u32, Option<io::Error>) {
+    let tcp = match connect_in_netns(&req, port).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let e = io::Error::new(e.kind(), format!("error forwarding port {port}: {e}"));
+            return (stream_id, Some(e));
+        }
+    };
+    let (r, w) = tcp.into_split();
+    let to_client = async {
+        spdy_tcp_reader(r, stream_id, &out).await;
+        // The backend finished: so does our side of both streams.
+        out.raw(super::spdy::data(stream_id, true, &[])).await;
+        if let Some(err_id) = error_stream {
+            out.raw(super::spdy::data(err_id, true, &[])).await;
+        }
+    };
+    let to_backend = write_backend(w, pending, port);
+    tokio::join!(to_client, to_backend);
+    (stream_id, None)
 }
 
 /// Port-forward for client-go's port-forwarder (SPDY/3.1 tunnelled
@@ -594,72 +788,42 @@ enum DataStream {
 /// `port` and `requestid` headers; the data stream is connected to
 /// `127.0.0.1:<port>` in the session's network namespace, errors are
 /// written on the error stream. Ends when the client closes the tunnel.
+///
+/// Bounded: at most [`MAX_SPDY_STREAMS`] streams (more are refused), at
+/// most [`MAX_BACKEND_QUEUED`] bytes waiting per stream (more reset it), and
+/// finished streams leave the session's maps.
 pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
     use super::spdy::{self, Frame};
+    use futures::stream::FuturesUnordered;
     use std::collections::HashMap;
 
     let (out, mut stream, writer) = start(ws);
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<SpdyEvent>();
     let mut decoder = spdy::Decoder::default();
     let mut encoder = spdy::Encoder::default();
-    let mut streams: HashMap<u32, DataStream> = HashMap::new();
-    // requestid → error stream, data stream → its error stream.
-    let mut error_of_request: HashMap<String, u32> = HashMap::new();
-    let mut error_of_data: HashMap<u32, u32> = HashMap::new();
+    let mut streams: HashMap<u32, SpdyDataStream> = HashMap::new();
+    // requestid → error stream, until the request's data stream comes.
+    let mut waiting_errors: HashMap<String, u32> = HashMap::new();
+    let mut tasks = FuturesUnordered::new();
     let mut client_open = true;
     'session: loop {
         tokio::select! {
-            Some(event) = ev_rx.recv() => match event {
-                SpdyEvent::Connected(id, Ok(tcp)) => {
-                    let (pending, fin) = match streams.remove(&id) {
-                        Some(DataStream::Connecting { pending, fin }) => (pending, fin),
-                        // Reset by the client meanwhile: drop the connection.
-                        _ => {
-                            streams.insert(id, DataStream::Done);
-                            continue;
-                        }
-                    };
-                    let (r, mut w) = tcp.into_split();
-                    for chunk in pending {
-                        let _ = w.write_all(&chunk).await;
-                    }
-                    if fin {
-                        let _ = w.shutdown().await;
-                    }
-                    streams.insert(id, DataStream::Open(w));
-                    let out = out.clone();
-                    let ev = ev_tx.clone();
-                    tokio::task::spawn_local(async move {
-                        spdy_tcp_reader(r, id, &out).await;
-                        let _ = ev.send(SpdyEvent::Eof(id));
-                    });
+            Some(done) = tasks.next(), if !tasks.is_empty() => {
+                // Aborted tasks were removed from `streams` already.
+                let Ok((id, failure)) = done else { continue };
+                let Some(ds) = streams.remove(&id) else { continue };
+                // Without a failure the task ended both streams itself.
+                let Some(e): Option<io::Error> = failure else { continue };
+                warn!(netns = %req.net_ns_path.display(), "port-forward: {e}");
+                if let Some(err_id) = ds.error_stream {
+                    out.raw(spdy::data(err_id, false, e.to_string().as_bytes())).await;
+                    out.raw(spdy::data(err_id, true, &[])).await;
                 }
-                SpdyEvent::Connected(id, Err(e)) => {
-                    warn!(netns = %req.net_ns_path.display(), "port-forward: {e}");
-                    streams.insert(id, DataStream::Done);
-                    if let Some(&err_id) = error_of_data.get(&id) {
-                        out.raw(spdy::data(err_id, false, e.to_string().as_bytes())).await;
-                        out.raw(spdy::data(err_id, true, &[])).await;
-                    }
-                    out.raw(spdy::data(id, true, &[])).await;
-                }
-                SpdyEvent::Eof(id) => {
-                    out.raw(spdy::data(id, true, &[])).await;
-                    if let Some(err_id) = error_of_data.remove(&id) {
-                        out.raw(spdy::data(err_id, true, &[])).await;
-                    }
-                }
+                out.raw(spdy::data(id, true, &[])).await;
             },
-            msg = stream.next() => {
-                let bytes = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => { client_open = false; break; }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        debug!("port-forward tunnel read: {e}");
-                        client_open = false;
-                        break;
-                    }
+            bytes = stream.next_binary() => {
+                let Some(bytes) = bytes else {
+                    client_open = false;
+                    break;
                 };
                 decoder.push(&bytes);
                 loop {
@@ -676,62 +840,90 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
                             let header = |name: &str| {
                                 headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
                             };
-                            out.raw(encoder.syn_reply(stream_id)).await;
+                            let in_use = streams.contains_key(&stream_id)
+                                || waiting_errors.values().any(|&e| e == stream_id);
+                            if in_use {
+                                debug!(stream_id, "port-forward: stream id reused");
+                                out.raw(spdy::rst_stream(stream_id, spdy::RST_PROTOCOL_ERROR)).await;
+                                continue;
+                            }
+                            if streams.len() + waiting_errors.len() >= MAX_SPDY_STREAMS {
+                                debug!(stream_id, "port-forward: stream refused, {MAX_SPDY_STREAMS} open");
+                                out.raw(spdy::rst_stream(stream_id, spdy::RST_REFUSED_STREAM)).await;
+                                continue;
+                            }
                             let request = header("requestid").unwrap_or("").to_string();
                             match header("streamtype") {
                                 Some("error") => {
-                                    error_of_request.insert(request, stream_id);
+                                    out.raw(encoder.syn_reply(stream_id)).await;
+                                    // A second error stream for a request
+                                    // replaces the first, which gets its end.
+                                    if let Some(old) = waiting_errors.insert(request, stream_id) {
+                                        out.raw(spdy::data(old, true, &[])).await;
+                                    }
                                 }
                                 Some("data") => {
-                                    if let Some(&err_id) = error_of_request.get(&request) {
-                                        error_of_data.insert(stream_id, err_id);
-                                    }
-                                    match header("port").and_then(|p| p.parse::<u16>().ok()).filter(|&p| p > 0) {
-                                        Some(port) => {
-                                            streams.insert(stream_id, DataStream::Connecting { pending: Vec::new(), fin: false });
-                                            let req = req.clone();
-                                            let ev = ev_tx.clone();
-                                            tokio::task::spawn_local(async move {
-                                                let res = connect_in_netns(&req, port).await.map_err(|e| {
-                                                    io::Error::new(e.kind(), format!("error forwarding port {port}: {e}"))
-                                                });
-                                                let _ = ev.send(SpdyEvent::Connected(stream_id, res));
-                                            });
-                                        }
+                                    out.raw(encoder.syn_reply(stream_id)).await;
+                                    let error_stream = waiting_errors.remove(&request);
+                                    let port = header("port").and_then(|p| p.parse::<u16>().ok()).filter(|&p| p > 0);
+                                    let (backend, pending) = BackendQueue::new();
+                                    let task = match port {
+                                        Some(port) => tokio::task::spawn_local(spdy_data_stream(
+                                            req.clone(), port, (stream_id, error_stream), pending, out.clone(),
+                                        )),
                                         None => {
-                                            let e = io::Error::new(io::ErrorKind::InvalidInput, format!("invalid port '{}'", header("port").unwrap_or("")));
-                                            let _ = ev_tx.send(SpdyEvent::Connected(stream_id, Err(e)));
+                                            let e = io::Error::new(
+                                                io::ErrorKind::InvalidInput,
+                                                format!("invalid port '{}'", header("port").unwrap_or("")),
+                                            );
+                                            tokio::task::spawn_local(async move { (stream_id, Some(e)) })
                                         }
-                                    }
+                                    };
+                                    streams.insert(stream_id, SpdyDataStream {
+                                        backend,
+                                        task: task.abort_handle(),
+                                        error_stream,
+                                    });
+                                    tasks.push(task);
                                 }
                                 other => {
                                     debug!(?other, "port-forward: unknown stream type");
+                                    out.raw(encoder.syn_reply(stream_id)).await;
                                     out.raw(spdy::rst_stream(stream_id, spdy::RST_REFUSED_STREAM)).await;
                                 }
                             }
                         }
                         Frame::Data { stream_id, flags, data } => {
                             let fin = flags & spdy::FLAG_FIN != 0;
-                            match streams.get_mut(&stream_id) {
-                                Some(DataStream::Connecting { pending, fin: f }) => {
-                                    if !data.is_empty() {
-                                        pending.push(data);
+                            // Error streams and finished ones: nothing to do.
+                            let Some(ds) = streams.get(&stream_id) else { continue };
+                            if !ds.backend.push(data) {
+                                debug!(stream_id, "port-forward: backend too slow, stream reset");
+                                if let Some(ds) = streams.remove(&stream_id) {
+                                    ds.task.abort();
+                                    out.raw(spdy::rst_stream(stream_id, spdy::RST_FLOW_CONTROL_ERROR)).await;
+                                    if let Some(err_id) = ds.error_stream {
+                                        let msg = format!("port-forward: more than {MAX_BACKEND_QUEUED} bytes waiting for the backend, stream reset");
+                                        out.raw(spdy::data(err_id, false, msg.as_bytes())).await;
+                                        out.raw(spdy::data(err_id, true, &[])).await;
                                     }
-                                    *f |= fin;
                                 }
-                                Some(DataStream::Open(w)) => {
-                                    if !data.is_empty() && w.write_all(&data).await.is_err() {
-                                        streams.insert(stream_id, DataStream::Done);
-                                    } else if fin {
-                                        let _ = w.shutdown().await;
-                                    }
-                                }
-                                // Error streams and finished ones.
-                                _ => {}
+                                continue;
+                            }
+                            if fin {
+                                ds.backend.finish();
                             }
                         }
                         Frame::RstStream { stream_id, .. } => {
-                            streams.insert(stream_id, DataStream::Done);
+                            if let Some(ds) = streams.remove(&stream_id) {
+                                ds.task.abort();
+                            }
+                            waiting_errors.retain(|_, e| *e != stream_id);
+                            for ds in streams.values_mut() {
+                                if ds.error_stream == Some(stream_id) {
+                                    ds.error_stream = None;
+                                }
+                            }
                         }
                         Frame::Ping { id } => {
                             out.raw(spdy::ping(id)).await;
@@ -743,7 +935,10 @@ pub(super) async fn spdy_port_forward(req: PortForwardRequest, ws: Ws) {
             }
         }
     }
-    drop(streams);
+    for ds in streams.into_values() {
+        ds.task.abort();
+    }
+    drop(tasks);
     finish(out, writer, &mut stream, client_open).await;
 }
 

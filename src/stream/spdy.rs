@@ -29,8 +29,11 @@ const TYPE_RST_STREAM: u16 = 3;
 const TYPE_PING: u16 = 6;
 const TYPE_GOAWAY: u16 = 7;
 
-/// RST_STREAM status: the stream was refused.
+/// RST_STREAM statuses: a protocol violation (a stream id used twice),
+/// the stream was refused (too many open), too much data for the stream.
+pub const RST_PROTOCOL_ERROR: u32 = 1;
 pub const RST_REFUSED_STREAM: u32 = 3;
+pub const RST_FLOW_CONTROL_ERROR: u32 = 7;
 
 /// A frame received from the client.
 #[derive(Clone, Debug, PartialEq, Eq)]

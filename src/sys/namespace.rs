@@ -152,10 +152,13 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
 /// connects the socket: a socket keeps the namespace it was created in, so
 /// the connection works from any thread afterwards while no other thread
 /// (the control thread in particular) ever changes namespace. The thread
-/// ends right after the connect, taking its namespace with it.
+/// ends right after the connect, taking its namespace with it. The connect
+/// gives up after `timeout` (a backend whose accept queue is full would
+/// otherwise keep the thread for minutes of SYN retries).
 pub fn connect_loopback_in_netns(
     netns: &Path,
     port: u16,
+    timeout: std::time::Duration,
 ) -> tokio::sync::oneshot::Receiver<io::Result<std::net::TcpStream>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let netns = netns.to_path_buf();
@@ -165,7 +168,8 @@ pub fn connect_loopback_in_netns(
             let result = (|| {
                 let ns = std::fs::File::open(&netns)?;
                 nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&addr, timeout)
             })();
             let _ = tx.send(result);
         });

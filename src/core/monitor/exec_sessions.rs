@@ -448,7 +448,10 @@ impl Monitor {
             // Not part of the watcher: shutdown waits for exit files only.
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(delay).await;
-                if let Err(e) = Command::new(&prog).args(&args).stdin(Stdio::null()).spawn() {
+                let mut cleanup = Command::new(&prog);
+                cleanup.args(&args).stdin(Stdio::null());
+                crate::sys::limits::restore_nofile_in_child(&mut cleanup);
+                if let Err(e) = cleanup.spawn() {
                     warn!(%id, "exec session cleanup command '{prog}': {e}");
                 }
             });
