@@ -1,0 +1,143 @@
+//! Files and sockets at client-given paths (issue 15, findings 8, 9, 10, 14):
+//! symlinks are not followed (but for system ones in the directory chain),
+//! stale sockets alone are replaced, log files are 0600, exit files are
+//! fsynced, and peers other than root and the server's user are refused on
+//! every socket. Against the real binary and real containers.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{lchown, symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The uid and gid the foreign-peer checks connect as.
+const NOBODY: u32 = 65534;
+
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// A directory `link` -> `real` inside `dir` whose symlink belongs to
+/// nobody: not a system symlink, so never followed.
+fn foreign_dir_symlink(dir: &Path) -> (PathBuf, PathBuf) {
+    let real = dir.join("real");
+    fs::create_dir(&real).unwrap();
+    let link = dir.join("linkdir");
+    symlink(&real, &link).unwrap();
+    lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+    (real, link)
+}
+
+// ---------------------------------------------------------------------------
+// Finding 9: exit and OOM files
+// ---------------------------------------------------------------------------
+
+/// Runs a container of `/bin/true` with `req` tweaked by `tweak`; waits for
+/// `dir/exit`.
+fn run_true_container(server: &Server, dir: &Path, tweak: impl FnOnce(&mut CreateRequest)) {
+    let id = container_id();
+    let bundle = make_bundle(dir, &["/bin/true"], false);
+    let mut req = basic_request(dir, &id, &bundle, false);
+    tweak(&mut req);
+    run_local(async {
+        server.client().await.create_container(&req).await.unwrap();
+    });
+    server.start_container(&id);
+    assert_eq!(
+        wait_for_file(&dir.join("exit"), Duration::from_secs(20)),
+        b"0"
+    );
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
+
+#[test]
+fn exit_files_never_write_through_symlinks() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("exit-link");
+    let precious = dir.path().join("precious");
+    fs::write(&precious, b"keep me").unwrap();
+    // A symlink where the exit file goes: replaced, not followed.
+    let at_path = dir.path().join("exit2");
+    symlink(&precious, &at_path).unwrap();
+    // Symlinks at the temporary names a predictable scheme would use.
+    for name in ["exit", "exit2"] {
+        let tmp = dir.path().join(format!(".{name}.{}.tmp", server.pid));
+        symlink(&precious, &tmp).unwrap();
+    }
+    // A directory reached through a symlink nobody trustworthy made.
+    let (real, link) = foreign_dir_symlink(dir.path());
+    run_true_container(&server, dir.path(), |req| {
+        req.exit_paths = vec![
+            dir.path().join("exit").display().to_string(),
+            at_path.display().to_string(),
+            link.join("exit").display().to_string(),
+        ];
+    });
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+    assert!(!fs::symlink_metadata(&at_path).unwrap().is_symlink());
+    assert_eq!(fs::read(&at_path).unwrap(), b"0");
+    assert!(
+        !real.join("exit").exists(),
+        "exit file written through a foreign symlinked directory"
+    );
+    // Each exit file is a fresh file with the usual mode.
+    assert_eq!(mode_of(&dir.path().join("exit")), 0o644);
+}
+
+/// The trace of the server's control thread while a container exits shows
+/// the exit file fsynced before its rename and the directory fsynced after.
+#[test]
+fn exit_file_is_fsynced_before_rename_and_directory_after() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("exit-sync");
+    let trace = dir.path().join("trace");
+    // The control thread (the one the exit files are written on) is the
+    // daemon's main thread: its tid is the pid.
+    let mut strace = Command::new("strace")
+        .args([
+            "-qq",
+            "-e",
+            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg("-p")
+        .arg(server.pid.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    // Time to attach (it prints nothing until a traced call happens).
+    std::thread::sleep(Duration::from_millis(700));
+    run_true_container(&server, dir.path(), |_| {});
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill").arg(strace.id().to_string()).status();
+    let _ = strace.wait();
+    let text = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // The temporary file of `exit`: an open with O_CREAT of `.exit...`.
+    let open = lines
+        .iter()
+        .position(|l| l.starts_with("openat(") && l.contains(".exit.") && l.contains("O_CREAT"))
+        .unwrap_or_else(|| panic!("no open of the exit file's temporary file in:\n{text}"));
+    let fd = lines[open].rsplit("= ").next().unwrap().trim();
+    let rename = (open..lines.len())
+        .find(|&i| lines[i].starts_with("rename") && lines[i].contains("exit\""))
+        .unwrap_or_else(|| panic!("no rename of the exit file in:\n{text}"));
+    assert!(
+        lines[open..rename]
+            .iter()
+            .any(|l| l.starts_with(&format!("fsync({fd})"))
+                || l.starts_with(&format!("fdatasync({fd})"))),
+        "exit file not fsynced before its rename:\n{text}"
+    );
+    assert!(
+        lines[rename..].iter().any(|l| l.starts_with("fsync(")),
+        "directory not fsynced after the rename:\n{text}"
+    );
+}
