@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{lchown, symlink, MetadataExt};
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -139,5 +139,91 @@ fn exit_file_is_fsynced_before_rename_and_directory_after() {
     assert!(
         lines[rename..].iter().any(|l| l.starts_with("fsync(")),
         "directory not fsynced after the rename:\n{text}"
+    );
+}
+
+async fn create_error(c: &Client, req: &CreateRequest) -> String {
+    let e = c.create_container(req).await.unwrap_err().to_string();
+    // The server still answers.
+    c.version(false).await.unwrap();
+    e
+}
+
+// ---------------------------------------------------------------------------
+// Finding 10: log files
+// ---------------------------------------------------------------------------
+
+#[test]
+fn log_paths_through_symlinks_are_refused_naming_log_path() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("log-link");
+    let bundle = make_bundle(dir.path(), &["/bin/true"], false);
+    let precious = dir.path().join("precious");
+    fs::write(&precious, b"keep me").unwrap();
+    let final_link = dir.path().join("link.log");
+    symlink(&precious, &final_link).unwrap();
+    let (real, link) = foreign_dir_symlink(dir.path());
+    run_local(async {
+        let c = server.client().await;
+        for kind in [0, 1] {
+            // The final component is a symlink.
+            let mut req = basic_request(dir.path(), &container_id(), &bundle, false);
+            req.log_drivers[0].kind = kind;
+            req.log_drivers[0].path = final_link.display().to_string();
+            let e = create_error(&c, &req).await;
+            assert!(
+                e.contains("logPath") && e.contains("link.log") && e.contains("symlink"),
+                "kind {kind}: {e}"
+            );
+            // A parent is a symlink nobody trustworthy made.
+            let mut req = basic_request(dir.path(), &container_id(), &bundle, false);
+            req.log_drivers[0].kind = kind;
+            let through = link.join(format!("ctr-{kind}.log"));
+            req.log_drivers[0].path = through.display().to_string();
+            let e = create_error(&c, &req).await;
+            assert!(
+                e.contains("logPath") && e.contains("linkdir") && e.contains("symlink"),
+                "kind {kind}: {e}"
+            );
+            assert!(!real.join(format!("ctr-{kind}.log")).exists());
+        }
+    });
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+}
+
+#[test]
+fn log_files_are_0600_and_system_symlinked_parents_work() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("log-mode");
+    // A symlink made by root in a directory only root writes (like
+    // /var/run -> /run) is followed.
+    fs::create_dir(dir.path().join("logs")).unwrap();
+    symlink(dir.path().join("logs"), dir.path().join("system-link")).unwrap();
+    // An existing file keeps no wider mode either.
+    let json = dir.path().join("system-link/ctr.json");
+    fs::write(&json, b"old").unwrap();
+    fs::set_permissions(&json, fs::Permissions::from_mode(0o644)).unwrap();
+    let cri = dir.path().join("system-link/ctr.log");
+    run_true_container(&server, dir.path(), |req| {
+        req.log_drivers = vec![
+            LogDriver {
+                kind: 0,
+                path: cri.display().to_string(),
+                max_size: 0,
+            },
+            LogDriver {
+                kind: 1,
+                path: json.display().to_string(),
+                max_size: 0,
+            },
+        ];
+    });
+    assert_eq!(mode_of(&dir.path().join("logs/ctr.log")), 0o600, "CRI log");
+    assert_eq!(
+        mode_of(&dir.path().join("logs/ctr.json")),
+        0o600,
+        "JSON log"
     );
 }
