@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -226,4 +226,81 @@ fn log_files_are_0600_and_system_symlinked_parents_work() {
         0o600,
         "JSON log"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Finding 8: attach socket setup
+// ---------------------------------------------------------------------------
+
+#[test]
+fn attach_refuses_a_symlink_at_socket_path_and_leaves_it() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("attach-link");
+    let id = start_sleeping_container(&server, dir.path());
+    let precious = dir.path().join("precious");
+    fs::write(&precious, b"keep me").unwrap();
+    let link = dir.path().join("attach");
+    symlink(&precious, &link).unwrap();
+    let regular = dir.path().join("attach-file");
+    fs::write(&regular, b"mine").unwrap();
+    run_local(async {
+        let c = server.client().await;
+        let e = c
+            .attach_container(&id, &link, "", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("socketPath") && e.contains("symlink") && e.contains("attach"),
+            "{e}"
+        );
+        let e = c
+            .attach_container(&id, &regular, "", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regular file"), "{e}");
+        c.version(false).await.unwrap();
+    });
+    assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+    assert_eq!(fs::read(&regular).unwrap(), b"mine");
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
+
+#[test]
+fn attach_socket_and_new_parents_are_private_and_stale_sockets_replaced() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("attach-mode");
+    let id = start_sleeping_container(&server, dir.path());
+    let path = dir.path().join("new/sub/attach");
+    // A stale socket of an earlier server is replaced.
+    let stale = dir.path().join("stale");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    run_local(async {
+        let c = server.client().await;
+        c.attach_container(&id, &path, "", false).await.unwrap();
+        c.attach_container(&id, &stale, "", false).await.unwrap();
+    });
+    assert_eq!(mode_of(&path), 0o700, "attach socket mode");
+    assert_eq!(mode_of(&dir.path().join("new")), 0o700, "created parent");
+    assert_eq!(
+        mode_of(&dir.path().join("new/sub")),
+        0o700,
+        "created parent"
+    );
+    assert!(fs::symlink_metadata(&stale)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    // Nothing but the socket is left next to it (no private bind dir).
+    let names: Vec<_> = fs::read_dir(dir.path().join("new/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("attach")]);
+    ringmon::sys::socket::connect_seqpacket(&path).expect("attach socket accepts");
+    server.runtime_cmd(&["delete", "-f", &id]);
 }

@@ -5,10 +5,13 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::AtFlags;
 use nix::sys::socket::{
     accept4, bind, listen, recv, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned,
     MsgFlags, SockFlag, SockType, UnixAddr,
 };
+use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+use nix::unistd::linkat;
 
 /// A parent directory kept open so that a socket path longer than
 /// `sun_path` (108 bytes) can be reached as `/proc/self/fd/<dirfd>/<name>`.
@@ -78,12 +81,22 @@ pub fn recv_fds(stream: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     Ok(fds)
 }
 
-/// Creates a listening SOCK_SEQPACKET socket at `path` (long-path rule,
-/// parent created), non-blocking and close-on-exec. The file mode is set
-/// between bind and listen, so no client can connect before it applies.
+/// Creates a listening SOCK_SEQPACKET socket at `path`, non-blocking and
+/// close-on-exec, reachable by path only once it has `mode`.
+///
+/// The directory is reached with [`super::fs::open_dir`] (no symlink but
+/// system ones; missing directories created 0700). Only a stale socket at
+/// `path` is removed; anything else there (a symlink, a file) is refused.
+/// The socket is bound in a private 0700 directory next to `path`, gets
+/// `mode` there (nobody else can reach or swap the name in between), starts
+/// listening, and is then hard-linked to `path`, which fails instead of
+/// replacing anything that appeared there meanwhile. No chmod ever goes
+/// through `path`.
 pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::PermissionsExt;
-    let long = LongPath::new(path)?;
+    let (dir, name) = super::fs::open_parent(path, Some(0o700))?;
+    super::fs::remove_stale_socket(&dir, name, path)?;
+    let mut private = super::fs::PrivateDir::create(&dir, path)?;
+    let bound = private.short_path("socket");
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -91,10 +104,20 @@ pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
         None,
     )
     .map_err(io::Error::from)?;
-    let addr = UnixAddr::new(long.path()).map_err(io::Error::from)?;
+    let addr = UnixAddr::new(&bound).map_err(io::Error::from)?;
     bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    fchmodat(
+        private.fd(),
+        "socket",
+        Mode::from_bits_truncate(mode),
+        FchmodatFlags::FollowSymlink,
+    )
+    .map_err(io::Error::from)?;
     listen(&fd, Backlog::MAXCONN).map_err(io::Error::from)?;
+    linkat(private.fd(), "socket", &dir, name, AtFlags::empty()).map_err(|e| {
+        let io = io::Error::from(e);
+        io::Error::new(io.kind(), format!("'{}': {io}", path.display()))
+    })?;
     Ok(fd)
 }
 
