@@ -7,7 +7,9 @@
 mod common;
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{lchown, symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -303,4 +305,157 @@ fn attach_socket_and_new_parents_are_private_and_stale_sockets_replaced() {
     assert_eq!(names, vec![std::ffi::OsString::from("attach")]);
     ringmon::sys::socket::connect_seqpacket(&path).expect("attach socket accepts");
     server.runtime_cmd(&["delete", "-f", &id]);
+}
+
+// ---------------------------------------------------------------------------
+// Finding 14: peer credentials
+// ---------------------------------------------------------------------------
+
+/// What a probe connection saw within its timeout.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// The server closed the connection.
+    Closed,
+    /// The connection stayed open, waiting for the client.
+    Open,
+    Other(String),
+}
+
+/// Connects to `path` (a stream or a seqpacket socket) and waits a moment
+/// for the server to close it.
+fn probe(path: &Path, seqpacket: bool) -> Probe {
+    let conn = if seqpacket {
+        match ringmon::sys::socket::connect_seqpacket(path) {
+            Ok(fd) => std::os::unix::net::UnixStream::from(fd),
+            Err(e) => return Probe::Other(format!("connect: {e}")),
+        }
+    } else {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => s,
+            Err(e) => return Probe::Other(format!("connect: {e}")),
+        }
+    };
+    let mut conn = conn;
+    conn.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => Probe::Closed,
+        Ok(n) => Probe::Other(format!("{n} bytes")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Probe::Open
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Probe::Closed,
+        Err(e) => Probe::Other(format!("read: {e}")),
+    }
+}
+
+/// Not a test of its own: the body of the probe run as another user (this
+/// test binary started again with `RINGMON_PEER_PROBE` set). Does nothing
+/// otherwise.
+#[test]
+fn peer_probe_helper() {
+    let Some(path) = std::env::var_os("RINGMON_PEER_PROBE") else {
+        return;
+    };
+    let seqpacket = std::env::var_os("RINGMON_PEER_PROBE_SEQPACKET").is_some();
+    println!("PROBE-RESULT {:?}", probe(Path::new(&path), seqpacket));
+}
+
+/// Runs [`probe`] as uid/gid nobody (no supplementary groups) from a copy of
+/// this test binary that nobody may run.
+fn probe_as_nobody(exe: &Path, path: &Path, seqpacket: bool) -> String {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "peer_probe_helper",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("RINGMON_PEER_PROBE", path)
+    .uid(NOBODY)
+    .gid(NOBODY)
+    .current_dir("/");
+    if seqpacket {
+        cmd.env("RINGMON_PEER_PROBE_SEQPACKET", "1");
+    }
+    let out = cmd.output().expect("run the probe as nobody");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("PROBE-RESULT ").map(|(_, r)| r.trim()))
+        .unwrap_or_else(|| {
+            panic!(
+                "probe printed no result: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+/// Gives everyone access to `path` and the directories above it up to `/`
+/// (search only for directories), so that only the peer check can refuse.
+fn open_up(path: &Path) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() || dir == Path::new("/") {
+            break;
+        }
+        let mode = mode_of(dir);
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o005)).unwrap();
+    }
+}
+
+#[test]
+fn other_users_are_refused_on_every_socket_and_root_still_served() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("peer");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("probe");
+    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let id = start_sleeping_container(&server, dir.path());
+    let attach = dir.path().join("attach");
+    let fd_socket = run_local_value(async {
+        let c = server.client().await;
+        c.attach_container(&id, &attach, "", false).await.unwrap();
+        c.start_fd_socket().await.unwrap()
+    });
+    let sockets = [
+        ("conmon.sock", server.socket.clone(), false),
+        ("fd socket", fd_socket, true),
+        ("attach socket", attach, true),
+    ];
+    for (name, path, seqpacket) in &sockets {
+        open_up(path);
+        assert_eq!(
+            probe_as_nobody(&exe, path, *seqpacket),
+            "Closed",
+            "{name}: a connection of uid {NOBODY} must be closed"
+        );
+        // Root is still served on the same socket.
+        assert_eq!(probe(path, *seqpacket), Probe::Open, "{name} as root");
+    }
+    run_local(async {
+        server.client().await.version(false).await.unwrap();
+    });
+    server.runtime_cmd(&["delete", "-f", &id]);
+}
+
+fn run_local_value<T: 'static, F: std::future::Future<Output = T>>(f: F) -> T {
+    let mut out = None;
+    run_local(async {
+        out = Some(f.await);
+    });
+    out.unwrap()
 }

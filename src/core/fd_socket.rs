@@ -243,7 +243,8 @@ pub struct FdSocket {
 
 impl FdSocket {
     /// Binds `path` (a stale socket replaced, anything else there refused)
-    /// and starts accepting. Must run inside a `LocalSet`.
+    /// and starts accepting; connections of users other than root and the
+    /// server's are closed at accept. Must run inside a `LocalSet`.
     pub fn start(path: &Path) -> io::Result<FdSocket> {
         let listener = sys::socket::listen_seqpacket(path, FD_SOCKET_MODE)?;
         let listener = sys::reactor::async_fd(listener, Interest::READABLE)?;
