@@ -4,6 +4,7 @@
 //! single-threaded runtime; calls on one connection run concurrently
 //! because each handler is its own future.
 
+use std::os::fd::AsFd;
 use std::rc::Rc;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
@@ -308,8 +309,9 @@ impl conmon::Server for ConmonServer {
     }
 }
 
-/// Accepts connections forever, one RPC system per connection. Must run
-/// inside a `LocalSet`.
+/// Accepts connections forever, one RPC system per connection; a peer that
+/// is neither root nor the server's user is closed at once (defence in
+/// depth behind the socket's mode). Must run inside a `LocalSet`.
 pub async fn serve(listener: UnixListener, server: ConmonServer) {
     let client: conmon::Client = capnp_rpc::new_client(server);
     loop {
@@ -321,6 +323,9 @@ pub async fn serve(listener: UnixListener, server: ConmonServer) {
                 continue;
             }
         };
+        if !crate::sys::socket::peer_allowed(stream.as_fd(), "conmon.sock") {
+            continue;
+        }
         let (reader, writer) = stream.into_split();
         let network = twoparty::VatNetwork::new(
             reader.compat(),

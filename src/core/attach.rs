@@ -93,8 +93,9 @@ impl Attach {
     }
 
     /// Makes sure a listener serves `path`. An existing listener of this
-    /// container at the same path is reused; anything else at the path (a
-    /// stale socket of an earlier server) is replaced.
+    /// container at the same path is reused; a stale socket (of an earlier
+    /// server) is replaced; anything else there (a symlink, a file) is
+    /// refused and left alone.
     pub fn listen(
         &mut self,
         path: &Path,
@@ -102,16 +103,13 @@ impl Attach {
         engine: &Arc<Engine>,
     ) -> io::Result<()> {
         if let Some(l) = self.listeners.get(path) {
-            if std::fs::metadata(path).map(|m| m.ino()).ok() == Some(l.ino) {
+            if socket_ino(path) == Some(l.ino) {
                 return Ok(());
             }
         }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let listener = sys::socket::listen_seqpacket(path, ATTACH_SOCKET_MODE)?;
-        let ino = std::fs::metadata(path)?.ino();
+        let listener = sys::socket::listen_seqpacket(path, ATTACH_SOCKET_MODE)
+            .map_err(|e| io::Error::new(e.kind(), format!("socketPath: {e}")))?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
         let id = self.next_listener;
         self.next_listener += 1;
         // The worker accepts too, right before it routes output, so that a
@@ -166,12 +164,17 @@ impl Attach {
     pub fn close(&mut self) {
         self.readers.cancel();
         for (path, l) in self.listeners.drain() {
-            if std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(l.ino) {
+            if socket_ino(&path) == Some(l.ino) {
                 let _ = std::fs::remove_file(&path);
             }
         }
         self.stdin = None;
     }
+}
+
+/// The inode of the file at `path` itself (a symlink there is not followed).
+fn socket_ino(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).map(|m| m.ino()).ok()
 }
 
 /// One attach listener of a container.

@@ -1,62 +1,53 @@
 //! Exit and OOM files (spec §3.0.7, §3.2).
 
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// Mode of exit and OOM files (before the umask): readable by all, as the
+/// exit code is no secret and readers may be other users (podman).
+const EXIT_FILE_MODE: u32 = 0o644;
 
 /// Writes `code` (decimal, no newline) to every path. Each file is written
-/// to a temporary sibling and renamed into place, so a reader never sees a
-/// partial file. Paths are written in reverse order: the first one is the
-/// one clients watch (CRI-O's exits-dir entry), and it appears only after
-/// every other one exists. Returns the paths that failed, with the error.
+/// to a temporary sibling with a random name (created exclusively, never
+/// through a symlink), fsynced and renamed into place, and the directory is
+/// fsynced: a reader never sees a partial file, and a crash never leaves an
+/// empty one (which clients would read as exit 0). A symlink at a path is
+/// replaced, not followed; a directory reached through a symlink other
+/// than a system one is refused (`sys::fs`). Paths are written in reverse
+/// order: the first one is the one clients watch (CRI-O's exits-dir entry),
+/// and it appears only after every other one exists. Returns the paths that
+/// failed, with the error.
 pub fn write_exit_files(paths: &[PathBuf], code: i32) -> Vec<(PathBuf, io::Error)> {
     let content = code.to_string();
     paths
         .iter()
         .rev()
         .filter_map(|p| {
-            write_atomic(p, content.as_bytes())
+            sys::fs::write_file_atomic(p, content.as_bytes(), EXIT_FILE_MODE)
                 .err()
                 .map(|e| (p.clone(), e))
         })
         .collect()
 }
 
-/// Creates every OOM file empty and syncs it.
+/// Creates every OOM file empty, the same way as the exit files.
 pub fn write_oom_files(paths: &[PathBuf]) -> Vec<(PathBuf, io::Error)> {
     paths
         .iter()
         .filter_map(|p| {
-            fs::File::create(p)
-                .and_then(|f| f.sync_all())
+            sys::fs::write_file_atomic(p, b"", EXIT_FILE_MODE)
                 .err()
                 .map(|e| (p.clone(), e))
         })
         .collect()
-}
-
-fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn exit_files_hold_exact_code() {

@@ -242,13 +242,10 @@ pub struct FdSocket {
 }
 
 impl FdSocket {
-    /// Binds `path` (long-path rule, stale file replaced) and starts
-    /// accepting. Must run inside a `LocalSet`.
+    /// Binds `path` (a stale socket replaced, anything else there refused)
+    /// and starts accepting; connections of users other than root and the
+    /// server's are closed at accept. Must run inside a `LocalSet`.
     pub fn start(path: &Path) -> io::Result<FdSocket> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
         let listener = sys::socket::listen_seqpacket(path, FD_SOCKET_MODE)?;
         let listener = sys::reactor::async_fd(listener, Interest::READABLE)?;
         let slots = Rc::new(RefCell::new(FdSlots::default()));

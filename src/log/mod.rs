@@ -1,9 +1,8 @@
 //! Container log drivers: pure encoders (`cri`, `json`) and the file writers
 //! that the engine workers feed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod cri;
@@ -51,8 +50,8 @@ pub struct LogSpec {
 /// Errors of the log layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// open log file path '{path}': {source}
-    #[error("open log file path '{path}': {source}")]
+    /// open log file path '{path}' (logPath): {source}
+    #[error("open log file path '{path}' (logPath): {source}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -110,7 +109,7 @@ impl LogWriter {
         if spec.format == LogFormat::Journald {
             return LogWriter::journal_at(Path::new(journald::JOURNAL_SOCKET));
         }
-        let file = open_truncated(spec.format, &spec.path)?;
+        let file = open_truncated(&spec.path)?;
         Ok(LogWriter {
             destination: Destination::File(LogFile {
                 format: spec.format,
@@ -304,7 +303,7 @@ impl LogFile {
     }
 
     fn reopen_truncated(&mut self) -> Result<(), LogError> {
-        self.file = open_truncated(self.format, &self.path)?;
+        self.file = open_truncated(&self.path)?;
         self.written = 0;
         self.torn = false;
         Ok(())
@@ -353,18 +352,12 @@ fn stream_index(stream: StreamKind) -> usize {
     }
 }
 
-/// Create + truncate + read/write. CRI: mode 0600 (before umask), never
-/// following a symlink at the final component; JSON: default mode 0666
-/// (before umask). Both close-on-exec (std always sets `O_CLOEXEC`).
-fn open_truncated(format: LogFormat, path: &Path) -> Result<File, LogError> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(true);
-    if format == LogFormat::Cri {
-        options
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    }
-    options.open(path).map_err(|source| LogError::Open {
+/// Create + truncate + read/write, close-on-exec, mode 0600 for every
+/// format. Never through a symlink at the final component nor through one
+/// in the directory chain other than a system symlink (`sys::fs`), and
+/// never anything but a regular file.
+fn open_truncated(path: &Path) -> Result<File, LogError> {
+    crate::sys::fs::open_log_file(path).map_err(|source| LogError::Open {
         path: path.to_path_buf(),
         source,
     })

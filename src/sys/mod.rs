@@ -2,6 +2,7 @@
 //! `// SAFETY:` comment; everything exported here is a safe API.
 
 pub mod fd;
+pub mod fs;
 pub mod limits;
 pub mod namespace;
 pub mod process;

@@ -1,14 +1,21 @@
 //! Unix socket helpers: long-path binds and fd passing.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
+use nix::fcntl::AtFlags;
+use nix::sys::socket::sockopt::PeerCredentials;
 use nix::sys::socket::{
-    accept4, bind, listen, recv, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned,
-    MsgFlags, SockFlag, SockType, UnixAddr,
+    accept4, bind, getsockopt, listen, recv, recvmsg, socket, AddressFamily, Backlog,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
+use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+use nix::unistd::linkat;
 
 /// A parent directory kept open so that a socket path longer than
 /// `sun_path` (108 bytes) can be reached as `/proc/self/fd/<dirfd>/<name>`.
@@ -78,12 +85,22 @@ pub fn recv_fds(stream: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     Ok(fds)
 }
 
-/// Creates a listening SOCK_SEQPACKET socket at `path` (long-path rule,
-/// parent created), non-blocking and close-on-exec. The file mode is set
-/// between bind and listen, so no client can connect before it applies.
+/// Creates a listening SOCK_SEQPACKET socket at `path`, non-blocking and
+/// close-on-exec, reachable by path only once it has `mode`.
+///
+/// The directory is reached with [`super::fs::open_dir`] (no symlink but
+/// system ones; missing directories created 0700). Only a stale socket at
+/// `path` is removed; anything else there (a symlink, a file) is refused.
+/// The socket is bound in a private 0700 directory next to `path`, gets
+/// `mode` there (nobody else can reach or swap the name in between), starts
+/// listening, and is then hard-linked to `path`, which fails instead of
+/// replacing anything that appeared there meanwhile. No chmod ever goes
+/// through `path`.
 pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::PermissionsExt;
-    let long = LongPath::new(path)?;
+    let (dir, name) = super::fs::open_parent(path, Some(0o700))?;
+    super::fs::remove_stale_socket(&dir, name, path)?;
+    let mut private = super::fs::PrivateDir::create(&dir, path)?;
+    let bound = private.short_path("socket");
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -91,10 +108,20 @@ pub fn listen_seqpacket(path: &Path, mode: u32) -> io::Result<OwnedFd> {
         None,
     )
     .map_err(io::Error::from)?;
-    let addr = UnixAddr::new(long.path()).map_err(io::Error::from)?;
+    let addr = UnixAddr::new(&bound).map_err(io::Error::from)?;
     bind(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    fchmodat(
+        private.fd(),
+        "socket",
+        Mode::from_bits_truncate(mode),
+        FchmodatFlags::FollowSymlink,
+    )
+    .map_err(io::Error::from)?;
     listen(&fd, Backlog::MAXCONN).map_err(io::Error::from)?;
+    linkat(private.fd(), "socket", &dir, name, AtFlags::empty()).map_err(|e| {
+        let io = io::Error::from(e);
+        io::Error::new(io.kind(), format!("'{}': {io}", path.display()))
+    })?;
     Ok(fd)
 }
 
@@ -115,17 +142,79 @@ pub fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Accepts one pending connection (non-blocking, close-on-exec).
-/// `Ok(None)`: nothing pending.
+/// Accepts one pending connection (non-blocking, close-on-exec) from an
+/// allowed peer (see [`peer_allowed`]); connections of other users are
+/// closed on the spot and the next one is tried. `Ok(None)`: nothing
+/// pending.
 pub fn accept_nonblocking(listener: &OwnedFd) -> io::Result<Option<OwnedFd>> {
-    match accept4(
-        listener.as_raw_fd(),
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-    ) {
-        // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
-        Err(nix::errno::Errno::EAGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
+    loop {
+        match accept4(
+            listener.as_raw_fd(),
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok(fd) => {
+                // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+                let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+                if peer_allowed(conn.as_fd(), "an attach or fd socket") {
+                    return Ok(Some(conn));
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the peer of the connected unix socket `conn` may talk to the
+/// server: root or the server's own effective user (`SO_PEERCRED`). The
+/// socket file modes already keep others out; this holds when a mode or a
+/// directory is looser than meant. A refused peer is logged (at most one
+/// line per second, with the count of the ones not logged) naming `socket`.
+pub fn peer_allowed(conn: BorrowedFd<'_>, socket: &str) -> bool {
+    let creds = match getsockopt(&conn, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            warn_refused(socket, format_args!("no peer credentials: {e}"));
+            return false;
+        }
+    };
+    let uid = creds.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    warn_refused(
+        socket,
+        format_args!(
+            "peer uid {uid} (pid {}) is neither root nor the server's uid",
+            creds.pid()
+        ),
+    );
+    false
+}
+
+/// Seconds (since the first refusal) of the last refusal logged, plus one;
+/// 0 = none logged yet.
+static LAST_REFUSAL_LOGGED: AtomicU64 = AtomicU64::new(0);
+/// Refusals not logged since the last line.
+static REFUSALS_NOT_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+fn warn_refused(socket: &str, why: std::fmt::Arguments<'_>) {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let last = LAST_REFUSAL_LOGGED.load(Ordering::Relaxed);
+    let due = last == 0 || now > last;
+    if due
+        && LAST_REFUSAL_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let skipped = REFUSALS_NOT_LOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            refusals_not_logged = skipped,
+            "refused a connection on {socket}: {why}"
+        );
+    } else {
+        REFUSALS_NOT_LOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
