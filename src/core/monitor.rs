@@ -242,12 +242,16 @@ impl Monitor {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            match tokio::time::timeout(self.runtime.timeout, self.run_to_exit(cmd)).await {
-                Ok(Ok(exit)) => {
+            match self.run_to_exit_within_timeout(cmd).await {
+                Ok(Some(exit)) => {
                     info!(id = %left.id, ?exit, "deleted the container of an abandoned create")
                 }
-                Ok(Err(e)) => warn!(id = %left.id, "delete after an abandoned create: {e}"),
-                Err(_) => warn!(id = %left.id, "delete after an abandoned create timed out"),
+                Ok(None) => warn!(
+                    id = %left.id,
+                    timeout = ?self.runtime.timeout,
+                    "delete after an abandoned create timed out; the runtime was killed"
+                ),
+                Err(e) => warn!(id = %left.id, "delete after an abandoned create: {e}"),
             }
             self.state.borrow_mut().creating.remove(&left.id);
         }
@@ -418,14 +422,27 @@ impl Monitor {
         key
     }
 
-    /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
-    /// If the wait is abandoned (the call was cancelled), the runtime is
-    /// left running and handed to the sweep, which reaps it.
-    async fn run_to_exit(&self, cmd: Command) -> Result<sys::process::Exit, CoreError> {
+    /// Spawns `cmd` and waits for it up to the runtime timeout, keeping the
+    /// SIGCHLD sweep away from it. `Ok(None)`: it did not finish in time.
+    /// Past the timeout, or if the call is cancelled, the runtime is killed
+    /// (like in [`Monitor::run_runtime`]), so that no runtime outlives its
+    /// caller; the sweep reaps it.
+    async fn run_to_exit_within_timeout(
+        &self,
+        cmd: Command,
+    ) -> Result<Option<sys::process::Exit>, CoreError> {
         let pid = self.spawn_runtime(cmd)?;
-        self.wait_spawned(pid)
-            .await
-            .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+        let abandon = KillOnDrop(Some(pid));
+        let waited = tokio::time::timeout(self.runtime.timeout, self.wait_spawned(pid)).await;
+        match waited {
+            Ok(exit) => {
+                abandon.disarm();
+                exit.map(Some)
+                    .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+            }
+            // Dropping `abandon` kills it.
+            Err(_) => Ok(None),
+        }
     }
 
     /// Spawns the runtime command `cmd` and returns its pid.
