@@ -26,13 +26,17 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use super::attach::{Attach, StdinTarget};
-use super::exec::{self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT};
+use super::exec::{
+    self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT, MAX_CONCURRENT_EXEC_SYNC,
+};
 use super::exit_files::{write_exit_files, write_oom_files};
 use super::fd_socket::{FdSocket, NoSuchSlot};
 use super::oom::OomWatcher;
 use super::runtime::{CreateArgs, ExecArgs, RuntimeConfig};
 use super::{CoreError, CreateContainer};
-use crate::engine::{ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource};
+use crate::engine::{
+    ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource, MAX_ATTACH_CLIENTS,
+};
 use crate::log::{LogWriter, StreamKind};
 use crate::sys;
 
@@ -79,6 +83,8 @@ struct State {
     /// becomes our child (reparented) when the runtime exits, before its pid
     /// is known, and a quick one may already be a zombie then.
     pending_execs: usize,
+    /// execSync calls in progress (at most `MAX_CONCURRENT_EXEC_SYNC`).
+    exec_syncs_running: usize,
     /// Waiters for the engine's `Drained` event.
     drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
     /// Exit handlers still running (awaited at shutdown).
@@ -544,7 +550,15 @@ impl Monitor {
     /// runtime knows. The exec process is not registered as a child of the
     /// container either, so attach, resize and reopen keep acting on the
     /// container while an exec runs (upstream redirects them to the exec).
-    pub async fn exec_sync(&self, req: &ExecSync) -> ExecOutcome {
+    ///
+    /// At most [`MAX_CONCURRENT_EXEC_SYNC`] run at once; a call past that
+    /// is refused with [`CoreError::TooMany`].
+    pub async fn exec_sync(&self, req: &ExecSync) -> Result<ExecOutcome, CoreError> {
+        let _slot = ExecSyncSlot::take(self)?;
+        Ok(self.exec_sync_inner(req).await)
+    }
+
+    async fn exec_sync_inner(&self, req: &ExecSync) -> ExecOutcome {
         let pid_file = self
             .runtime_dir
             .join(format!("exec_sync{}pid", random_uuid()));
@@ -744,6 +758,7 @@ impl Monitor {
             .get_mut(id)
             .and_then(|l| l.last_mut())
             .ok_or(CoreError::ChildNotAvailable)?;
+        check_attach_room(&child.attach, &format!("container {id}"), socket_path)?;
         child
             .attach
             .listen(socket_path, stop_after_stdin_eof, &self.engine)
@@ -896,6 +911,31 @@ impl Drop for Tracked<'_> {
             // It may have exited already, its SIGCHLD swept past it.
             self.monitor.sweep.notify_one();
         }
+    }
+}
+
+/// One of the [`MAX_CONCURRENT_EXEC_SYNC`] execSync slots, given back
+/// when dropped (also when the call is cancelled).
+struct ExecSyncSlot<'a>(&'a Monitor);
+
+impl<'a> ExecSyncSlot<'a> {
+    fn take(monitor: &'a Monitor) -> Result<ExecSyncSlot<'a>, CoreError> {
+        let mut st = monitor.state.borrow_mut();
+        if st.exec_syncs_running >= MAX_CONCURRENT_EXEC_SYNC {
+            return Err(CoreError::TooMany {
+                what: "concurrent execSync calls",
+                scope: "this server".to_string(),
+                limit: MAX_CONCURRENT_EXEC_SYNC,
+            });
+        }
+        st.exec_syncs_running += 1;
+        Ok(ExecSyncSlot(monitor))
+    }
+}
+
+impl Drop for ExecSyncSlot<'_> {
+    fn drop(&mut self) {
+        self.0.state.borrow_mut().exec_syncs_running -= 1;
     }
 }
 
@@ -1222,6 +1262,31 @@ impl Drop for CreateReservation<'_> {
             }
         }
     }
+}
+
+/// Refuses a new attach (RPC) when `attach` serves [`MAX_ATTACH_CLIENTS`]
+/// clients already, or when `socket_path` would be one listener too many.
+/// `scope` names the container (or exec session) in the error.
+pub(crate) fn check_attach_room(
+    attach: &Attach,
+    scope: &str,
+    socket_path: &Path,
+) -> Result<(), CoreError> {
+    if attach.client_count() >= MAX_ATTACH_CLIENTS {
+        return Err(CoreError::TooMany {
+            what: "attach clients",
+            scope: scope.to_string(),
+            limit: MAX_ATTACH_CLIENTS,
+        });
+    }
+    if !attach.serves(socket_path) && attach.listener_count() >= MAX_ATTACH_CLIENTS {
+        return Err(CoreError::TooMany {
+            what: "attach sockets",
+            scope: scope.to_string(),
+            limit: MAX_ATTACH_CLIENTS,
+        });
+    }
+    Ok(())
 }
 
 /// Kills a spawned runtime when dropped armed: its call was abandoned.
