@@ -14,7 +14,8 @@ use common::*;
 /// A runtime wrapper whose `create` misbehaves as the files in `dir` say:
 /// `noisy` writes 200 KB and a marker line to stderr and a marker to stdout
 /// first, `slow` sleeps 3 s first, `hang` never finishes (it becomes a
-/// `sleep 613`). Every other call goes straight to the real runtime.
+/// `sleep 613`); with `hang-delete`, `delete` never finishes (it becomes a
+/// `sleep 617`). Every other call goes straight to the real runtime.
 fn wrapper(dir: &Path, real: &Path) -> PathBuf {
     let script = dir.join("runtime-wrapper");
     fs::write(
@@ -25,7 +26,7 @@ fn wrapper(dir: &Path, real: &Path) -> PathBuf {
              [ -f {d}/noisy ] && {{ head -c 200000 /dev/zero | tr '\\0' x >&2; echo; echo RUNTIME-STDERR-MARK >&2; echo RUNTIME-STDOUT-MARK; }}\n\
              [ -f {d}/slow ] && sleep 3\n\
              [ -f {d}/hang ] && exec sleep 613\n\
-             }}; done\n\
+             }}; [ \"$a\" = delete ] && [ -f {d}/hang-delete ] && exec sleep 617; done\n\
              exec {real} \"$@\"\n",
             d = dir.display(),
             real = real.display()
@@ -222,4 +223,56 @@ fn a_create_abandoned_by_its_client_frees_the_id_and_leaves_no_container() {
         assert_eq!(stdout, b"second try\n");
         server.runtime_cmd(&["delete", "-f", &id]);
     });
+}
+
+#[test]
+fn a_hanging_delete_after_an_abandoned_create_is_killed_at_the_runtime_timeout() {
+    let real = &runtimes()[0];
+    let rec = TempDir::new("hangdel");
+    fs::write(rec.path().join("slow"), b"").unwrap();
+    fs::write(rec.path().join("hang-delete"), b"").unwrap();
+    let server = Server::start_with(&wrapper(rec.path(), real), &["--runtime-timeout", "2"]);
+    let dir = TempDir::new("hangdelc");
+    let id = container_id();
+    let bundle = make_bundle(dir.path(), &["/bin/echo", "after the hung delete"], false);
+    let req = basic_request(dir.path(), &id, &bundle, false);
+    // The client gives up during the (slow) create: the server deletes the
+    // leftover through the runtime, whose delete hangs.
+    let gave_up = run_local_value(async {
+        let c = server.client().await;
+        tokio::time::timeout(Duration::from_millis(500), c.create_container(&req))
+            .await
+            .is_err()
+    });
+    assert!(gave_up);
+    assert!(
+        wait_until(Duration::from_secs(5), || !processes_with_argv(&[
+            "sleep", "617"
+        ])
+        .is_empty()),
+        "the delete of the abandoned create never started"
+    );
+    // Past the 2 s runtime timeout (plus slack), the delete is killed.
+    let killed = wait_until(Duration::from_secs(8), || {
+        processes_with_argv(&["sleep", "617"]).is_empty()
+    });
+    let left = processes_with_argv(&["sleep", "617"]);
+    for pid in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        killed,
+        "the hung delete still runs past the runtime timeout: {left:?}"
+    );
+    // The id is free again and the server still creates.
+    fs::remove_file(rec.path().join("slow")).unwrap();
+    fs::remove_file(rec.path().join("hang-delete")).unwrap();
+    create_retrying(&server, &req, Duration::from_secs(10)).expect("create after the hung delete");
+    server.start_container(&id);
+    wait_for_file(&dir.path().join("exit"), Duration::from_secs(20));
+    let (stdout, _) = parse_cri(&fs::read(dir.path().join("ctr.log")).unwrap());
+    assert_eq!(stdout, b"after the hung delete\n");
+    server.runtime_cmd(&["delete", "-f", &id]);
 }

@@ -118,7 +118,7 @@ impl conmon::Server for ConmonServer {
         let req = rpc::exec_sync_container(params.get()?.get_request()?).map_err(|e| failed(&e))?;
         drop(params);
         debug!(id = %req.id, command = ?req.command, terminal = req.terminal, "execSyncContainer");
-        let out = self.monitor.exec_sync(&req).await;
+        let out = self.monitor.exec_sync(&req).await.map_err(|e| failed(&e))?;
         let mut r = results.get().init_response();
         r.set_exit_code(out.exit_code);
         r.set_stdout(&out.stdout);

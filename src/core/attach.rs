@@ -10,11 +10,13 @@
 //! stop reading, so backpressure reaches the clients through their socket
 //! buffers; input is never dropped.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -23,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::engine::MAX_ATTACH_CLIENTS;
 use crate::engine::{AttachListenerId, ContainerKey, Engine};
 use crate::sys;
 
@@ -64,6 +67,8 @@ pub struct Attach {
     /// Cancelled when the container exits or a stop-after-stdin-EOF client
     /// hits EOF: every client reader of this container stops.
     readers: CancellationToken,
+    /// Clients whose input is being read (bounded by `MAX_ATTACH_CLIENTS`).
+    clients: Rc<Cell<usize>>,
 }
 
 impl Attach {
@@ -89,7 +94,23 @@ impl Attach {
             listeners: HashMap::new(),
             next_listener: 0,
             readers: CancellationToken::new(),
+            clients: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// Clients connected now (whose input is read).
+    pub fn client_count(&self) -> usize {
+        self.clients.get()
+    }
+
+    /// Listeners (socket paths) this container has.
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Whether a listener of this container serves `path` already.
+    pub fn serves(&self, path: &Path) -> bool {
+        self.listeners.contains_key(path)
     }
 
     /// Makes sure a listener serves `path`. An existing listener of this
@@ -124,6 +145,7 @@ impl Attach {
             stop_after_stdin_eof,
             readers: self.readers.clone(),
             engine: Arc::clone(engine),
+            clients: Rc::clone(&self.clients),
         };
         let entry = Listener {
             ino,
@@ -194,6 +216,7 @@ struct ClientContext {
     stop_after_stdin_eof: bool,
     readers: CancellationToken,
     engine: Arc<Engine>,
+    clients: Rc<Cell<usize>>,
 }
 
 async fn accept_loop(
@@ -230,6 +253,15 @@ async fn accept_loop(
 }
 
 fn start_client(conn: OwnedFd, ctx: &ClientContext) {
+    if ctx.clients.get() >= MAX_ATTACH_CLIENTS {
+        // Closed at once, before the engine sees it (no done packet).
+        sys::socket::hang_up(&conn);
+        warn!(
+            key = ctx.key,
+            "attach client refused: too many attach clients (limit {MAX_ATTACH_CLIENTS})"
+        );
+        return;
+    }
     let output = match conn.try_clone() {
         Ok(fd) => fd,
         Err(e) => {
@@ -246,10 +278,24 @@ fn start_client(conn: OwnedFd, ctx: &ClientContext) {
 
 /// Starts forwarding a connected client's input.
 fn start_reader(conn: OwnedFd, ctx: &ClientContext) {
+    if ctx.clients.get() >= MAX_ATTACH_CLIENTS {
+        // The engine took it (its own count had room): it gets output, but
+        // its input is not read.
+        warn!(
+            key = ctx.key,
+            "attach client: input ignored, too many attach clients (limit {MAX_ATTACH_CLIENTS})"
+        );
+        return;
+    }
     debug!(key = ctx.key, "attach client connected");
     match sys::reactor::async_fd(conn, Interest::READABLE) {
         Ok(conn) => {
-            tokio::task::spawn_local(read_client(conn, ctx.clone()));
+            ctx.clients.set(ctx.clients.get() + 1);
+            let ctx = ctx.clone();
+            tokio::task::spawn_local(async move {
+                read_client(conn, ctx.clone()).await;
+                ctx.clients.set(ctx.clients.get() - 1);
+            });
         }
         Err(e) => warn!(key = ctx.key, "attach client: {e}"),
     }

@@ -21,6 +21,11 @@ use crate::sys;
 /// `OUTPUT_LIMIT - 1` bytes (spec §3.3 step 6).
 pub const OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 
+/// Most execSync calls the server runs at once: each may hold two
+/// [`OUTPUT_LIMIT`] buffers. Past it a call fails at once (an RPC error,
+/// not an exit code) and leaves the running ones alone.
+pub const MAX_CONCURRENT_EXEC_SYNC: usize = 64;
+
 /// `exitCode` when the runtime failed to start the process.
 pub const EXIT_RUNTIME_FAILED: i32 = -2;
 

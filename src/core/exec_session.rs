@@ -13,6 +13,13 @@ use crate::log::LogSpec;
 /// beyond that the oldest ended one is forgotten (its exit files remain).
 pub const ENDED_SESSIONS_KEPT: usize = 128;
 
+/// Most exec sessions the server holds that have not ended (created,
+/// suspended or running), over all containers: each holds an engine
+/// registration, pipes or a pty, and a watcher. Past it
+/// `createExecSession` fails; ended ones do not count (they are bounded per
+/// container by [`ENDED_SESSIONS_KEPT`]).
+pub const MAX_EXEC_SESSIONS: usize = 1024;
+
 /// What a session runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecProcess {

@@ -99,6 +99,14 @@ pub enum CoreError {
     NoSuchSession { id: String, session: String },
     #[error("exec session '{session}' already exists in container '{id}'")]
     SessionExists { id: String, session: String },
+    /// A bounded resource is at its limit (attach clients, exec sessions,
+    /// concurrent execSync calls); see README "Faults and limits".
+    #[error("too many {what} for {scope}: limit {limit}")]
+    TooMany {
+        what: &'static str,
+        scope: String,
+        limit: usize,
+    },
     /// A session call that its state does not allow.
     #[error("exec session '{session}' is {state}")]
     SessionState {

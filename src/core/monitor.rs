@@ -26,13 +26,17 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use super::attach::{Attach, StdinTarget};
-use super::exec::{self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT};
+use super::exec::{
+    self, CappedOutput, ExecOutcome, ExecStream, ExecSync, EXIT_TIMED_OUT, MAX_CONCURRENT_EXEC_SYNC,
+};
 use super::exit_files::{write_exit_files, write_oom_files};
 use super::fd_socket::{FdSocket, NoSuchSlot};
 use super::oom::OomWatcher;
 use super::runtime::{CreateArgs, ExecArgs, RuntimeConfig};
 use super::{CoreError, CreateContainer};
-use crate::engine::{ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource};
+use crate::engine::{
+    ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource, MAX_ATTACH_CLIENTS,
+};
 use crate::log::{LogWriter, StreamKind};
 use crate::sys;
 
@@ -82,6 +86,8 @@ struct State {
     /// becomes our child (reparented) when the runtime exits, before its pid
     /// is known, and a quick one may already be a zombie then.
     pending_execs: usize,
+    /// execSync calls in progress (at most `MAX_CONCURRENT_EXEC_SYNC`).
+    exec_syncs_running: usize,
     /// Waiters for the engine's `Drained` event.
     drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
     /// Exit handlers still running (awaited at shutdown).
@@ -245,12 +251,16 @@ impl Monitor {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            match tokio::time::timeout(self.runtime.timeout, self.run_to_exit(cmd)).await {
-                Ok(Ok(exit)) => {
+            match self.run_to_exit_within_timeout(cmd).await {
+                Ok(Some(exit)) => {
                     info!(id = %left.id, ?exit, "deleted the container of an abandoned create")
                 }
-                Ok(Err(e)) => warn!(id = %left.id, "delete after an abandoned create: {e}"),
-                Err(_) => warn!(id = %left.id, "delete after an abandoned create timed out"),
+                Ok(None) => warn!(
+                    id = %left.id,
+                    timeout = ?self.runtime.timeout,
+                    "delete after an abandoned create timed out; the runtime was killed"
+                ),
+                Err(e) => warn!(id = %left.id, "delete after an abandoned create: {e}"),
             }
             self.state.borrow_mut().creating.remove(&left.id);
         }
@@ -429,14 +439,27 @@ impl Monitor {
         key
     }
 
-    /// Spawns `cmd` and waits for it, keeping the SIGCHLD sweep away from it.
-    /// If the wait is abandoned (the call was cancelled), the runtime is
-    /// left running and handed to the sweep, which reaps it.
-    async fn run_to_exit(&self, cmd: Command) -> Result<sys::process::Exit, CoreError> {
+    /// Spawns `cmd` and waits for it up to the runtime timeout, keeping the
+    /// SIGCHLD sweep away from it. `Ok(None)`: it did not finish in time.
+    /// Past the timeout, or if the call is cancelled, the runtime is killed
+    /// (like in [`Monitor::run_runtime`]), so that no runtime outlives its
+    /// caller; the sweep reaps it.
+    async fn run_to_exit_within_timeout(
+        &self,
+        cmd: Command,
+    ) -> Result<Option<sys::process::Exit>, CoreError> {
         let pid = self.spawn_runtime(cmd)?;
-        self.wait_spawned(pid)
-            .await
-            .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+        let abandon = KillOnDrop(Some(pid));
+        let waited = tokio::time::timeout(self.runtime.timeout, self.wait_spawned(pid)).await;
+        match waited {
+            Ok(exit) => {
+                abandon.disarm();
+                exit.map(Some)
+                    .map_err(|e| CoreError::io(format!("wait for runtime pid {pid}"), e))
+            }
+            // Dropping `abandon` kills it.
+            Err(_) => Ok(None),
+        }
     }
 
     /// Spawns the runtime command `cmd` and returns its pid.
@@ -541,7 +564,15 @@ impl Monitor {
     /// runtime knows. The exec process is not registered as a child of the
     /// container either, so attach, resize and reopen keep acting on the
     /// container while an exec runs (upstream redirects them to the exec).
-    pub async fn exec_sync(&self, req: &ExecSync) -> ExecOutcome {
+    ///
+    /// At most [`MAX_CONCURRENT_EXEC_SYNC`] run at once; a call past that
+    /// is refused with [`CoreError::TooMany`].
+    pub async fn exec_sync(&self, req: &ExecSync) -> Result<ExecOutcome, CoreError> {
+        let _slot = ExecSyncSlot::take(self)?;
+        Ok(self.exec_sync_inner(req).await)
+    }
+
+    async fn exec_sync_inner(&self, req: &ExecSync) -> ExecOutcome {
         let pid_file = self
             .runtime_dir
             .join(format!("exec_sync{}pid", random_uuid()));
@@ -744,6 +775,7 @@ impl Monitor {
             .get_mut(id)
             .and_then(|l| l.last_mut())
             .ok_or(CoreError::ChildNotAvailable)?;
+        check_attach_room(&child.attach, &format!("container {id}"), socket_path)?;
         child
             .attach
             .listen(socket_path, stop_after_stdin_eof, &self.engine)
@@ -901,6 +933,31 @@ impl Drop for Tracked<'_> {
             // It may have exited already, its SIGCHLD swept past it.
             self.monitor.sweep.notify_one();
         }
+    }
+}
+
+/// One of the [`MAX_CONCURRENT_EXEC_SYNC`] execSync slots, given back
+/// when dropped (also when the call is cancelled).
+struct ExecSyncSlot<'a>(&'a Monitor);
+
+impl<'a> ExecSyncSlot<'a> {
+    fn take(monitor: &'a Monitor) -> Result<ExecSyncSlot<'a>, CoreError> {
+        let mut st = monitor.state.borrow_mut();
+        if st.exec_syncs_running >= MAX_CONCURRENT_EXEC_SYNC {
+            return Err(CoreError::TooMany {
+                what: "concurrent execSync calls",
+                scope: "this server".to_string(),
+                limit: MAX_CONCURRENT_EXEC_SYNC,
+            });
+        }
+        st.exec_syncs_running += 1;
+        Ok(ExecSyncSlot(monitor))
+    }
+}
+
+impl Drop for ExecSyncSlot<'_> {
+    fn drop(&mut self) {
+        self.0.state.borrow_mut().exec_syncs_running -= 1;
     }
 }
 
@@ -1227,6 +1284,31 @@ impl Drop for CreateReservation<'_> {
             }
         }
     }
+}
+
+/// Refuses a new attach (RPC) when `attach` serves [`MAX_ATTACH_CLIENTS`]
+/// clients already, or when `socket_path` would be one listener too many.
+/// `scope` names the container (or exec session) in the error.
+pub(crate) fn check_attach_room(
+    attach: &Attach,
+    scope: &str,
+    socket_path: &Path,
+) -> Result<(), CoreError> {
+    if attach.client_count() >= MAX_ATTACH_CLIENTS {
+        return Err(CoreError::TooMany {
+            what: "attach clients",
+            scope: scope.to_string(),
+            limit: MAX_ATTACH_CLIENTS,
+        });
+    }
+    if !attach.serves(socket_path) && attach.listener_count() >= MAX_ATTACH_CLIENTS {
+        return Err(CoreError::TooMany {
+            what: "attach sockets",
+            scope: scope.to_string(),
+            limit: MAX_ATTACH_CLIENTS,
+        });
+    }
+    Ok(())
 }
 
 /// Kills a spawned runtime when dropped armed: its call was abandoned.

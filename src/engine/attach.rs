@@ -29,6 +29,13 @@ pub const PACKET_STDERR: u8 = 3;
 /// buffer and upstream sends at most 8192 bytes including the type byte.
 pub const MAX_PACKET_PAYLOAD: usize = 8191;
 
+/// Most attach clients one container (or exec session) serves at once.
+/// Each holds a socket and an output queue of its own: past this, a new
+/// connection is closed at once (no done packet) and `attachContainer`
+/// answers with an error. Far above what a CRI engine opens (one or two
+/// `kubectl attach` at a time).
+pub const MAX_ATTACH_CLIENTS: usize = 64;
+
 /// Queue capacity kept by a client whose queue ran empty; a larger backlog
 /// buffer is given back, so a client that once lagged does not keep
 /// megabytes for the rest of the container's life.

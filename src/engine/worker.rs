@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::Shutdown;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::attach::{PacketQueue, PACKET_STDERR, PACKET_STDOUT};
+use super::attach::{PacketQueue, MAX_ATTACH_CLIENTS, PACKET_STDERR, PACKET_STDOUT};
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
 use super::{
     Assignments, AttachListenerId, ContainerKey, EngineEvent, Registration, SourceKind,
@@ -566,6 +566,28 @@ impl Routing {
     fn attach(&mut self, key: ContainerKey, client: OwnedFd) {
         let id = self.next_client_id;
         self.next_client_id += 1;
+        if self
+            .containers
+            .get(&key)
+            .is_some_and(|c| c.attach_clients.len() >= MAX_ATTACH_CLIENTS)
+        {
+            self.forget_hung_up_clients(key);
+        }
+        if self
+            .containers
+            .get(&key)
+            .is_some_and(|c| c.attach_clients.len() >= MAX_ATTACH_CLIENTS)
+        {
+            // Closed without a done packet: the client sees the end of the
+            // stream before any output. Nothing else changes.
+            crate::sys::socket::hang_up(&client);
+            tracing::warn!(
+                key,
+                "attach client refused: too many attach clients for this container \
+                 (limit {MAX_ATTACH_CLIENTS})"
+            );
+            return;
+        }
         let mut attach_client = AttachClient {
             key,
             socket: ClientSocket::Held(client),
@@ -588,6 +610,27 @@ impl Routing {
         if done_queued {
             self.schedule(id);
         }
+    }
+
+    /// Forgets `key`'s clients that closed their connection while their
+    /// socket was held here. Such a client only shows up when output is
+    /// sent to it; a container that is quiet would keep its slot taken.
+    /// (A client registered with the backend is reported by it.)
+    fn forget_hung_up_clients(&mut self, key: ContainerKey) {
+        let Some(container) = self.containers.get_mut(&key) else {
+            return;
+        };
+        let clients = &mut self.clients;
+        container.attach_clients.retain(|id| {
+            let hung_up = clients.get(id).is_some_and(|client| {
+                matches!(&client.socket, ClientSocket::Held(fd)
+                    if crate::sys::socket::peer_hung_up(fd.as_fd()))
+            });
+            if hung_up {
+                clients.remove(id);
+            }
+            !hung_up
+        });
     }
 
     /// Keeps `listener` with `key` (dropped at once if `key` is not here).

@@ -336,3 +336,15 @@ pub fn send_packet(fd: &OwnedFd, packet: &[u8]) -> io::Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether the peer of a connected unix socket has closed it (POLLHUP: both
+/// directions are shut down). A peer that only shut down writing still
+/// reads, and is not hung up.
+pub fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1..))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+}

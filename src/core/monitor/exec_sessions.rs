@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::core::exec_session::{
-    CreateExecSession, ExecProcess, SessionState, ENDED_SESSIONS_KEPT,
+    CreateExecSession, ExecProcess, SessionState, ENDED_SESSIONS_KEPT, MAX_EXEC_SESSIONS,
 };
 
 /// One exec session.
@@ -142,6 +142,20 @@ impl Monitor {
             return Err(CoreError::SessionExists {
                 id: req.id,
                 session: req.session_id,
+            });
+        }
+        let open_sessions: usize = self
+            .state
+            .borrow()
+            .sessions
+            .values()
+            .map(|c| c.by_id.values().filter(|s| s.ended.is_none()).count())
+            .sum();
+        if open_sessions >= MAX_EXEC_SESSIONS {
+            return Err(CoreError::TooMany {
+                what: "exec sessions",
+                scope: "this server".to_string(),
+                limit: MAX_EXEC_SESSIONS,
             });
         }
         let logs = req
@@ -496,6 +510,11 @@ impl Monitor {
         if session.state().has_exited() {
             return Err(session_state_error(session_id, "already exited"));
         }
+        check_attach_room(
+            &session.attach,
+            &format!("exec session {session_id} of container {id}"),
+            socket_path,
+        )?;
         session
             .attach
             .listen(socket_path, stop_after_stdin_eof, &self.engine)
