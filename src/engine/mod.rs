@@ -110,7 +110,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::log::{LogWriter, StreamKind};
 
-mod attach;
+pub mod attach;
 pub mod backend;
 mod epoll;
 pub mod pipe_size;

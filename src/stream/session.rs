@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::proto::{self, Framing, CH_CLOSE, CH_ERROR, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT};
+use super::proto::{self, Framing, Input, CH_ERROR, CH_STDERR, CH_STDIN, CH_STDOUT};
 use super::{AttachRequest, ExecRequest, PortForwardRequest};
 use crate::core::exec::ExecStream;
 use crate::core::Monitor;
@@ -100,8 +100,8 @@ fn start(ws: Ws) -> (Out, SplitStream<Ws>, tokio::task::JoinHandle<()>) {
 async fn next_message(stream: &mut SplitStream<Ws>) -> Option<(u8, Vec<u8>)> {
     loop {
         match stream.next().await? {
-            Ok(Message::Binary(data)) => match data.split_first() {
-                Some((&channel, payload)) => return Some((channel, payload.to_vec())),
+            Ok(Message::Binary(data)) => match proto::split_channel(&data) {
+                Some((channel, payload)) => return Some((channel, payload.to_vec())),
                 None => continue,
             },
             Ok(Message::Close(_)) => return None,
@@ -115,31 +115,14 @@ async fn next_message(stream: &mut SplitStream<Ws>) -> Option<(u8, Vec<u8>)> {
     }
 }
 
-/// What the client sent on the remotecommand channels.
-enum Input {
-    Stdin(Vec<u8>),
-    /// v5 close-stream for this channel.
-    CloseStream(u8),
-    Resize(u16, u16),
-}
-
 /// The client's next remotecommand input; `None` when it closed or left.
 /// Unknown channels and bad resize messages are logged and skipped.
 async fn next_input(stream: &mut SplitStream<Ws>, framing: Framing) -> Option<Input> {
     loop {
         let (channel, payload) = next_message(stream).await?;
-        match channel {
-            CH_STDIN => return Some(Input::Stdin(payload)),
-            CH_RESIZE => match proto::parse_resize(&payload) {
-                Some((w, h)) => return Some(Input::Resize(w, h)),
-                None => debug!("bad resize message ignored"),
-            },
-            CH_CLOSE if framing == Framing::V5 => {
-                if let Some(&ch) = payload.first() {
-                    return Some(Input::CloseStream(ch));
-                }
-            }
-            other => debug!(channel = other, "message on unexpected channel ignored"),
+        match proto::client_input(framing, channel, payload) {
+            Ok(input) => return Some(input),
+            Err(skipped) => debug!(?skipped, "client message ignored"),
         }
     }
 }
