@@ -70,12 +70,8 @@ fn run(c: &Connection, data: &[u8]) {
         match op % 5 {
             // Output chunks: the bytes, repeated up to a length of up to
             // 64 KiB so that chunks span several packets.
-            0 | 1 => {
-                let packet_type = if op % 5 == 0 {
-                    PACKET_STDOUT
-                } else {
-                    PACKET_STDERR
-                };
+            kind @ (0 | 1) => {
+                let packet_type = [PACKET_STDOUT, PACKET_STDERR][usize::from(kind)];
                 let len = usize::from(input.u16());
                 let pattern = input.short_bytes();
                 let chunk: Vec<u8> = if pattern.is_empty() {

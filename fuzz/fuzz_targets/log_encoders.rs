@@ -19,7 +19,7 @@ use ringmon_fuzz::Bytes;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Bytes::new(data);
-    let stream = if input.u8() % 2 == 0 {
+    let stream = if input.u8() & 1 == 0 {
         StreamKind::Stdout
     } else {
         StreamKind::Stderr

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Bytes::new(data);
     let mode = input.u8();
     let delivery = input.u8();
-    if mode % 2 == 0 {
+    if mode & 1 == 0 {
         raw(delivery, input.rest());
     } else {
         structured(delivery, &mut input);
