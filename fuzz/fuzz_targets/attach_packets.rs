@@ -22,6 +22,11 @@ use ringmon::engine::attach::{
 use ringmon::sys::socket;
 use ringmon_fuzz::Bytes;
 
+/// Output bytes queued per input at most: enough to fill the socket (and
+/// wrap the queue's ring buffer), small enough to keep the
+/// executions fast.
+const OUTPUT_PER_INPUT: usize = 256 * 1024;
+
 /// One connected attach socket: the server's end and the client's.
 struct Connection {
     server: OwnedFd,
@@ -65,20 +70,23 @@ fn run(c: &Connection, data: &[u8]) {
     let mut expected: Vec<Vec<u8>> = Vec::new();
     let mut received: Vec<Vec<u8>> = Vec::new();
     let mut queued_payload = 0usize;
+    let mut total_output = 0usize;
     while !input.is_empty() {
         let op = input.u8();
         match op % 5 {
             // Output chunks: the bytes, repeated up to a length of up to
-            // 64 KiB so that chunks span several packets.
+            // 32 KiB (one engine read) so that chunks span several packets.
             kind @ (0 | 1) => {
                 let packet_type = [PACKET_STDOUT, PACKET_STDERR][usize::from(kind)];
-                let len = usize::from(input.u16());
+                let len = usize::from(input.u16()) % (32 * 1024 + 1);
                 let pattern = input.short_bytes();
-                let chunk: Vec<u8> = if pattern.is_empty() {
-                    Vec::new()
-                } else {
-                    pattern.iter().copied().cycle().take(len).collect()
-                };
+                if pattern.is_empty() || total_output + len > OUTPUT_PER_INPUT {
+                    // An empty chunk queues nothing.
+                    queue.push_chunk(packet_type, &[]);
+                    continue;
+                }
+                let chunk: Vec<u8> = pattern.iter().copied().cycle().take(len).collect();
+                total_output += len;
                 queue.push_chunk(packet_type, &chunk);
                 queued_payload += chunk.len();
                 for piece in chunk.chunks(MAX_PACKET_PAYLOAD) {
