@@ -114,6 +114,25 @@ if [[ "$cargo_path" != "-" ]]; then
     fi
 fi
 
+# cargo-fuzz, for the fuzz targets in fuzz/ (tools/fuzz.sh and the "fuzz
+# smoke" step of tools/test.sh). cargo fuzz needs a nightly toolchain, so it
+# is only installed where one exists; without it the smoke step is skipped.
+fuzz_note="skipped: no nightly toolchain (rustup toolchain install nightly to enable fuzzing)"
+if [[ "$cargo_path" != "-" ]] && command -v rustup >/dev/null 2>&1 &&
+    rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if cargo fuzz --version >/dev/null 2>&1; then
+        fuzz_note="$(cargo fuzz --version 2>/dev/null)"
+    else
+        say "installing cargo-fuzz from crates.io (a few minutes; log: $LOG)"
+        if cargo +nightly install cargo-fuzz --locked >>"$LOG" 2>&1; then
+            fuzz_note="$(cargo fuzz --version 2>/dev/null) (installed)"
+        else
+            # Optional: fuzzing is skipped, the rest of the suite is not.
+            fuzz_note="warning: cargo install cargo-fuzz failed (see $LOG); fuzzing skipped"
+        fi
+    fi
+fi
+
 if go_path=$(need_bin go); then
     go_ver=$(go version 2>/dev/null || echo "unknown")
 else
@@ -166,6 +185,7 @@ say "crun:    $(crun --version 2>/dev/null | head -n1 || echo missing)"
 say "capnp:   $(capnp --version 2>/dev/null || echo missing)"
 say "cargo:   $cargo_ver ($cargo_path)"
 say "go:      $go_ver ($go_path)"
+say "fuzz:    $fuzz_note"
 say "cgroups: $cgroup_note"
 
 if ((${#problems[@]} > 0)); then

@@ -4,7 +4,9 @@
 #   bash tools/test.sh
 #
 # Steps: install system dependencies, rustfmt check, clippy, release build,
-# Rust unit + integration tests, then the Go client compatibility suites
+# Rust unit + integration tests, a fuzz smoke run of every cargo-fuzz target
+# (tools/fuzz.sh; skipped without a nightly toolchain and cargo-fuzz), then
+# the Go client compatibility suites
 # once per OCI runtime: tests/go (the upstream conmon-rs Go client v1.0.1)
 # and tests/go-legacy (the pre-1.0 client v0.7.3, legacy wire layout, the
 # same cases through symlinked test files). The integration tests and the Go
@@ -21,6 +23,8 @@
 #                          server under test gets RINGMON_IO_BACKEND from it
 #   RINGMON_FAIL_FAST=1    stop at the first failing step
 #   RINGMON_SKIP_DEPS=1    do not run tools/install-deps.sh
+#   RINGMON_FUZZ_SECONDS   seconds per fuzz target in the fuzz smoke step
+#                          (default 15; 0 skips the step)
 #   GO_TEST_TIMEOUT        per-runtime go test timeout (default 10m)
 #   GO_TEST_RUN            passed to go test -run (default: all tests)
 #   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy go-stream", dirs under tests/)
@@ -47,6 +51,7 @@ GO_TEST_RUN="${GO_TEST_RUN:-}"
 RINGMON_GO_SUITES="${RINGMON_GO_SUITES:-go go-legacy go-stream}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 GO_ONLY="${RINGMON_GO_ONLY:-0}"
+FUZZ_SECONDS="${RINGMON_FUZZ_SECONDS:-15}"
 if [[ "$GO_ONLY" == 1 && -n "${RINGMON_BINARY:-}" ]]; then
     RINGMON_BINARY="$(cd "$(dirname "$RINGMON_BINARY")" && pwd)/$(basename "$RINGMON_BINARY")"
 else
@@ -187,6 +192,29 @@ if [[ "$GO_ONLY" != 1 ]]; then
                 env RINGMON_IO_BACKEND="$backend" cargo test --release --test '*'
         fi
     done
+fi
+
+# A short run of every fuzz target, two at a time: fails on any crash. The
+# fuzz crate's build is most of the cost. Grown corpora stay in scratch.
+# shellcheck disable=SC2317  # invoked indirectly through step
+fuzz_smoke() {
+    FUZZ_JOBS=2 FUZZ_WORK_DIR="${TMPDIR:-/tmp}/ringmon-fuzz-smoke" \
+        bash "$ROOT/tools/fuzz.sh" "$FUZZ_SECONDS"
+}
+if [[ "$GO_ONLY" != 1 ]]; then
+    if [[ "$FUZZ_SECONDS" == 0 ]]; then
+        section "fuzz smoke"
+        echo "skipped: RINGMON_FUZZ_SECONDS=0"
+        RESULTS+=("skipped     fuzz smoke (RINGMON_FUZZ_SECONDS=0)")
+    elif rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
+        cargo +nightly fuzz --version >/dev/null 2>&1; then
+        step "fuzz smoke (tools/fuzz.sh $FUZZ_SECONDS: every target ${FUZZ_SECONDS}s)" fuzz_smoke
+    else
+        section "fuzz smoke"
+        echo "skipped: the fuzz targets need a nightly toolchain and cargo-fuzz"
+        echo "(rustup toolchain install nightly; then tools/install-deps.sh installs cargo-fuzz)"
+        RESULTS+=("skipped     fuzz smoke (no nightly toolchain or cargo-fuzz)")
+    fi
 fi
 
 # shellcheck disable=SC2317  # invoked indirectly through step

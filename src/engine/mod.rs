@@ -110,7 +110,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::log::{LogWriter, StreamKind};
 
-mod attach;
+pub mod attach;
 pub use attach::MAX_ATTACH_CLIENTS;
 pub mod backend;
 mod epoll;

@@ -13,7 +13,7 @@
 pub mod proto;
 mod session;
 pub mod spdy;
-mod spdy_dictionary;
+pub mod spdy_dictionary;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

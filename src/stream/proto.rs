@@ -370,6 +370,50 @@ pub fn frame(channel: u8, payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Splits a binary websocket message into its channel byte and payload;
+/// `None` for an empty message (it names no channel and is skipped).
+pub fn split_channel(message: &[u8]) -> Option<(u8, &[u8])> {
+    message
+        .split_first()
+        .map(|(&channel, payload)| (channel, payload))
+}
+
+/// What the client sent on the remotecommand channels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Stdin(Vec<u8>),
+    /// v5 close-stream for this channel.
+    CloseStream(u8),
+    Resize(u16, u16),
+}
+
+/// Why a remotecommand message was skipped (logged, the session goes on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// A resize message that is not `{"Width":w,"Height":h}` with u16 values.
+    BadResize,
+    /// A v5 close message without the channel to close.
+    EmptyClose,
+    /// A channel the client does not send on (or close before v5).
+    UnexpectedChannel(u8),
+}
+
+/// Classifies one client message of an exec or attach session: stdin
+/// bytes, a resize, or (v5 only) the close of one of the client's channels.
+pub fn client_input(framing: Framing, channel: u8, payload: Vec<u8>) -> Result<Input, Skipped> {
+    match channel {
+        CH_STDIN => Ok(Input::Stdin(payload)),
+        CH_RESIZE => parse_resize(&payload)
+            .map(|(w, h)| Input::Resize(w, h))
+            .ok_or(Skipped::BadResize),
+        CH_CLOSE if framing == Framing::V5 => payload
+            .first()
+            .map(|&ch| Input::CloseStream(ch))
+            .ok_or(Skipped::EmptyClose),
+        other => Err(Skipped::UnexpectedChannel(other)),
+    }
+}
+
 /// The channel-3 Status for an exit code; `None` for 0 (success is said by
 /// sending nothing).
 pub fn exit_status_json(code: i32) -> Option<String> {
@@ -650,6 +694,49 @@ mod tests {
         assert_eq!(parse_resize(br#"{"Width":70000,"Height":1}"#), None);
         assert_eq!(parse_resize(b"garbage"), None);
         assert_eq!(frame(CH_STDOUT, b"hi"), vec![1, b'h', b'i']);
+    }
+
+    #[test]
+    fn client_messages_by_channel_and_framing() {
+        assert_eq!(split_channel(&[]), None);
+        assert_eq!(split_channel(&[4, b'{']), Some((4, &b"{"[..])));
+        assert_eq!(
+            client_input(Framing::V4, CH_STDIN, b"ls\n".to_vec()),
+            Ok(Input::Stdin(b"ls\n".to_vec()))
+        );
+        assert_eq!(
+            client_input(
+                Framing::V5,
+                CH_RESIZE,
+                br#"{"Width":80,"Height":24}"#.to_vec()
+            ),
+            Ok(Input::Resize(80, 24))
+        );
+        assert_eq!(
+            client_input(
+                Framing::V5,
+                CH_RESIZE,
+                br#"{"Width":70000,"Height":24}"#.to_vec()
+            ),
+            Err(Skipped::BadResize)
+        );
+        assert_eq!(
+            client_input(Framing::V5, CH_CLOSE, vec![CH_STDIN]),
+            Ok(Input::CloseStream(CH_STDIN))
+        );
+        assert_eq!(
+            client_input(Framing::V5, CH_CLOSE, Vec::new()),
+            Err(Skipped::EmptyClose)
+        );
+        // Close-stream is v5 only.
+        assert_eq!(
+            client_input(Framing::V4, CH_CLOSE, vec![CH_STDIN]),
+            Err(Skipped::UnexpectedChannel(CH_CLOSE))
+        );
+        assert_eq!(
+            client_input(Framing::V5, CH_STDOUT, b"x".to_vec()),
+            Err(Skipped::UnexpectedChannel(CH_STDOUT))
+        );
     }
 
     #[test]

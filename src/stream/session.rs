@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::proto::{self, Framing, CH_CLOSE, CH_ERROR, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT};
+use super::proto::{self, Framing, Input, CH_ERROR, CH_STDERR, CH_STDIN, CH_STDOUT};
 use super::{AttachRequest, ExecRequest, PortForwardRequest};
 use crate::core::exec::ExecStream;
 use crate::core::Monitor;
@@ -147,18 +147,10 @@ fn start(ws: Ws) -> (Out, Incoming, tokio::task::JoinHandle<()>) {
 async fn next_message(stream: &mut Incoming) -> Option<(u8, Vec<u8>)> {
     loop {
         let data = stream.next_binary().await?;
-        if let Some((&channel, payload)) = data.split_first() {
+        if let Some((channel, payload)) = proto::split_channel(&data) {
             return Some((channel, payload.to_vec()));
         }
     }
-}
-
-/// What the client sent on the remotecommand channels.
-enum Input {
-    Stdin(Vec<u8>),
-    /// v5 close-stream for this channel.
-    CloseStream(u8),
-    Resize(u16, u16),
 }
 
 /// The client's next remotecommand input; `None` when it closed or left.
@@ -166,18 +158,9 @@ enum Input {
 async fn next_input(stream: &mut Incoming, framing: Framing) -> Option<Input> {
     loop {
         let (channel, payload) = next_message(stream).await?;
-        match channel {
-            CH_STDIN => return Some(Input::Stdin(payload)),
-            CH_RESIZE => match proto::parse_resize(&payload) {
-                Some((w, h)) => return Some(Input::Resize(w, h)),
-                None => debug!("bad resize message ignored"),
-            },
-            CH_CLOSE if framing == Framing::V5 => {
-                if let Some(&ch) = payload.first() {
-                    return Some(Input::CloseStream(ch));
-                }
-            }
-            other => debug!(channel = other, "message on unexpected channel ignored"),
+        match proto::client_input(framing, channel, payload) {
+            Ok(input) => return Some(input),
+            Err(skipped) => debug!(?skipped, "client message ignored"),
         }
     }
 }
