@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -1396,31 +1396,23 @@ impl Drop for ConsoleSocket {
     }
 }
 
-/// A random RFC 4122 version-4 UUID, lowercase and hyphenated.
+/// A random RFC 4122 version-4 UUID, lowercase and hyphenated, for names
+/// and ids that must not collide (pid files, console sockets, exec
+/// session ids). Not a credential: should `getrandom` ever fail, time, pid
+/// and a counter keep the names unique (the streaming server's tokens,
+/// which are credentials, take no such fallback).
 pub fn random_uuid() -> String {
     let mut b = [0u8; 16];
-    if fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        // Never expected; fall back to time and pid so names stay unique.
+    if sys::random::fill(&mut b).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        b = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b = (t ^ (u128::from(std::process::id()) << 64) ^ (u128::from(n) << 96)).to_le_bytes();
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    super::uuid_v4(b)
 }
 
 // ---------------------------------------------------------------------------

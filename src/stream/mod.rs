@@ -278,8 +278,8 @@ impl StreamServer {
     async fn add(self: &Rc<Self>, session: Session) -> Result<String, StreamError> {
         let port = self.ensure_started().await?;
         let mut random = [0u8; 16];
-        crate::sys::limits::fill_random(&mut random).map_err(StreamError::Random)?;
-        let token = proto::uuid_v4(random);
+        crate::sys::random::fill(&mut random).map_err(StreamError::Random)?;
+        let token = crate::core::uuid_v4(random);
         let prefix = session.kind().path_prefix();
         let url = format!("http://127.0.0.1:{port}/{prefix}/{token}");
         // The token is the session's only credential: never log it whole.

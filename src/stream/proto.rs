@@ -234,21 +234,6 @@ pub fn is_uuid_v4(s: &str) -> bool {
     b[14] == b'4' && matches!(b[19], b'8' | b'9' | b'a' | b'b')
 }
 
-/// The hyphenated version-4 UUID made of 16 random bytes.
-pub fn uuid_v4(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// A session token as logs show it: its first group only, enough to tell
 /// sessions apart and useless to connect with.
 pub fn masked_token(token: &str) -> String {
@@ -609,7 +594,7 @@ mod tests {
         assert_eq!(masked, "0f8fad5b-****");
         assert!(!masked.contains("70867728950e"));
         assert_eq!(masked_token("short"), "-****");
-        let made = uuid_v4([0xff; 16]);
+        let made = crate::core::uuid_v4([0xff; 16]);
         assert!(is_uuid_v4(&made), "{made}");
         assert_eq!(made, "ffffffff-ffff-4fff-bfff-ffffffffffff");
     }
@@ -618,7 +603,7 @@ mod tests {
     fn uuid_check() {
         assert!(is_uuid_v4(TOKEN));
         assert!(is_uuid_v4(&crate::core::monitor::random_uuid()));
-        assert!(is_uuid_v4(&uuid_v4([0; 16])));
+        assert!(is_uuid_v4(&crate::core::uuid_v4([0; 16])));
         assert!(!is_uuid_v4("0f8fad5b-d9cb-169f-a165-70867728950e"));
         assert!(!is_uuid_v4("0f8fad5b-d9cb-469f-c165-70867728950e"));
         assert!(!is_uuid_v4("0f8fad5bd9cb469fa16570867728950e"));

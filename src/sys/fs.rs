@@ -402,17 +402,12 @@ impl Drop for PrivateDir<'_> {
     }
 }
 
-/// 64 random bits for temporary names. `/dev/urandom`, else time, pid and a
-/// counter (names are created exclusively, so a guessable name can only
-/// make a create retry, never redirect it).
+/// 64 random bits for temporary names: [`super::random`], else time, pid
+/// and a counter (names are created exclusively, so a guessable name can
+/// only make a create retry, never redirect it).
 fn random_u64() -> u64 {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok()
-    {
-        return u64::from_le_bytes(b);
+    if let Ok(n) = super::random::u64() {
+        return n;
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now()

@@ -94,40 +94,9 @@ pub fn restore_nofile_in_child(cmd: &mut std::process::Command) {
     unsafe { cmd.pre_exec(hook) };
 }
 
-/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking
-/// until the pool is initialised). There is no weaker fallback: a caller
-/// that cannot get randomness must fail.
-pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into the
-        // valid, exclusively borrowed buffer `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn random_bytes_differ_between_calls() {
-        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
-        fill_random(&mut a).unwrap();
-        fill_random(&mut b).unwrap();
-        assert_ne!(a, b);
-        fill_random(&mut []).unwrap();
-    }
 
     #[test]
     fn nofile_limit_is_readable() {

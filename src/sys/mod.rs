@@ -6,6 +6,7 @@ pub mod fs;
 pub mod limits;
 pub mod namespace;
 pub mod process;
+pub mod random;
 pub mod reactor;
 pub mod seccomp;
 pub mod socket;
