@@ -267,12 +267,19 @@ fn failing_writer_is_reported_once_and_others_keep_logging(backend: BackendChoic
     let dir = TempDir::new("engine", "failing");
     let (engine, mut events) = start(backend, 1);
     let (read_end, write_end) = pipe();
-    let full = LogWriter::open(&LogSpec {
-        format: LogFormat::Cri,
-        path: PathBuf::from("/dev/full"),
-        max_size: 0,
-    })
-    .unwrap();
+    // Log files must be regular files; a device that fails every write is
+    // handed to the writer directly.
+    let full = LogWriter::over_file(
+        &LogSpec {
+            format: LogFormat::Cri,
+            path: PathBuf::from("/dev/full"),
+            max_size: 0,
+        },
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
     engine
         .register(Registration {
             key: 3,

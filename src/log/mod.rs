@@ -110,7 +110,14 @@ impl LogWriter {
             return LogWriter::journal_at(Path::new(journald::JOURNAL_SOCKET));
         }
         let file = open_truncated(&spec.path)?;
-        Ok(LogWriter {
+        Ok(LogWriter::over_file(spec, file))
+    }
+
+    /// A file writer over `file`, already opened for `spec`. Tests use it
+    /// for files that [`LogWriter::open`] refuses (a device that fails
+    /// every write).
+    pub(crate) fn over_file(spec: &LogSpec, file: File) -> LogWriter {
+        LogWriter {
             destination: Destination::File(LogFile {
                 format: spec.format,
                 path: spec.path.clone(),
@@ -121,7 +128,7 @@ impl LogWriter {
                 line_open: [false; 2],
                 torn: false,
             }),
-        })
+        }
     }
 
     /// A journald writer sending to the native-protocol socket at
