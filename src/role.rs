@@ -20,10 +20,14 @@ pub enum Role {
 /// installed as `conmon`).
 pub const CONMON_PROGRAM_NAME: &str = "conmon";
 
+/// conmon-rs's internal subcommand (`crate::cli::Command::Pause`).
+const PAUSE_SUBCOMMAND: &str = "pause";
+
 /// Conmon mode when argv[0]'s file name is `conmon`, or when any argument is
 /// a flag only conmon has (`--cid`, `--bundle`/`-b`, `--exit-dir`,
 /// `--api-version`, `-n`, `-P`, ...; `crate::conmon::cli::conmon_only_flags`).
-/// Otherwise conmon-rs, so a bare `ringmon --version` keeps conmon-rs's text.
+/// Otherwise, and always for the internal `pause` subcommand (first
+/// argument `pause`), conmon-rs, so a bare `ringmon --version` keeps conmon-rs's text.
 ///
 /// Why this cannot take a conmon-rs command line for conmon's: the markers
 /// exclude every flag conmon-rs and its `pause` subcommand define, long or
@@ -40,6 +44,12 @@ pub const CONMON_PROGRAM_NAME: &str = "conmon";
 /// `--version` probe has none, and it gets conmon's answer through the
 /// `conmon` program name.
 pub fn detect(argv: &[OsString]) -> Role {
+    // The server starts `pause` through its own executable, whose file may
+    // be the one installed as `conmon`; no conmon client puts a positional
+    // argument first.
+    if argv.get(1).is_some_and(|a| a == PAUSE_SUBCOMMAND) {
+        return Role::ConmonRs;
+    }
     let named_conmon = argv
         .first()
         .and_then(|a| Path::new(a).file_name())
@@ -97,6 +107,9 @@ mod tests {
         // With a conmon-only flag, as conmon would print the version too.
         let with_flag = strings(&["--version", "--exit-dir=/x"]);
         assert_eq!(detect(&argv("ringmon", &with_flag)), Role::Conmon);
+        // The server's own pause child, even from a file named conmon.
+        let pause = strings(&["pause", "--pod-id", "p", "-p", "/run", "--ipc"]);
+        assert_eq!(detect(&argv("/usr/bin/conmon", &pause)), Role::ConmonRs);
         // A file merely ending in "conmon" is not the name.
         assert_eq!(detect(&argv("/usr/bin/myconmon", &version)), Role::ConmonRs);
         assert_eq!(
@@ -191,6 +204,9 @@ mod tests {
         for marker in conmon_only_flags() {
             assert!(!known.contains(&marker), "{marker} is a conmon-rs flag too");
         }
+        assert!(cmd
+            .get_subcommands()
+            .any(|c| c.get_name() == PAUSE_SUBCOMMAND));
         // And the shared ones are really shared (the exclusions are needed).
         for shared in [
             "-c",
