@@ -33,6 +33,12 @@ pub enum ConmonCliError {
     },
     #[error("flag {flag}: '{value}' is not a number")]
     NotANumber { flag: &'static str, value: String },
+    #[error("flag {flag}: '{value}' is too large (at most {max})")]
+    TooLarge {
+        flag: &'static str,
+        value: String,
+        max: i64,
+    },
     #[error("flag {flag}: '{value}' must not be negative")]
     Negative { flag: &'static str, value: String },
     #[error("flag {flag}: '{value}' is not valid UTF-8")]
@@ -200,8 +206,8 @@ enum Takes {
     Value,
 }
 
-/// Every flag conmon 2.1.6 knows. `Flag::is_conmon_only` is what role
-/// detection relies on.
+/// Every flag conmon 2.1.6 knows; `conmon_only_flags` derives role
+/// detection's markers from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FlagId {
     ApiVersion,
@@ -661,9 +667,10 @@ fn seconds(flag: &'static str, v: &OsStr) -> Result<Duration, ConmonCliError> {
         });
     }
     if n > i64::from(i32::MAX) {
-        return Err(ConmonCliError::NotANumber {
+        return Err(ConmonCliError::TooLarge {
             flag,
             value: lossy(v),
+            max: i64::from(i32::MAX),
         });
     }
     Ok(Duration::from_secs(n as u64))
@@ -1407,9 +1414,10 @@ pub(crate) mod tests {
         );
         assert_eq!(
             err(&strs(&with(&["--exit-delay", "99999999999"]))),
-            ConmonCliError::NotANumber {
+            ConmonCliError::TooLarge {
                 flag: "--exit-delay",
-                value: "99999999999".into()
+                value: "99999999999".into(),
+                max: 2_147_483_647
             }
         );
         assert_eq!(
