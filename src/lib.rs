@@ -8,11 +8,13 @@
 
 pub mod cli;
 pub mod client;
+pub mod conmon;
 pub mod control;
 pub mod core;
 pub mod engine;
 pub mod fixture;
 pub mod log;
+pub mod role;
 pub mod rpc;
 pub mod server_log;
 pub mod stream;

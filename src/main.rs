@@ -1,5 +1,7 @@
-//! ringmon entry point: flags, process set-up, fork, then the control
-//! thread and the engine workers (spec §1.4).
+//! ringmon entry point: picks the role from argv (conmon's command line, or
+//! conmon-rs's with its `pause` subcommand); for the conmon-rs server:
+//! flags, process set-up, fork, then the control thread and the engine
+//! workers (spec §1.4).
 
 use std::path::Path;
 use std::rc::Rc;
@@ -20,6 +22,10 @@ use ringmon::version::BUILD;
 const SOCKET_NAME: &str = "conmon.sock";
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if ringmon::role::detect(&argv) == ringmon::role::Role::Conmon {
+        std::process::exit(ringmon::conmon::main(&argv));
+    }
     let cli = Cli::parse();
     if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
         // Tiny on purpose: no flag checks, no daemonizing, no tokio runtime,
