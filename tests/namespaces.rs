@@ -550,3 +550,26 @@ fn the_pause_subcommand_takes_its_environment_and_reports_errors_on_stderr() {
     )));
     assert!(mounts_of(&pod).is_empty());
 }
+
+#[test]
+fn a_namespace_list_past_the_bound_is_refused_before_anything_is_pinned() {
+    let server = Server::start(&any_runtime());
+    let dir = TempDir::new("ns-many");
+    let base = dir.path().join("base");
+    let pod = pod_id();
+    run_local(async {
+        let c = server.client().await;
+        let err = c
+            .create_namespaces(&request(&pod, &base, &vec![Namespace::Uts; 70_000]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid namespaces '70000 entries'") && err.contains("limit of 65536"),
+            "{err}"
+        );
+        // The server is still serving, and nothing was made for the pod.
+        c.version(false).await.unwrap();
+    });
+    assert!(!base.exists(), "{} was created", base.display());
+}

@@ -2,9 +2,10 @@
 //! then the upgrade-or-reject decisions and the responses they produce.
 //!
 //! Input: a read-size byte, then the bytes the client sends. The head is
-//! parsed after every read as `read_head` does, until it is complete or
-//! refused. Checked: a complete head parses the same from any longer
-//! buffer; an upgrade carries a v4 UUID token, a 24-byte key and at most
+//! parsed when `HeadScanner` asks for it, as `read_head` does, until it is
+//! complete or refused; the scanner never holds back a complete head.
+//! Checked: a complete head parses the same from any longer buffer; an
+//! upgrade carries a v4 UUID token, a 24-byte key and at most
 //! `MAX_PORTS` non-zero ports; every response (101 or error) is a
 //! well-formed HTTP/1.1 response whose Content-Length matches its body.
 #![no_main]
@@ -18,9 +19,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let step = usize::from(read_size).max(1) * 16;
     let mut seen = 0;
+    let mut scanner = proto::HeadScanner::default();
     loop {
         seen = (seen + step).min(sent.len());
-        match proto::parse_head(&sent[..seen]) {
+        let worth_parsing = scanner.worth_parsing(&sent[..seen]);
+        let parsed = proto::parse_head(&sent[..seen]);
+        if !worth_parsing {
+            // The scanner may hold back only a head that is not complete.
+            assert!(
+                !matches!(parsed, Ok(Some(_))),
+                "the scanner held back a complete head"
+            );
+            if seen < sent.len() {
+                continue;
+            }
+            return;
+        }
+        match parsed {
             Ok(None) if seen < sent.len() => continue,
             Ok(None) => return,
             Ok(Some((upgrade, len))) => {

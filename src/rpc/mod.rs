@@ -498,13 +498,10 @@ pub fn create_namespaces(
 ) -> Result<CreateNamespaces, RequestError> {
     let r = legacy::CreateNamespacesRequest::detect(r);
     let (pod_id, base_path) = pod_and_base(r.get_pod_id(), r.get_base_path())?;
+    let list = r.get_namespaces().map_err(decode("namespaces"))?;
+    bounded("namespaces", list.len())?;
     let mut namespaces = Vec::new();
-    for (i, ns) in r
-        .get_namespaces()
-        .map_err(decode("namespaces"))?
-        .iter()
-        .enumerate()
-    {
+    for (i, ns) in list.iter().enumerate() {
         namespaces.push(match ns {
             Ok(conmon::Namespace::Ipc) => Namespace::Ipc,
             Ok(conmon::Namespace::Net) => Namespace::Net,

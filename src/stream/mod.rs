@@ -422,6 +422,7 @@ impl StreamServer {
 async fn read_head(stream: &mut TcpStream) -> Result<(proto::Upgrade, usize, Vec<u8>), Reject> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
+    let mut scanner = proto::HeadScanner::default();
     loop {
         let n = stream
             .read(&mut chunk)
@@ -434,6 +435,9 @@ async fn read_head(stream: &mut TcpStream) -> Result<(proto::Upgrade, usize, Vec
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
+        if !scanner.worth_parsing(&buf) {
+            continue;
+        }
         if let Some((upgrade, len)) = proto::parse_head(&buf)? {
             return Ok((upgrade, len, buf));
         }

@@ -110,6 +110,47 @@ pub struct Upgrade {
     pub ports: Vec<u16>,
 }
 
+/// Decides, as a request head arrives read by read, when a parse is worth
+/// it: once the blank line that ends a head is in (looked for only in the
+/// bytes not scanned before, and only after any empty lines a client may
+/// send ahead of the request line), or once the head reached [`MAX_HEAD`].
+/// Parsing after every read instead would let a client that sends one byte
+/// at a time make each byte cost a parse of all before it: 16 K parses of
+/// up to 16 KiB per connection, on the control thread.
+#[derive(Debug, Default)]
+pub struct HeadScanner {
+    /// Where the request line starts, once a byte other than CR/LF came.
+    content_start: Option<usize>,
+    /// How much of the buffer was scanned.
+    scanned: usize,
+}
+
+impl HeadScanner {
+    /// `buf` is everything read so far (it only grows between calls).
+    pub fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        let from = self.scanned;
+        self.scanned = buf.len();
+        if buf.len() >= MAX_HEAD {
+            return true;
+        }
+        let start = match self.content_start {
+            Some(start) => start,
+            None => match buf[from..].iter().position(|&b| b != b'\r' && b != b'\n') {
+                Some(i) => {
+                    self.content_start = Some(from + i);
+                    from + i
+                }
+                None => return false,
+            },
+        };
+        // A blank line ends in "\n\n" or "\n\r\n": look back far enough to
+        // see one that straddles two reads.
+        let window = &buf[from.saturating_sub(2).max(start)..];
+        memchr::memmem::find(window, b"\n\n").is_some()
+            || memchr::memmem::find(window, b"\n\r\n").is_some()
+    }
+}
+
 /// Parses a complete request head (`buf` ends at or after the blank
 /// line). `Ok(None)`: incomplete, read more. On success also returns the
 /// head's length (bytes after it belong to the websocket).
@@ -480,6 +521,45 @@ impl<S> SessionStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `head` in reads of `step` bytes; the read after which the
+    /// scanner first asks for a parse, and how many parses it asked for.
+    fn scan(head: &[u8], step: usize) -> (Option<usize>, usize) {
+        let mut scanner = HeadScanner::default();
+        let (mut first, mut parses) = (None, 0);
+        for end in (step..head.len() + step).step_by(step) {
+            if scanner.worth_parsing(&head[..end.min(head.len())]) {
+                first.get_or_insert(end.min(head.len()));
+                parses += 1;
+            }
+        }
+        (first, parses)
+    }
+
+    #[test]
+    fn head_scanner_asks_for_a_parse_once_the_head_ends() {
+        let head = b"\r\nGET /exec/x HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        let end = head.len() - "rest".len();
+        for step in [1, 2, 3, 5, head.len()] {
+            let (first, _) = scan(head, step);
+            let first = first.expect("a complete head is parsed");
+            assert!(first >= end && first < end + step, "step {step}: {first}");
+        }
+        let bare_lf = b"GET / HTTP/1.1\nHost: a\n\n";
+        assert_eq!(scan(bare_lf, 1).0, Some(bare_lf.len()));
+        // Leading empty lines and a head not ended yet ask for nothing.
+        assert_eq!(
+            scan(b"\r\n\r\n\n\nGET / HTTP/1.1\r\nHost: a\r\n", 1),
+            (None, 0)
+        );
+    }
+
+    #[test]
+    fn head_scanner_parses_a_byte_at_a_time_head_a_bounded_number_of_times() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        head.resize(MAX_HEAD + 100, b'a');
+        assert_eq!(scan(&head, 1).1, 101, "only at and past MAX_HEAD");
+    }
 
     const TOKEN: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
