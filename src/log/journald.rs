@@ -13,14 +13,22 @@
 //! binary fields), instead of failing the driver — a read boundary may split
 //! a multi-byte character, so failing would lose well-formed output.
 //!
-//! The socket is blocking, like the C library's `sd_journal_send`: a journald
-//! that stops reading slows the worker down rather than losing entries.
+//! The socket is non-blocking: a journald that stops reading (its queue is
+//! full) must not stall the engine worker, which drains every other
+//! container it owns. An entry that does not fit is dropped and counted
+//! ([`JournalSink::dropped`]), and the count is logged at warn, at most every
+//! [`DROP_REPORT_INTERVAL`]. A journal that is gone (restarted, not running)
+//! is an error of the write; the worker then retries once per second, and
+//! since every entry is sent to the socket's path, the first retry after
+//! journald is back reaches the new socket (nothing stays connected to the
+//! old one).
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -28,6 +36,9 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 use super::cri::segments;
+
+/// Dropped entries are reported (warn) at most this often.
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -47,6 +58,11 @@ pub struct JournalSink {
     socket_path: PathBuf,
     /// The entry being sent; reused.
     datagram: Vec<u8>,
+    /// Entries dropped because the journal's queue was full, since the
+    /// sink was made.
+    dropped: u64,
+    /// `dropped` when it was last reported, and when.
+    reported: (u64, Option<Instant>),
 }
 
 impl JournalSink {
@@ -54,25 +70,68 @@ impl JournalSink {
     /// checked about the journal here: a missing journald shows up as a
     /// write error (reported, the container keeps running).
     pub fn new(socket_path: &Path) -> io::Result<JournalSink> {
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
         Ok(JournalSink {
-            socket: UnixDatagram::unbound()?,
+            socket,
             socket_path: socket_path.to_path_buf(),
             datagram: Vec::new(),
+            dropped: 0,
+            reported: (0, None),
         })
+    }
+
+    /// Entries dropped so far because the journal did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Entries dropped since the last call that returned `Some`, if any
+    /// were and [`DROP_REPORT_INTERVAL`] passed since then: what to report.
+    pub fn drops_to_report(&mut self) -> Option<u64> {
+        let (reported, at) = self.reported;
+        if self.dropped == reported || at.is_some_and(|at| at.elapsed() < DROP_REPORT_INTERVAL) {
+            return None;
+        }
+        self.reported = (self.dropped, Some(Instant::now()));
+        Some(self.dropped - reported)
     }
 
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
     }
 
-    /// Sends one entry per line of `chunk`.
+    /// Sends one entry per line of `chunk` (the container log driver).
+    /// Entries the journal has no room for are dropped and counted; the
+    /// drops are logged at warn, rate-limited.
     pub fn send_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         for segment in segments(chunk) {
-            self.datagram.clear();
-            encode_entry(&mut self.datagram, segment.bytes);
-            self.send_datagram()?;
+            self.send_entry(segment.bytes)?;
+        }
+        if let Some(dropped) = self.drops_to_report() {
+            tracing::warn!(
+                socket = %self.socket_path.display(),
+                dropped,
+                dropped_total = self.dropped,
+                "journal entries dropped: the journal did not keep up"
+            );
         }
         Ok(())
+    }
+
+    /// Sends one entry whose `MESSAGE` is `message`, without blocking. A
+    /// full journal queue drops it (counted, `Ok`); any other failure (no
+    /// journal listens at the path) is the error.
+    pub fn send_entry(&mut self, message: &[u8]) -> io::Result<()> {
+        self.datagram.clear();
+        encode_entry(&mut self.datagram, message);
+        match self.send_datagram() {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.dropped += 1;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn send_datagram(&self) -> io::Result<()> {
@@ -110,7 +169,7 @@ impl JournalSink {
             self.socket.as_raw_fd(),
             &no_data,
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
+            MsgFlags::MSG_DONTWAIT,
             Some(&address),
         )
         .map_err(|errno: Errno| io::Error::from(errno))?;
@@ -182,5 +241,27 @@ mod tests {
         drop(journal);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(sink.send_chunk(b"nobody listens\n").is_err());
+    }
+
+    #[test]
+    fn a_full_journal_drops_and_counts_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("ringmon-journal-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("socket");
+        // Never read: its queue fills.
+        let journal = UnixDatagram::bind(&path).unwrap();
+        let mut sink = JournalSink::new(&path).unwrap();
+        let lines = b"line\n".repeat(10_000);
+        sink.send_chunk(&lines).unwrap();
+        assert!(sink.dropped() > 0, "nothing dropped");
+        assert!(sink.dropped() < 10_000, "nothing sent");
+        // Reported once per interval.
+        assert_eq!(sink.drops_to_report(), None);
+        sink.reported = (0, None);
+        assert_eq!(sink.drops_to_report(), Some(sink.dropped()));
+        assert_eq!(sink.drops_to_report(), None);
+        drop(journal);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
