@@ -13,15 +13,19 @@
 //! binary fields), instead of failing the driver — a read boundary may split
 //! a multi-byte character, so failing would lose well-formed output.
 //!
-//! The socket is non-blocking: a journald that stops reading (its queue is
-//! full) must not stall the engine worker, which drains every other
-//! container it owns. An entry that does not fit is dropped and counted
-//! ([`JournalSink::dropped`]), and the count is logged at warn, at most every
-//! [`DROP_REPORT_INTERVAL`]. A journal that is gone (restarted, not running)
-//! is an error of the write; the worker then retries once per second, and
-//! since every entry is sent to the socket's path, the first retry after
-//! journald is back reaches the new socket (nothing stays connected to the
-//! old one).
+//! A journald that stops reading (its queue is full) must not stall the
+//! engine worker, which drains every other container it owns, yet one that
+//! is only slower than a burst must not lose the burst (a datagram socket's
+//! queue holds a few entries only). So a send waits for room at most
+//! [`SEND_TIMEOUT`] (`SO_SNDTIMEO`); one that times out puts the sink in drop
+//! mode for [`DROP_MODE`]: sends do not wait, an entry that does not fit is
+//! dropped and counted ([`JournalSink::dropped`]), and the count is logged at
+//! warn, at most every [`DROP_REPORT_INTERVAL`]. A stalled journal thus
+//! costs a worker at most one [`SEND_TIMEOUT`] per [`DROP_MODE`]. A journal
+//! that is gone (restarted, not running) is an error of the write; the
+//! worker then retries once per second, and since every entry is sent to
+//! the socket's path, the first retry after journald is back reaches the
+//! new socket (nothing stays connected to the old one).
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -39,6 +43,10 @@ use super::cri::segments;
 
 /// Dropped entries are reported (warn) at most this often.
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest a send waits for room in the journal's queue.
+pub const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a sink whose send timed out drops instead of waiting.
+pub const DROP_MODE: Duration = Duration::from_secs(1);
 
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -63,6 +71,8 @@ pub struct JournalSink {
     dropped: u64,
     /// `dropped` when it was last reported, and when.
     reported: (u64, Option<Instant>),
+    /// In drop mode until then: sends do not wait for room.
+    drop_mode_until: Option<Instant>,
 }
 
 impl JournalSink {
@@ -71,13 +81,14 @@ impl JournalSink {
     /// write error (reported, the container keeps running).
     pub fn new(socket_path: &Path) -> io::Result<JournalSink> {
         let socket = UnixDatagram::unbound()?;
-        socket.set_nonblocking(true)?;
+        socket.set_write_timeout(Some(SEND_TIMEOUT))?;
         Ok(JournalSink {
             socket,
             socket_path: socket_path.to_path_buf(),
             datagram: Vec::new(),
             dropped: 0,
             reported: (0, None),
+            drop_mode_until: None,
         })
     }
 
@@ -125,8 +136,20 @@ impl JournalSink {
     pub fn send_entry(&mut self, message: &[u8]) -> io::Result<()> {
         self.datagram.clear();
         encode_entry(&mut self.datagram, message);
-        match self.send_datagram() {
+        let dropping = self
+            .drop_mode_until
+            .is_some_and(|until| Instant::now() < until);
+        if self.drop_mode_until.is_some() && !dropping {
+            self.socket.set_nonblocking(false)?;
+            self.drop_mode_until = None;
+        }
+        match self.send_datagram(dropping) {
+            // SO_SNDTIMEO ran out (or, in drop mode, there was no room).
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if !dropping {
+                    self.socket.set_nonblocking(true)?;
+                    self.drop_mode_until = Some(Instant::now() + DROP_MODE);
+                }
                 self.dropped += 1;
                 Ok(())
             }
@@ -134,11 +157,11 @@ impl JournalSink {
         }
     }
 
-    fn send_datagram(&self) -> io::Result<()> {
+    fn send_datagram(&self, dropping: bool) -> io::Result<()> {
         match self.socket.send_to(&self.datagram, &self.socket_path) {
             Ok(_) => Ok(()),
             Err(err) if matches!(err.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => {
-                self.send_via_memfd()
+                self.send_via_memfd(dropping)
             }
             Err(err) => Err(err),
         }
@@ -146,7 +169,7 @@ impl JournalSink {
 
     /// The protocol's path for large entries: the entry goes into a memfd,
     /// sealed against modification, and only its descriptor is sent.
-    fn send_via_memfd(&self) -> io::Result<()> {
+    fn send_via_memfd(&self, dropping: bool) -> io::Result<()> {
         let memfd = memfd_create(
             c"ringmon-journal",
             MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_CLOEXEC,
@@ -169,7 +192,11 @@ impl JournalSink {
             self.socket.as_raw_fd(),
             &no_data,
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_DONTWAIT,
+            if dropping {
+                MsgFlags::MSG_DONTWAIT
+            } else {
+                MsgFlags::empty()
+            },
             Some(&address),
         )
         .map_err(|errno: Errno| io::Error::from(errno))?;
