@@ -37,22 +37,6 @@ fn try_attach(server: &Server, id: &str, path: &Path) -> Result<(), String> {
     })
 }
 
-/// Pids of processes whose argv is exactly `argv`.
-fn processes_with_argv(argv: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            (fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
-        })
-        .collect()
-}
-
 fn kill(pid: u32) {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])

@@ -58,22 +58,6 @@ fn run_local_value<T, F: std::future::Future<Output = T>>(f: F) -> T {
     out.unwrap()
 }
 
-/// Pids of processes whose argv is exactly `argv`.
-fn processes_with_argv(argv: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            (fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
-        })
-        .collect()
-}
-
 #[test]
 fn runtime_output_during_create_is_drained_and_kept_out_of_the_log() {
     for_each_runtime(|real| {
