@@ -58,7 +58,12 @@ fn main() {
     println!("cargo:rerun-if-changed=rpc/conmon.capnp");
     println!("cargo:rerun-if-changed=rpc/conmon_legacy.capnp");
     println!("cargo:rerun-if-changed=Cargo.lock");
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // In a git worktree `.git` is a file: ask git where HEAD is, or every
+    // build would rerun this script (a missing path counts as changed).
+    let head = run("git", &["rev-parse", "--git-path", "HEAD"]);
+    if !head.is_empty() && std::path::Path::new(&head).exists() {
+        println!("cargo:rerun-if-changed={head}");
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, from Unix seconds (civil-from-days).

@@ -113,9 +113,9 @@ pub fn run(config: ConmonConfig) -> i32 {
         }
         Err(e) => return fail(None, report, &e),
     };
-    if let Err(e) = check(&config) {
-        return fail(sync.as_ref(), report, &e);
-    }
+    // The start byte is read before anything is refused: a caller whose
+    // write of it failed (the monitor gone) would report a broken pipe
+    // instead of the message on the sync pipe.
     if let Some(start) = &inherited.start {
         match sys::fd::read_byte_within(start.as_fd(), START_TIMEOUT) {
             Ok(Some(_)) => {}
@@ -128,6 +128,9 @@ pub fn run(config: ConmonConfig) -> i32 {
             }
             Err(e) => return fail(sync.as_ref(), report, &io_error("_OCI_STARTPIPE")(e)),
         }
+    }
+    if let Err(e) = check(&config) {
+        return fail(sync.as_ref(), report, &e);
     }
     if config.sync {
         // CRI-O's exec sync: this process is the monitor (CRI-O waits for
@@ -345,6 +348,15 @@ fn check(config: &ConmonConfig) -> Result<(), ConmonError> {
         }
         Err(e) => return Err(invalid("--runtime", &config.runtime, e.to_string())),
     }
+    if let Some(socket) = &config.sdnotify_socket {
+        // Ignoring it would leave a --sdnotify=container unit waiting for
+        // READY=1 forever: refuse it plainly instead.
+        return Err(invalid(
+            "--sdnotify-socket",
+            socket,
+            "relaying sd_notify messages is not supported by ringmon's conmon mode".into(),
+        ));
+    }
     if let ConmonMode::Create { restore } = &config.mode {
         if let Some(path) = restore {
             return Err(invalid(
@@ -495,7 +507,9 @@ fn serve(
         };
         let level = crate::cli::LogLevel::Warn;
         let monitor = Monitor::start(
-            RuntimeConfig::new(config.runtime.clone(), None, level).without_implicit_crun_logging(),
+            RuntimeConfig::new(config.runtime.clone(), None, level)
+                .without_implicit_crun_logging()
+                .killed_with_monitor(),
             work_dir,
             Arc::clone(&engine),
             events_rx,
@@ -558,14 +572,16 @@ async fn create(
 ) -> Result<i32, ConmonError> {
     let bundle = bundle(config)?;
     let id = config.container_id.clone();
+    // Written last to first: CRI-O reads `--persist-dir/exit` when the
+    // `--exit-dir` entry appears, so that one goes first in the list.
     let mut exit_paths = Vec::new();
     let mut oom_paths = vec![bundle.join("oom")];
+    if let Some(dir) = &config.exit_dir {
+        exit_paths.push(dir.join(&id));
+    }
     if let Some(dir) = &config.persist_dir {
         exit_paths.push(dir.join("exit"));
         oom_paths.push(dir.join("oom"));
-    }
-    if let Some(dir) = &config.exit_dir {
-        exit_paths.push(dir.join(&id));
     }
     let mut command_args = Vec::new();
     if config.no_pivot {

@@ -543,6 +543,9 @@ impl Monitor {
         // The runtime (and a container without an rlimit of its own) gets
         // the descriptor limit we started with, not our raised one.
         sys::limits::restore_nofile_in_child(&mut cmd);
+        if self.runtime.killed_with_monitor {
+            sys::process::kill_with_parent_in_child(&mut cmd);
+        }
         let child = cmd.spawn().map_err(|e| {
             CoreError::io(
                 format!("spawn runtime '{}'", self.runtime.path.display()),

@@ -37,6 +37,10 @@ pub struct RuntimeConfig {
     /// as runtime args (podman reads crun's errors from its own `--log`
     /// file), and a second `--log` would take its place.
     implicit_crun_logging: bool,
+    /// Whether a runtime process is killed when the monitor dies
+    /// (`PR_SET_PDEATHSIG`): conmon mode, where a monitor killed during a
+    /// create must not leave a runtime behind (stock conmon does the same).
+    pub killed_with_monitor: bool,
 }
 
 impl RuntimeConfig {
@@ -48,7 +52,15 @@ impl RuntimeConfig {
             timeout: DEFAULT_TIMEOUT,
             crun_log_level: OnceLock::new(),
             implicit_crun_logging: true,
+            killed_with_monitor: false,
         }
+    }
+
+    /// The same configuration with runtimes killed when the monitor dies
+    /// (see `killed_with_monitor`).
+    pub fn killed_with_monitor(mut self) -> Self {
+        self.killed_with_monitor = true;
+        self
     }
 
     /// The same configuration without ringmon's own crun logging flags (see

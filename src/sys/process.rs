@@ -239,3 +239,19 @@ pub fn clear_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(false)?;
     Ok(())
 }
+
+/// Makes the child that `cmd` spawns get SIGKILL when the thread that
+/// spawns it (the monitor's only control thread) dies.
+pub fn kill_with_parent_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let hook = || -> io::Result<()> {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe, allocates
+        // nothing and touches no lock, as required between fork and exec.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls prctl (see above).
+    unsafe { cmd.pre_exec(hook) };
+}
