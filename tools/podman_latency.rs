@@ -7,12 +7,13 @@
 //! file events, file locks instead of the SHM segment every root podman on
 //! the machine shares, `default_ulimits` within this machine's hard limits,
 //! no network), storage.conf (`CONTAINERS_STORAGE_CONF`: own graphroot and
-//! runroot), empty registries.conf, `--root/--runroot/--tmpdir` on every
-//! call, and its own working directory (stock conmon drops an `oom` file
-//! there). The image is the busybox-static rootfs of the test fixtures,
-//! brought in with `podman import` (no registry). Nothing outside the
-//! stores is read or written, so another podman user on the machine is not
-//! disturbed; the stores are removed at the end.
+//! runroot; `--storage-driver`, overlay by default), an empty
+//! registries.conf, `--root/--runroot/--tmpdir` on every call, and its own
+//! working directory (stock conmon drops an `oom` file there). The image is
+//! the busybox-static rootfs of the test fixtures, brought in with `podman
+//! import` (no registry). Nothing outside the stores is read or written, so
+//! another podman user on the machine is not disturbed; the stores are
+//! removed at the end (mounts left under them are unmounted first).
 //!
 //! Before measuring, `podman info` must name the monitor under test (podman
 //! silently falls back to a `conmon` in `$PATH` when it rejects
@@ -84,8 +85,10 @@ struct Args {
     /// The podman binary.
     #[arg(long, default_value = "podman")]
     podman: PathBuf,
-    /// Storage driver of both stores.
-    #[arg(long, default_value = "vfs")]
+    /// Storage driver of both stores (podman's own default as root; `vfs`
+    /// where overlay mounts are not allowed, at the cost of a rootfs copy
+    /// per container).
+    #[arg(long, default_value = "overlay")]
     storage_driver: String,
     /// podman commands to time.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "detach,rm")]
