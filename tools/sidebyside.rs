@@ -41,16 +41,24 @@
 //! space. The cheaper the producer, the more of the measured cost is the
 //! monitor's.
 //!
+//! Row families (`--monitors`): `ringmon` (the RPC server, one row per
+//! `--backends` entry), `ringmon-conmon` ("ringmon (conmon mode)": the
+//! ringmon binary started exactly as the C conmon rows start conmon),
+//! `conmon` (the C conmon) and `raw` (no monitor).
+//!
 //! The C conmon is started as podman starts it (`--api-version 1`, `-c -u
 //! -r -b -p -n --exit-dir --persist-dir --full-attach -l k8s-file:PATH
 //! --log-level --runtime-arg --root=ROOT --conmon-pidfile`), and the tool
 //! waits on conmon's sync pipe (`_OCI_SYNCPIPE`) for the container pid, as
-//! podman does, before running `runtime start`. Two deviations: podman's
-//! default makes conmon fsync the log after the container exits, which
-//! ringmon does not do, so the tool passes `--no-sync-log`
-//! (`--conmon-sync-log` restores podman's default); and in the throughput
-//! workload an `--exit-command` (this binary) records conmon's CPU time and
-//! peak RSS just before conmon exits, when /proc still has them.
+//! podman does, before running `runtime start`. The conmon-mode rows run the
+//! ringmon binary through that same launcher (`monitors::Conmon`), so argv,
+//! pipes, waits and log checks are identical. Two deviations from podman:
+//! its default makes conmon fsync the log after the container exits, which
+//! the ringmon server does not do, so the tool passes `--no-sync-log` to
+//! both per-container monitors (`--conmon-sync-log` restores podman's
+//! default); and in the throughput workload an `--exit-command` (this
+//! binary) records the monitor's CPU time and peak RSS just before it
+//! exits, when /proc still has them.
 //!
 //! The tool is a child subreaper, so the daemonised monitors are its
 //! children and are reaped; Ctrl-C (SIGINT, SIGTERM, SIGHUP) stops the run
@@ -88,6 +96,7 @@ use report::{DensityRow, IdleRow, Report, ThroughputRow};
 pub const SNAPSHOT_SUBCOMMAND: &str = "__conmon-exit-snapshot";
 pub const NO_MONITOR: &str = "no monitor";
 const CONMON: &str = "conmon (C)";
+const RINGMON_CONMON: &str = "ringmon (conmon mode)";
 const BUSYBOX: &str = "/usr/bin/busybox";
 /// Pipe size of the "1 MiB pipe" row (the machine's `fs.pipe-max-size`).
 const BIG_PIPE: i32 = 1 << 20;
@@ -103,7 +112,12 @@ enum Workload {
 /// Families of rows; `ringmon` means one row per `--backends` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Family {
+    /// The ringmon server (conmon-rs RPC), one row per backend.
     Ringmon,
+    /// ringmon started as podman starts the C conmon: one process per
+    /// container, conmon's command line and sync pipe.
+    RingmonConmon,
+    /// The C conmon, one process per container, podman's command line.
     Conmon,
     /// No monitor: the producer writing straight to a file or into `cat`.
     Raw,
@@ -133,7 +147,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ringmon,conmon,raw"
+        default_value = "ringmon,ringmon-conmon,conmon,raw"
     )]
     monitors: Vec<Family>,
     /// ringmon `--io-backend` values, one row each; a backend the server
@@ -296,14 +310,70 @@ impl Bench {
         .await
     }
 
-    fn conmon(&mut self) -> Conmon {
-        let dir = self.scratch("conmon");
+    /// A launcher of `kind`, one monitor process per container.
+    fn conmon(&mut self, kind: PerContainer) -> Conmon {
+        let (binary, scratch) = match kind {
+            PerContainer::CConmon => (self.args.conmon.clone(), "conmon"),
+            PerContainer::RingmonConmonMode => (self.ringmon.clone(), "ringmon-conmon"),
+        };
+        let dir = self.scratch(scratch);
         Conmon::new(
-            &self.args.conmon,
+            kind.label(),
+            &binary,
             &self.args.runtime,
             &dir,
             self.args.conmon_sync_log,
         )
+    }
+
+    /// The per-container monitors selected, in row order.
+    fn per_container(&self) -> Vec<PerContainer> {
+        let mut kinds = Vec::new();
+        if self.has(Family::RingmonConmon) {
+            kinds.push(PerContainer::RingmonConmonMode);
+        }
+        if self.has(Family::Conmon) {
+            kinds.push(PerContainer::CConmon);
+        }
+        kinds
+    }
+}
+
+/// The monitors started once per container with the C conmon's command
+/// line (podman's argv and sync pipe). Both go through the same launcher
+/// (`monitors::Conmon`); only the program and the label differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PerContainer {
+    CConmon,
+    RingmonConmonMode,
+}
+
+impl PerContainer {
+    fn label(self) -> &'static str {
+        match self {
+            PerContainer::CConmon => CONMON,
+            PerContainer::RingmonConmonMode => RINGMON_CONMON,
+        }
+    }
+}
+
+/// What one row of the density and idle workloads is measured with.
+#[derive(Clone, Debug)]
+enum RowMonitor {
+    /// One ringmon server with this `--io-backend`.
+    Server(String),
+    PerContainer(PerContainer),
+    /// The containers alone, stdio on /dev/null.
+    Unmonitored,
+}
+
+impl RowMonitor {
+    fn label(&self) -> String {
+        match self {
+            RowMonitor::Server(backend) => ringmon_label(backend),
+            RowMonitor::PerContainer(kind) => kind.label().to_string(),
+            RowMonitor::Unmonitored => NO_MONITOR.to_string(),
+        }
     }
 }
 
@@ -420,11 +490,11 @@ async fn conmon_transfer(
     let dir = bench.scratch("tp");
     let id = format!("tp-{}", bench.next());
     let bundle = bench.rootfs.bundle(&dir, &["/bin/cat", in_rootfs]);
-    let (log, snapshot) = (dir.join("ctr.log"), dir.join("conmon.snapshot"));
+    let (log, snapshot) = (dir.join("ctr.log"), dir.join("monitor.snapshot"));
     let ctr = conmon.create(&id, &bundle, &log, Some(&snapshot))?;
     let result = async {
         procfs::reset_peak_rss(ctr.pid).map_err(|e| format!("clear_refs: {e}"))?;
-        let cpu0 = procfs::cpu_ns(ctr.pid).ok_or("conmon is gone")?;
+        let cpu0 = procfs::cpu_ns(ctr.pid).ok_or_else(|| format!("{} is gone", conmon.label))?;
         let started = Instant::now();
         let starter = spawn_start(&conmon.runtime, &id)?;
         let (from_first, from_start) = time_transfer(
@@ -442,7 +512,7 @@ async fn conmon_transfer(
             }
             check_interrupt()?;
             if Instant::now() > deadline {
-                return Err("conmon's exit command left no snapshot".to_string());
+                return Err(format!("{}'s exit command left no snapshot", conmon.label));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
@@ -639,9 +709,9 @@ async fn throughput(bench: &mut Bench, report: &mut Report) -> Result<(), Failur
             rows.push((ringmon_label(&backend), TransferRow::Ringmon(server)));
         }
     }
-    if bench.has(Family::Conmon) {
-        let conmon = bench.conmon();
-        rows.push((CONMON.to_string(), TransferRow::Conmon(conmon)));
+    for kind in bench.per_container() {
+        let conmon = bench.conmon(kind);
+        rows.push((kind.label().to_string(), TransferRow::Conmon(conmon)));
     }
     if bench.has(Family::Raw) {
         for path in [
@@ -743,22 +813,19 @@ enum Fleet {
 }
 
 impl Fleet {
-    async fn new(bench: &mut Bench, label: &str) -> Result<Fleet, Failure> {
-        if let Some(backend) = label
-            .strip_prefix("ringmon (")
-            .and_then(|s| s.strip_suffix(')'))
-        {
-            Ok(Fleet::Ringmon(bench.launch_ringmon(backend).await?))
-        } else if label == CONMON {
-            Ok(Fleet::Conmon(bench.conmon(), Vec::new()))
-        } else {
-            let dir = bench.scratch("unmonitored");
-            let runtime = Runtime {
-                path: bench.args.runtime.clone(),
-                root: dir.join("root"),
-            };
-            monitors::register_runtime(&runtime);
-            Ok(Fleet::Unmonitored(runtime))
+    async fn new(bench: &mut Bench, monitor: &RowMonitor) -> Result<Fleet, Failure> {
+        match monitor {
+            RowMonitor::Server(backend) => Ok(Fleet::Ringmon(bench.launch_ringmon(backend).await?)),
+            RowMonitor::PerContainer(kind) => Ok(Fleet::Conmon(bench.conmon(*kind), Vec::new())),
+            RowMonitor::Unmonitored => {
+                let dir = bench.scratch("unmonitored");
+                let runtime = Runtime {
+                    path: bench.args.runtime.clone(),
+                    root: dir.join("root"),
+                };
+                monitors::register_runtime(&runtime);
+                Ok(Fleet::Unmonitored(runtime))
+            }
         }
     }
 
@@ -887,13 +954,13 @@ async fn wait_for_readers(fifos: &[PathBuf]) -> Result<Vec<OwnedFd>, Failure> {
 
 async fn density_run(
     bench: &mut Bench,
-    label: &str,
+    monitor: &RowMonitor,
     containers: usize,
 ) -> Result<DensitySample, Failure> {
     let (duration, rate) = (bench.args.duration, bench.args.line_rate);
     let dir = bench.scratch("density");
     let tag = bench.next();
-    let mut fleet = Fleet::new(bench, label).await?;
+    let mut fleet = Fleet::new(bench, monitor).await?;
     let mut ids = Vec::with_capacity(containers);
     let result = async {
         let (mut logs, mut exits, mut fifos) = (Vec::new(), Vec::new(), Vec::new());
@@ -986,23 +1053,27 @@ async fn density_run(
     result
 }
 
-/// Labels of the monitor rows of the density and idle workloads.
-fn monitor_labels(bench: &Bench) -> Vec<String> {
-    let mut labels = Vec::new();
+/// The monitor rows of the density and idle workloads.
+fn monitor_rows(bench: &Bench) -> Vec<RowMonitor> {
+    let mut rows = Vec::new();
     if bench.has(Family::Ringmon) {
-        labels.extend(bench.args.backends.iter().map(|b| ringmon_label(b)));
+        rows.extend(bench.args.backends.iter().cloned().map(RowMonitor::Server));
     }
-    if bench.has(Family::Conmon) {
-        labels.push(CONMON.to_string());
-    }
-    labels
+    rows.extend(
+        bench
+            .per_container()
+            .into_iter()
+            .map(RowMonitor::PerContainer),
+    );
+    rows
 }
 
 async fn density(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
     if bench.args.duration < 3 {
         return Err("--duration must be at least 3 seconds".into());
     }
-    let labels = monitor_labels(bench);
+    let monitors = monitor_rows(bench);
+    let labels: Vec<String> = monitors.iter().map(RowMonitor::label).collect();
     let runs = bench.args.runs;
     for containers in bench.args.containers.clone() {
         let mut samples: Vec<Vec<DensitySample>> = vec![Vec::new(); labels.len()];
@@ -1016,7 +1087,7 @@ async fn density(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> 
                     "density: run {}/{runs} {label}, {containers} containers",
                     run + 1
                 );
-                match density_run(bench, label, containers).await {
+                match density_run(bench, &monitors[i], containers).await {
                     Ok(s) => {
                         eprintln!(
                             "  {:.2} % CPU, {:.1} µs/line, {:.0} lines/s{}",
@@ -1074,7 +1145,7 @@ struct IdleSample {
 
 async fn idle_run(
     bench: &mut Bench,
-    label: &str,
+    monitor: &RowMonitor,
     containers: usize,
 ) -> Result<IdleSample, Failure> {
     let dir = bench.scratch("idle");
@@ -1091,7 +1162,7 @@ async fn idle_run(
         })
         .collect();
     let kernel0 = procfs::kernel_memory_kib();
-    let mut fleet = Fleet::new(bench, label).await?;
+    let mut fleet = Fleet::new(bench, monitor).await?;
     let mut ids = Vec::with_capacity(containers);
     let result = async {
         let monitored = !matches!(fleet, Fleet::Unmonitored(_));
@@ -1133,11 +1204,12 @@ async fn idle_run(
 
 async fn idle(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
     // The no-monitor row is the kernel-memory baseline of the containers.
-    let mut labels = Vec::new();
+    let mut monitors = Vec::new();
     if bench.has(Family::Raw) {
-        labels.push(NO_MONITOR.to_string());
+        monitors.push(RowMonitor::Unmonitored);
     }
-    labels.extend(monitor_labels(bench));
+    monitors.extend(monitor_rows(bench));
+    let labels: Vec<String> = monitors.iter().map(RowMonitor::label).collect();
     let (runs, containers) = (bench.args.runs, bench.args.idle_containers);
     let mut samples: Vec<Vec<IdleSample>> = vec![Vec::new(); labels.len()];
     let mut errors: Vec<Option<Failure>> = vec![None; labels.len()];
@@ -1150,7 +1222,7 @@ async fn idle(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
                 "idle: run {}/{runs} {label}, {containers} containers",
                 run + 1
             );
-            match idle_run(bench, label, containers).await {
+            match idle_run(bench, &monitors[i], containers).await {
                 Ok(s) => {
                     eprintln!("  kernel {:.0} KiB/container", s.kernel_per_ctr_kib);
                     samples[i].push(s);

@@ -1,6 +1,8 @@
-//! The monitors under test (a ringmon server, one C conmon per container),
-//! the runtime commands the tool runs itself, the container bundles, and
-//! the registry that lets an interrupted run remove everything it started.
+//! The monitors under test (a ringmon server; one process per container
+//! started with the C conmon's command line, which is the C conmon or
+//! ringmon in its conmon mode), the runtime commands the tool runs itself,
+//! the container bundles, and the registry that lets an interrupted run
+//! remove everything it started.
 
 use std::fs;
 use std::io::Read;
@@ -309,25 +311,30 @@ impl RingmonServer {
     }
 }
 
-/// Launches one C conmon per container, with the arguments podman gives it.
+/// Launches one monitor process per container with the C conmon's command
+/// line, as podman gives it: the C conmon itself, or ringmon in its conmon
+/// mode (the same argv, pipes and waits; only the program differs).
 pub struct Conmon {
+    /// The row label, also used in error messages.
+    pub label: String,
     pub binary: PathBuf,
     pub runtime: Runtime,
     pub dir: PathBuf,
-    /// Keep conmon's fsync of the log after the container exits (podman's
-    /// default); off by default because ringmon does not fsync logs.
+    /// Keep the fsync of the log after the container exits (podman's
+    /// default: no `--no-sync-log`); off by default because the ringmon
+    /// server does not fsync logs.
     pub sync_log: bool,
 }
 
-/// One container's C conmon.
+/// One container's monitor process.
 pub struct ConmonContainer {
-    /// The long-lived conmon process (the launcher forks it and exits).
+    /// The long-lived monitor process (the launcher forks it and exits).
     pub pid: u32,
     pub exit_file: PathBuf,
 }
 
 impl Conmon {
-    pub fn new(binary: &Path, runtime: &Path, dir: &Path, sync_log: bool) -> Conmon {
+    pub fn new(label: &str, binary: &Path, runtime: &Path, dir: &Path, sync_log: bool) -> Conmon {
         let runtime = Runtime {
             path: runtime.to_path_buf(),
             root: dir.join("root"),
@@ -335,6 +342,7 @@ impl Conmon {
         register_runtime(&runtime);
         fs::create_dir_all(dir.join("exits")).expect("create exit dir");
         Conmon {
+            label: label.to_string(),
             binary: binary.to_path_buf(),
             runtime,
             dir: dir.to_path_buf(),
@@ -342,10 +350,10 @@ impl Conmon {
         }
     }
 
-    /// Starts conmon, which runs `runtime create`; returns once conmon
+    /// Starts the monitor, which runs `runtime create`; returns once it
     /// reported the container pid on its sync pipe, as podman waits for it.
-    /// With `exit_snapshot`, conmon's exit command records its CPU time and
-    /// peak RSS there (see `procfs::write_parent_snapshot`).
+    /// With `exit_snapshot`, the monitor's exit command records its CPU time
+    /// and peak RSS there (see `procfs::write_parent_snapshot`).
     pub fn create(
         &self,
         id: &str,
@@ -389,14 +397,14 @@ impl Conmon {
                 .arg(snapshot);
         }
         // The sync pipe is how podman learns that `runtime create` is done
-        // and the container's pid. conmon finds its write end by number in
+        // and the container's pid. The monitor finds its write end by number in
         // _OCI_SYNCPIPE, so that end is created inheritable and closed here
         // right after the spawn; the read end stays close-on-exec.
         let (sync_read, sync_write) =
             nix::unistd::pipe2(OFlag::empty()).map_err(|e| format!("pipe: {e}"))?;
         fcntl(&sync_read, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
             .map_err(|e| format!("fcntl: {e}"))?;
-        let launcher_err = self.dir.join(format!("conmon-{id}.err"));
+        let launcher_err = self.dir.join(format!("monitor-{id}.err"));
         cmd.env("_OCI_SYNCPIPE", sync_write.as_raw_fd().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -406,22 +414,26 @@ impl Conmon {
             .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
         drop(sync_write);
         let message = read_sync_message(&sync_read, Duration::from_secs(60));
-        // The launcher writes the conmon pidfile, then exits right away.
+        // The launcher writes the monitor's pidfile, then exits right away.
         let status = launcher.wait().map_err(|e| e.to_string())?;
         let message = message.map_err(|e| {
             let err = fs::read_to_string(&launcher_err).unwrap_or_default();
-            format!("conmon for {id}: {e} ({status}; {})", err.trim())
+            format!("{} for {id}: {e} ({status}; {})", self.label, err.trim())
         })?;
-        let container_pid = sync_data(&message)
-            .ok_or_else(|| format!("conmon for {id}: unexpected sync message {message:?}"))?;
+        let container_pid = sync_data(&message).ok_or_else(|| {
+            format!(
+                "{} for {id}: unexpected sync message {message:?}",
+                self.label
+            )
+        })?;
         if container_pid <= 0 {
-            return Err(format!("conmon for {id}: create failed: {message}"));
+            return Err(format!("{} for {id}: create failed: {message}", self.label));
         }
         let pid: u32 = fs::read_to_string(&conmon_pidfile)
             .map_err(|e| format!("read {}: {e}", conmon_pidfile.display()))?
             .trim()
             .parse()
-            .map_err(|e| format!("conmon pidfile: {e}"))?;
+            .map_err(|e| format!("{} pidfile: {e}", self.label))?;
         register_monitor(pid);
         let _ = fs::remove_file(launcher_err);
         Ok(ConmonContainer {
