@@ -1577,6 +1577,8 @@ fn expect_refused_create(ctr: &Ctr, outcome: &CreateOutcome, needle: &str) {
             Some(None) => {}
         }
     }
+    // A monitor the first process killed may take a moment to be gone.
+    wait_until(WAIT, || processes_mentioning(&ctr.id).is_empty());
     let left = processes_mentioning(&ctr.id);
     assert!(left.is_empty(), "left running: {}", describe(&left));
     let state = ctr.runtime(&["state", &ctr.id]);
