@@ -163,15 +163,16 @@ pub fn run(config: ConmonConfig) -> i32 {
             }
         }
     }
-    let passthrough = config.log_targets.contains(&LogTarget::Passthrough);
-    if passthrough {
-        let e = ConmonError::Invalid {
-            flag: "--log-path",
-            value: "passthrough".into(),
-            reason: "the passthrough log driver is not supported by ringmon's conmon mode".into(),
-        };
-        return fail(sync.as_ref(), report, &e);
-    }
+    // The passthrough log driver hands the caller's stdio to the runtime:
+    // keep it before it is replaced.
+    let passthrough = if config.log_targets.contains(&LogTarget::Passthrough) {
+        match sys::fd::duplicate_stdio() {
+            Ok(stdio) => Some(stdio),
+            Err(e) => return fail(sync.as_ref(), report, &io_error("duplicate stdio")(e)),
+        }
+    } else {
+        None
+    };
     // A caller that reads our stderr (podman -t, CRI-O's exec sync) waits
     // for every holder of it to go: the monitor holds none of the caller's
     // stdio.
@@ -188,7 +189,7 @@ pub fn run(config: ConmonConfig) -> i32 {
     let _ = sys::process::set_process_name(c"conmon");
     init_diagnostics(&config);
     let sync = sync.map(Rc::new);
-    match serve(config, inherited, sync.clone(), report) {
+    match serve(config, inherited, passthrough, sync.clone(), report) {
         Ok(status) => status,
         Err(e) => {
             warn!("{e}");
@@ -472,6 +473,7 @@ fn journal_fields(config: &ConmonConfig) -> Vec<(String, String)> {
 fn serve(
     config: ConmonConfig,
     inherited: Inherited,
+    passthrough: Option<[OwnedFd; 3]>,
     sync: Option<Rc<SyncPipe>>,
     report: Report,
 ) -> Result<i32, ConmonError> {
@@ -516,7 +518,9 @@ fn serve(
         );
         monitor.allow_exec_in_unmonitored_containers();
         let status = match &config.mode {
-            ConmonMode::Create { .. } => create(&monitor, &config, inherited, sync, report).await,
+            ConmonMode::Create { .. } => {
+                create(&monitor, &config, inherited, passthrough, sync, report).await
+            }
             ConmonMode::Exec {
                 process_spec,
                 attach,
@@ -567,6 +571,7 @@ async fn create(
     monitor: &Rc<Monitor>,
     config: &ConmonConfig,
     inherited: Inherited,
+    passthrough: Option<[OwnedFd; 3]>,
     sync: Option<Rc<SyncPipe>>,
     report: Report,
 ) -> Result<i32, ConmonError> {
@@ -610,8 +615,9 @@ async fn create(
         leak_fds: Vec::new(),
         pid_file: config.container_pidfile.clone(),
     };
+    let passthrough_mode = passthrough.is_some();
     let pid = match monitor
-        .create_container_with_fds(req, inherited.preserved)
+        .create_container_with_fds(req, inherited.preserved, passthrough)
         .await
     {
         Ok(pid) => pid,
@@ -625,22 +631,30 @@ async fn create(
         }
     };
     let exit = monitor.container_exit(&id);
-    let socket = attach_socket(config, &bundle)?;
-    monitor.attach_container(&id, "", &socket, config.stdin && !config.leave_stdin_open)?;
-    let ctl = Fifos::make(&bundle)?;
+    // Passthrough: the caller holds the container's stdio; there is nothing
+    // to attach to and no terminal to resize.
+    let ctl = if passthrough_mode {
+        None
+    } else {
+        let socket = attach_socket(config, &bundle)?;
+        monitor.attach_container(&id, "", &socket, config.stdin && !config.leave_stdin_open)?;
+        Some(Fifos::make(&bundle)?)
+    };
     if let Some(sync) = &sync {
         sync.send(report, i64::from(pid), None)
             .map_err(io_error("_OCI_SYNCPIPE"))?;
     }
     info!(%id, pid, "container created");
     drop(inherited.start);
-    let ctl_task = tokio::task::spawn_local(serve_ctl(
-        Rc::clone(monitor),
-        id.clone(),
-        String::new(),
-        ctl,
-        Rc::new(Cell::new(None)),
-    ));
+    let ctl_task = ctl.map(|ctl| {
+        tokio::task::spawn_local(serve_ctl(
+            Rc::clone(monitor),
+            id.clone(),
+            String::new(),
+            ctl,
+            Rc::new(Cell::new(None)),
+        ))
+    });
     let signals = tokio::task::spawn_local(forward_signals(Rc::clone(monitor), id.clone()));
     let timeout = config.timeout.filter(|t| !t.is_zero());
     let code = {
@@ -662,7 +676,9 @@ async fn create(
             () = timer => unreachable!("the timer never ends"),
         }
     };
-    ctl_task.abort();
+    if let Some(task) = ctl_task {
+        task.abort();
+    }
     signals.abort();
     info!(%id, code, "container exited");
     drop(sync);

@@ -279,14 +279,21 @@ impl Monitor {
     /// [`Monitor::create_container`] with `fds` (the caller's own, not
     /// fd-socket slots) as the runtime's fd 3, 4, ... (conmon mode's
     /// preserved fds).
+    ///
+    /// With `passthrough` (stdin, stdout, stderr), the runtime, and so the
+    /// container, gets those as its stdio instead of the monitor's pipes
+    /// (conmon's `passthrough` log driver): nothing is logged or attached,
+    /// and a runtime's error goes straight to the caller.
     pub async fn create_container_with_fds(
         self: &Rc<Self>,
         req: CreateContainer,
         fds: Vec<OwnedFd>,
+        passthrough: Option<[OwnedFd; 3]>,
     ) -> Result<u32, CoreError> {
         let fds = PassedFds {
             additional: fds,
             leaked: Vec::new(),
+            stdio: passthrough,
         };
         let reservation = CreateReservation::take(self, &req)?;
         let result = self.create_inner(&req, fds, &reservation).await;
@@ -303,6 +310,7 @@ impl Monitor {
         let fds = PassedFds {
             additional: additional_fds?,
             leaked: leak_fds?,
+            stdio: None,
         };
         let reservation = CreateReservation::take(self, &req)?;
         let result = self.create_inner(&req, fds, &reservation).await;
@@ -395,11 +403,20 @@ impl Monitor {
         let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
-        let (stdin_r, stdin_w) = if req.stdin && !req.terminal {
+        let (mut stdin_r, stdin_w) = if req.stdin && !req.terminal {
             let (r, w) = pipe("stdin")?;
             (Some(r), Some(w))
         } else {
             (None, None)
+        };
+        // Passthrough: the pipes' write ends are dropped unused, so their
+        // read ends reach EOF at once and the registration drains.
+        let (runtime_stdout, runtime_stderr) = match fds.stdio {
+            Some([stdin, stdout, stderr]) => {
+                stdin_r = Some(stdin);
+                (stdout, stderr)
+            }
+            None => (stdout_w, stderr_w),
         };
 
         let args = self.runtime.create_args(&CreateArgs {
@@ -418,8 +435,8 @@ impl Monitor {
                 args: &args,
                 env: &req.env,
                 stdin: stdin_r,
-                stdout: stdout_w,
-                stderr: (stderr_w, &stderr_r),
+                stdout: runtime_stdout,
+                stderr: (runtime_stderr, &stderr_r),
                 create_stdout: Some(&stdout_r),
                 fds: fds.additional,
                 console,
@@ -968,6 +985,9 @@ struct PassedFds {
     additional: Vec<OwnedFd>,
     /// Held until the container is forgotten.
     leaked: Vec<OwnedFd>,
+    /// The runtime's stdin, stdout and stderr instead of the monitor's
+    /// pipes (see [`Monitor::create_container_with_fds`]).
+    stdio: Option<[OwnedFd; 3]>,
 }
 
 /// Where an exec process's output is read from: a pty master (terminal,

@@ -1,7 +1,7 @@
 //! File-descriptor flags and pipe capacity.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
@@ -134,4 +134,14 @@ pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Duplicates of this process's stdin, stdout and stderr (close-on-exec),
+/// to hand them on after fds 0-2 themselves are replaced.
+pub fn duplicate_stdio() -> io::Result<[std::os::fd::OwnedFd; 3]> {
+    Ok([
+        std::io::stdin().as_fd().try_clone_to_owned()?,
+        std::io::stdout().as_fd().try_clone_to_owned()?,
+        std::io::stderr().as_fd().try_clone_to_owned()?,
+    ])
 }
