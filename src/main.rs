@@ -111,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     backend: config.io_backend,
                     busy_pipe_size: config.busy_pipe_size,
                     batch_window: config.batch_window,
+                    attach_done_packet: true,
                 },
                 events_tx,
             )

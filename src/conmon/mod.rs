@@ -2,18 +2,17 @@
 //! one monitor process per container or exec session (docs/architecture.md,
 //! "conmon CLI mode").
 //!
-//! Phase 1: the command line is parsed and checked; running the container is
-//! not built yet, so a valid command line ends with a clear error.
+//! `cli` parses the command line, `run` is the monitor process, `sync` and
+//! `ctl` the messages of the pipes and the `ctl` fifo.
 
 pub mod cli;
+pub mod ctl;
+mod run;
+pub mod sync;
 
 use std::ffi::OsString;
 
 use cli::ConmonCommand;
-
-/// What the role prints before it exits on a valid command line until the
-/// monitor is built.
-pub const NOT_IMPLEMENTED: &str = "ringmon: conmon mode: running containers is not implemented yet";
 
 /// Runs the role on the whole argv (argv[0] included); returns the exit
 /// status.
@@ -31,10 +30,7 @@ pub fn main(argv: &[OsString]) -> i32 {
             print!("{}", cli::help_text());
             0
         }
-        Ok(ConmonCommand::Run(_config)) => {
-            eprintln!("{NOT_IMPLEMENTED}");
-            1
-        }
+        Ok(ConmonCommand::Run(config)) => run::run(*config),
         Err(e) => {
             eprintln!("ringmon: conmon mode: {e}");
             1

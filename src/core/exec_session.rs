@@ -52,6 +52,14 @@ pub struct CreateExecSession {
     pub additional_fds: Vec<u64>,
     /// Create only; `startExecSession` runs it.
     pub suspended: bool,
+    /// Runtime arguments before `exec` (conmon mode's `--runtime-arg`s).
+    pub global_args: Vec<String>,
+    /// Options of `runtime exec` after ringmon's own (conmon mode's
+    /// `--runtime-opt`s).
+    pub runtime_opts: Vec<String>,
+    /// The runtime's `--pid-file` (kept afterwards); `None`: a file of
+    /// ringmon's own in the runtime dir, removed once read.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Where a session is in its life.

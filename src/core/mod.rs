@@ -41,6 +41,8 @@ pub struct CreateContainer {
     pub additional_fds: Vec<u64>,
     /// fd-socket slots whose fds are held open until the container exits.
     pub leak_fds: Vec<u64>,
+    /// The runtime's `--pid-file`; `None`: `<bundle>/pidfile`.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Errors of the core layer. The messages are what RPC clients see.

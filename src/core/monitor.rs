@@ -69,6 +69,9 @@ struct Child {
     /// `leakFds`: held open while the container lives, closed when it is
     /// forgotten.
     _leaked: Vec<OwnedFd>,
+    /// The exit code its exit files get whatever the process's status is
+    /// (-1 after [`Monitor::kill_for_timeout`]).
+    forced_exit_code: Option<i32>,
 }
 
 #[derive(Default)]
@@ -94,6 +97,9 @@ struct State {
     watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Exec sessions by container id (`exec_sessions`).
     sessions: HashMap<String, exec_sessions::ContainerSessions>,
+    /// Waiters for a container's exit handling to end, by id
+    /// ([`Monitor::container_exit`]).
+    exit_waiters: HashMap<String, Vec<oneshot::Sender<i32>>>,
 }
 
 /// The container monitor.
@@ -114,6 +120,10 @@ pub struct Monitor {
     /// Containers an abandoned create left in the runtime, for
     /// `delete_leftovers`.
     leftovers: mpsc::UnboundedSender<Leftover>,
+    /// Exec sessions may be made in containers this monitor does not
+    /// monitor (conmon mode: each exec session has a monitor process of its
+    /// own, and the container is another's).
+    exec_in_unmonitored: Cell<bool>,
 }
 
 impl Monitor {
@@ -136,6 +146,7 @@ impl Monitor {
             sweep: Notify::new(),
             namespaces: Default::default(),
             leftovers,
+            exec_in_unmonitored: Cell::new(false),
         });
         tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
         tokio::task::spawn_local(Rc::clone(&monitor).delete_leftovers(leftovers_rx));
@@ -222,6 +233,67 @@ impl Monitor {
         }
     }
 
+    /// Lets exec sessions be created in containers this monitor does not
+    /// monitor (see `exec_in_unmonitored`).
+    pub fn allow_exec_in_unmonitored_containers(&self) {
+        self.exec_in_unmonitored.set(true);
+    }
+
+    /// Resolves to the container's exit code once its exit handling is over
+    /// (output drained, exit and OOM files written, attach sockets
+    /// removed). Dropped unanswered if `id` is not monitored.
+    pub fn container_exit(&self, id: &str) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.borrow_mut();
+        if st.children.contains_key(id) {
+            st.exit_waiters.entry(id.to_string()).or_default().push(tx);
+        }
+        rx
+    }
+
+    /// Kills the container's process tree because its time ran out
+    /// (conmon's `--timeout`); its exit files then say -1.
+    pub fn kill_for_timeout(&self, id: &str) -> Result<(), CoreError> {
+        let pid = {
+            let mut st = self.state.borrow_mut();
+            let child = st
+                .children
+                .get_mut(id)
+                .and_then(|l| l.last_mut())
+                .ok_or(CoreError::ChildNotAvailable)?;
+            child.forced_exit_code = Some(-1);
+            child.pid
+        };
+        sys::process::kill_tree(pid, Signal::SIGKILL);
+        Ok(())
+    }
+
+    /// Signals the container's process (conmon mode forwards SIGTERM and
+    /// SIGINT it gets).
+    pub fn signal_container(&self, id: &str, signal: Signal) -> Result<(), CoreError> {
+        let pid = self.lookup(id, |c| c.pid)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .map_err(|e| CoreError::io(format!("signal container pid {pid}"), e.into()))
+    }
+
+    /// [`Monitor::create_container`] with `fds` (the caller's own, not
+    /// fd-socket slots) as the runtime's fd 3, 4, ... (conmon mode's
+    /// preserved fds).
+    pub async fn create_container_with_fds(
+        self: &Rc<Self>,
+        req: CreateContainer,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u32, CoreError> {
+        let fds = PassedFds {
+            additional: fds,
+            leaked: Vec::new(),
+        };
+        let reservation = CreateReservation::take(self, &req)?;
+        let result = self.create_inner(&req, fds, &reservation).await;
+        reservation.settle(&result);
+        result
+    }
+
     /// Runs `runtime create` and starts monitoring the container. Returns the
     /// container's pid once the runtime exited successfully.
     pub async fn create_container(self: &Rc<Self>, req: CreateContainer) -> Result<u32, CoreError> {
@@ -300,7 +372,10 @@ impl Monitor {
             .iter()
             .map(LogWriter::open)
             .collect::<Result<Vec<_>, _>>()?;
-        let pid_file = req.bundle.join("pidfile");
+        let pid_file = req
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| req.bundle.join("pidfile"));
         match fs::remove_file(&pid_file) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(CoreError::io(
@@ -414,6 +489,7 @@ impl Monitor {
                 attach: Attach::new(key, stdin_target),
                 stdin_once,
                 _leaked: fds.leaked,
+                forced_exit_code: None,
             });
         }
         let exit_policy = ExitPolicy {
@@ -659,6 +735,8 @@ impl Monitor {
             process_env: &[],
             preserve_fds: 0,
             process_spec: None,
+            global_args: &[],
+            options: &[],
         });
         debug!(id = %req.id, ?args, "spawning runtime exec");
         let (master, pid) = self
@@ -715,6 +793,12 @@ impl Monitor {
             Some(w) => w.finish().await,
             None => false,
         };
+        let forced = self.state.borrow().children.get(id).and_then(|l| {
+            l.iter()
+                .find(|c| c.key == *key)
+                .and_then(|c| c.forced_exit_code)
+        });
+        let code = forced.unwrap_or(code);
         if oom_killed {
             for (path, e) in write_oom_files(&policy.oom_exit_paths) {
                 warn!(%id, "write OOM file {}: {e}", path.display());
@@ -741,8 +825,12 @@ impl Monitor {
             list.retain(|c| c.key != *key);
             if list.is_empty() {
                 st.children.remove(id);
+                let waiters = st.exit_waiters.remove(id).unwrap_or_default();
                 drop(st);
                 self.end_sessions(id);
+                for waiter in waiters {
+                    let _ = waiter.send(code);
+                }
             }
         }
     }
@@ -1508,6 +1596,8 @@ impl Monitor {
             process_env: &[],
             preserve_fds: 0,
             process_spec: None,
+            global_args: &[],
+            options: &[],
         });
         debug!(%id, ?args, "spawning runtime exec (streaming)");
         let (master, pid) = self

@@ -32,6 +32,11 @@ pub struct RuntimeConfig {
     /// Whether crun knows `--log-level` (crun < 1.9, e.g. Debian 12's 1.8.1,
     /// rejects it and every create would fail). Probed on first use.
     crun_log_level: OnceLock<bool>,
+    /// Whether crun gets ringmon's own `--log=journald:<id>` (and log
+    /// level). conmon mode turns it off: its caller passes crun's logging
+    /// as runtime args (podman reads crun's errors from its own `--log`
+    /// file), and a second `--log` would take its place.
+    implicit_crun_logging: bool,
 }
 
 impl RuntimeConfig {
@@ -42,7 +47,15 @@ impl RuntimeConfig {
             log_level,
             timeout: DEFAULT_TIMEOUT,
             crun_log_level: OnceLock::new(),
+            implicit_crun_logging: true,
         }
+    }
+
+    /// The same configuration without ringmon's own crun logging flags (see
+    /// `implicit_crun_logging`).
+    pub fn without_implicit_crun_logging(mut self) -> Self {
+        self.implicit_crun_logging = false;
+        self
     }
 
     /// The same configuration with another per-invocation timeout.
@@ -69,7 +82,7 @@ impl RuntimeConfig {
     /// upstream, `--root` and `--systemd-cgroup` are emitted once.
     pub fn global_args(&self, container_id: &str, cgroup: CgroupManager) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
-        if self.is_crun() {
+        if self.implicit_crun_logging && self.is_crun() {
             args.push(format!("--log=journald:{container_id}").into());
             let level = if self.crun_has_log_level() {
                 self.log_level
@@ -128,6 +141,7 @@ impl RuntimeConfig {
     /// <id> <command...>` (`--pid-file=` joined, unlike `create`).
     pub fn exec_args(&self, e: &ExecArgs<'_>) -> Vec<OsString> {
         let mut args = self.global_args(e.id, e.cgroup);
+        args.extend(e.global_args.iter().map(OsString::from));
         args.push("exec".into());
         args.push("-d".into());
         if let Some(sock) = e.console_socket {
@@ -150,6 +164,7 @@ impl RuntimeConfig {
             a.push(spec);
             args.push(a);
         }
+        args.extend(e.options.iter().map(OsString::from));
         args.push(e.id.into());
         args.extend(e.command.iter().map(OsString::from));
         args
@@ -183,6 +198,11 @@ pub struct ExecArgs<'a> {
     pub preserve_fds: usize,
     /// An OCI process JSON file instead of `command`.
     pub process_spec: Option<&'a Path>,
+    /// Placed before `exec` (conmon's `--runtime-arg`s).
+    pub global_args: &'a [String],
+    /// Options of `exec` placed after ringmon's own (conmon's
+    /// `--runtime-opt`s).
+    pub options: &'a [String],
 }
 
 #[cfg(test)]
@@ -303,6 +323,8 @@ mod tests {
             process_env: &[],
             preserve_fds: 0,
             process_spec: None,
+            global_args: &[],
+            options: &[],
         });
         assert_eq!(
             strs(args),
@@ -333,6 +355,8 @@ mod tests {
             process_env: &[],
             preserve_fds: 0,
             process_spec: None,
+            global_args: &[],
+            options: &[],
         });
         assert_eq!(
             strs(args),
@@ -362,6 +386,8 @@ mod tests {
             process_env: &[("A".into(), "1 2".into()), ("B".into(), "".into())],
             preserve_fds: 2,
             process_spec: Some(Path::new("/run/s/process.json")),
+            global_args: &[],
+            options: &[],
         });
         assert_eq!(
             strs(args),
@@ -392,6 +418,8 @@ mod tests {
             process_env: &[],
             preserve_fds: 0,
             process_spec: None,
+            global_args: &[],
+            options: &[],
         });
         assert_eq!(
             strs(args),

@@ -178,6 +178,12 @@ pub struct EngineConfig {
     /// How long a worker lets light output accumulate before reading it
     /// (see "Wake-up coalescing" in the module docs); zero disables it.
     pub batch_window: Duration,
+    /// Whether attach clients get the done packet (`0x00`) when output
+    /// ends, before their connection is closed. conmon-rs clients wait for
+    /// it; the C conmon's clients (podman) know only stdout and stderr
+    /// packets and fail on any other, so conmon mode turns it off and the
+    /// end of output is the end of the connection alone.
+    pub attach_done_packet: bool,
 }
 
 /// The backend the workers actually run, once `Auto` is resolved.
@@ -382,7 +388,10 @@ impl Engine {
                 index,
                 backend,
                 pipe_sizer,
-                config.batch_window,
+                WorkerOptions {
+                    batch_window: config.batch_window,
+                    attach_done_packet: config.attach_done_packet,
+                },
                 events.clone(),
                 engine.assignments.clone(),
                 engine.attach_drops.clone(),
@@ -609,12 +618,19 @@ fn serve_when_ready<B: backend::Backend>(
     }
 }
 
+/// The `EngineConfig` settings each worker applies itself.
+#[derive(Clone, Copy)]
+struct WorkerOptions {
+    batch_window: Duration,
+    attach_done_packet: bool,
+}
+
 /// Spawns worker `index`; returns once its backend is set up (or failed).
 fn spawn_worker(
     index: usize,
     backend: ResolvedBackend,
     pipe_sizer: pipe_size::PipeSizer,
-    batch_window: Duration,
+    options: WorkerOptions,
     events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
     attach_drops: Arc<AtomicU64>,
@@ -639,7 +655,8 @@ fn spawn_worker(
                     &ready_tx,
                     |ring| {
                         Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
-                            .with_batch_window(batch_window)
+                            .with_batch_window(options.batch_window)
+                            .with_attach_done_packet(options.attach_done_packet)
                             .run()
                     },
                 ),
@@ -649,7 +666,8 @@ fn spawn_worker(
                     &ready_tx,
                     |set| {
                         Worker::new(index, set, commands_rx, events, assignments, attach_drops)
-                            .with_batch_window(batch_window)
+                            .with_batch_window(options.batch_window)
+                            .with_attach_done_packet(options.attach_done_packet)
                             .run()
                     },
                 ),

@@ -116,6 +116,7 @@ fn start_with_window(
             backend,
             busy_pipe_size: None,
             batch_window,
+            attach_done_packet: true,
         },
         events_tx,
     )
@@ -124,12 +125,7 @@ fn start_with_window(
 }
 
 fn cri_writer(path: PathBuf) -> LogWriter {
-    LogWriter::open(&LogSpec {
-        format: LogFormat::Cri,
-        path,
-        max_size: 0,
-    })
-    .unwrap()
+    LogWriter::open(&LogSpec::new(LogFormat::Cri, path, 0)).unwrap()
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
@@ -270,11 +266,7 @@ fn failing_writer_is_reported_once_and_others_keep_logging(backend: BackendChoic
     // Log files must be regular files; a device that fails every write is
     // handed to the writer directly.
     let full = LogWriter::over_file(
-        &LogSpec {
-            format: LogFormat::Cri,
-            path: PathBuf::from("/dev/full"),
-            max_size: 0,
-        },
+        &LogSpec::new(LogFormat::Cri, PathBuf::from("/dev/full"), 0),
         std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")

@@ -253,6 +253,8 @@ struct SourceRoute {
 /// borrow it mutably while the backend itself is borrowed.
 struct Routing {
     worker_index: usize,
+    /// See `EngineConfig::attach_done_packet`.
+    attach_done_packet: bool,
     commands: mpsc::Receiver<Command>,
     /// Commands taken from the queue that need the backend, or that concern
     /// a container whose registration is among them; applied in order after
@@ -338,9 +340,17 @@ impl<B: Backend> Worker<B> {
                 batch: 0,
                 events,
                 assignments,
+                attach_done_packet: true,
             },
             batch_window: Duration::ZERO,
         }
+    }
+
+    /// Whether attach clients get the done packet at the end of output
+    /// (see `EngineConfig::attach_done_packet`).
+    pub fn with_attach_done_packet(mut self, send: bool) -> Worker<B> {
+        self.routing.attach_done_packet = send;
+        self
     }
 
     /// Lets light output accumulate for `window` between reads (zero: never).
@@ -601,7 +611,9 @@ impl Routing {
         match self.containers.get_mut(&key) {
             Some(container) => container.attach_clients.push(id),
             None => {
-                attach_client.queue.push_done();
+                if self.attach_done_packet {
+                    attach_client.queue.push_done();
+                }
                 attach_client.done_queued = true;
             }
         }
@@ -781,7 +793,9 @@ impl Routing {
         let now = Instant::now();
         for &id in &container.attach_clients {
             if let Some(client) = self.clients.get_mut(&id) {
-                client.queue.push_done();
+                if self.attach_done_packet {
+                    client.queue.push_done();
+                }
                 client.done_queued = true;
                 client.last_progress = now;
             }

@@ -40,6 +40,7 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 use super::cri::segments;
+use super::StreamKind;
 
 /// Dropped entries are reported (warn) at most this often.
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -60,8 +61,56 @@ pub fn encode_entry(out: &mut Vec<u8>, message: &[u8]) {
     out.push(b'\n');
 }
 
+/// Appends one entry in the C conmon's form: `fields` (already encoded
+/// `NAME=value` lines), `PRIORITY` (6 for stdout, 3 for stderr), the
+/// message without its line end in the binary field form, and
+/// `CONTAINER_PARTIAL_MESSAGE=true` when the line did not end.
+pub fn encode_conmon_entry(
+    out: &mut Vec<u8>,
+    fields: &[u8],
+    stream: StreamKind,
+    line: &[u8],
+    partial: bool,
+) {
+    out.extend_from_slice(fields);
+    out.extend_from_slice(match stream {
+        StreamKind::Stdout => b"PRIORITY=6\n",
+        StreamKind::Stderr => b"PRIORITY=3\n",
+    });
+    if partial {
+        out.extend_from_slice(b"CONTAINER_PARTIAL_MESSAGE=true\n");
+    }
+    let message = line.strip_suffix(b"\n").unwrap_or(line);
+    out.extend_from_slice(b"MESSAGE\n");
+    out.extend_from_slice(&(message.len() as u64).to_le_bytes());
+    out.extend_from_slice(message);
+    out.push(b'\n');
+}
+
+/// Encodes `NAME=value` journal fields, one per line; a value holding a
+/// line end takes the binary form.
+pub fn encode_fields(fields: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        if value.contains('\n') {
+            out.push(b'\n');
+            out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        } else {
+            out.push(b'=');
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
 /// A connectionless sender of journal entries.
 pub struct JournalSink {
+    /// Encoded fields of the C conmon's entries (conmon mode); `None`:
+    /// conmon-rs's entries.
+    conmon_fields: Option<Vec<u8>>,
     socket: UnixDatagram,
     socket_path: PathBuf,
     /// The entry being sent; reused.
@@ -83,6 +132,7 @@ impl JournalSink {
         let socket = UnixDatagram::unbound()?;
         socket.set_write_timeout(Some(SEND_TIMEOUT))?;
         Ok(JournalSink {
+            conmon_fields: None,
             socket,
             socket_path: socket_path.to_path_buf(),
             datagram: Vec::new(),
@@ -90,6 +140,16 @@ impl JournalSink {
             reported: (0, None),
             drop_mode_until: None,
         })
+    }
+
+    /// A sink whose entries have the C conmon's form, with `fields`.
+    pub fn with_conmon_fields(
+        socket_path: &Path,
+        fields: &[(String, String)],
+    ) -> io::Result<JournalSink> {
+        let mut sink = JournalSink::new(socket_path)?;
+        sink.conmon_fields = Some(encode_fields(fields));
+        Ok(sink)
     }
 
     /// Entries dropped so far because the journal did not keep up.
@@ -115,9 +175,27 @@ impl JournalSink {
     /// Sends one entry per line of `chunk` (the container log driver).
     /// Entries the journal has no room for are dropped and counted; the
     /// drops are logged at warn, rate-limited.
-    pub fn send_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub fn send_chunk(&mut self, stream: StreamKind, chunk: &[u8]) -> io::Result<()> {
         for segment in segments(chunk) {
-            self.send_entry(segment.bytes)?;
+            match &self.conmon_fields {
+                None => {
+                    self.datagram.clear();
+                    encode_entry(&mut self.datagram, segment.bytes);
+                }
+                Some(fields) => {
+                    let mut datagram = std::mem::take(&mut self.datagram);
+                    datagram.clear();
+                    encode_conmon_entry(
+                        &mut datagram,
+                        fields,
+                        stream,
+                        segment.bytes,
+                        segment.partial,
+                    );
+                    self.datagram = datagram;
+                }
+            }
+            self.send_encoded()?;
         }
         if let Some(dropped) = self.drops_to_report() {
             tracing::warn!(
@@ -136,6 +214,11 @@ impl JournalSink {
     pub fn send_entry(&mut self, message: &[u8]) -> io::Result<()> {
         self.datagram.clear();
         encode_entry(&mut self.datagram, message);
+        self.send_encoded()
+    }
+
+    /// Sends the entry in `datagram` (see [`JournalSink::send_entry`]).
+    fn send_encoded(&mut self) -> io::Result<()> {
         let dropping = self
             .drop_mode_until
             .is_some_and(|until| Instant::now() < until);
@@ -224,7 +307,8 @@ mod tests {
         let journal = UnixDatagram::bind(&path).unwrap();
 
         let mut sink = JournalSink::new(&path).unwrap();
-        sink.send_chunk(b"one\ntwo\npart").unwrap();
+        sink.send_chunk(StreamKind::Stdout, b"one\ntwo\npart")
+            .unwrap();
         let mut received = Vec::new();
         for _ in 0..3 {
             let mut buffer = [0u8; 256];
@@ -243,7 +327,7 @@ mod tests {
 
         // Too large for a datagram: sent as a sealed memfd.
         let huge = vec![b'z'; 1 << 20];
-        sink.send_chunk(&huge).unwrap();
+        sink.send_chunk(StreamKind::Stdout, &huge).unwrap();
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let mut no_data: [std::io::IoSliceMut<'_>; 0] = [];
         let message = nix::sys::socket::recvmsg::<UnixAddr>(
@@ -267,7 +351,9 @@ mod tests {
 
         drop(journal);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(sink.send_chunk(b"nobody listens\n").is_err());
+        assert!(sink
+            .send_chunk(StreamKind::Stdout, b"nobody listens\n")
+            .is_err());
     }
 
     #[test]
@@ -280,7 +366,7 @@ mod tests {
         let journal = UnixDatagram::bind(&path).unwrap();
         let mut sink = JournalSink::new(&path).unwrap();
         let lines = b"line\n".repeat(10_000);
-        sink.send_chunk(&lines).unwrap();
+        sink.send_chunk(StreamKind::Stdout, &lines).unwrap();
         assert!(sink.dropped() > 0, "nothing dropped");
         assert!(sink.dropped() < 10_000, "nothing sent");
         // Reported once per interval.

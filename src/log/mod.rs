@@ -37,6 +37,25 @@ pub enum LogFormat {
     Journald,
 }
 
+/// Whose conventions a log follows where conmon-rs and the C conmon differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogDialect {
+    /// conmon-rs (the RPC server): files are truncated when opened,
+    /// timestamps are RFC 3339 with trailing fraction zeros trimmed and `Z`,
+    /// a line left open at EOF is closed with an `F` record, journald
+    /// entries carry `PRIORITY=5` and the line with its newline.
+    #[default]
+    ConmonRs,
+    /// The C conmon (conmon mode): files are appended to (a restarted
+    /// container keeps its log), timestamps have nine fraction digits and a
+    /// numeric offset, a `P` record at EOF stays as it is (CRI-O's exec sync
+    /// reads the output back and would gain a newline), journald entries
+    /// carry conmon's fields (`journal_fields`, priority 6 for stdout and 3
+    /// for stderr, `CONTAINER_PARTIAL_MESSAGE=true` for a partial line) and
+    /// the line without its newline.
+    Conmon,
+}
+
 /// One requested log driver, already validated by the RPC layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSpec {
@@ -45,6 +64,29 @@ pub struct LogSpec {
     pub path: PathBuf,
     /// Bytes; 0 = unlimited.
     pub max_size: u64,
+    /// Bytes of records after which nothing more is written to this log,
+    /// over its whole life (conmon's `--log-global-size-max`, which CRI-O
+    /// sets for exec sync); 0 = unlimited. Checked before each record, so
+    /// the file may end up to one record above it.
+    pub global_max: u64,
+    pub dialect: LogDialect,
+    /// Extra fields of every journal entry (journald with the conmon
+    /// dialect), in order.
+    pub journal_fields: Vec<(String, String)>,
+}
+
+impl LogSpec {
+    /// A conmon-rs log of `format` at `path` with a `max_size`.
+    pub fn new(format: LogFormat, path: PathBuf, max_size: u64) -> LogSpec {
+        LogSpec {
+            format,
+            path,
+            max_size,
+            global_max: 0,
+            dialect: LogDialect::ConmonRs,
+            journal_fields: Vec::new(),
+        }
+    }
 }
 
 /// Errors of the log layer.
@@ -94,6 +136,11 @@ struct LogFile {
     /// Bytes counted against `max_size` since the last truncation (with the
     /// spec's quirks, see `write_cri` and `write_json`).
     written: u64,
+    /// 0 = unlimited; see [`LogSpec::global_max`].
+    global_max: u64,
+    /// Bytes of records encoded over the writer's life (for `global_max`).
+    total: u64,
+    dialect: LogDialect,
     /// Encoded records not yet written to `file`; reused across chunks.
     pending: Vec<u8>,
     /// Per stream (stdout, stderr): the last CRI record was a `P`, so the
@@ -107,9 +154,32 @@ impl LogWriter {
     /// Opens (create + truncate) the destination described by `spec`.
     pub fn open(spec: &LogSpec) -> Result<LogWriter, LogError> {
         if spec.format == LogFormat::Journald {
-            return LogWriter::journal_at(Path::new(journald::JOURNAL_SOCKET));
+            let socket = Path::new(journald::JOURNAL_SOCKET);
+            return match spec.dialect {
+                LogDialect::ConmonRs => LogWriter::journal_at(socket),
+                LogDialect::Conmon => {
+                    let sink = JournalSink::with_conmon_fields(socket, &spec.journal_fields)
+                        .map_err(|source| LogError::Open {
+                            path: socket.to_path_buf(),
+                            source,
+                        })?;
+                    Ok(LogWriter {
+                        destination: Destination::Journal(sink),
+                    })
+                }
+            };
         }
-        let file = open_truncated(&spec.path)?;
+        let file = match spec.dialect {
+            LogDialect::ConmonRs => open_truncated(&spec.path)?,
+            LogDialect::Conmon => {
+                crate::sys::fs::open_log_file_appending(&spec.path).map_err(|source| {
+                    LogError::Open {
+                        path: spec.path.clone(),
+                        source,
+                    }
+                })?
+            }
+        };
         Ok(LogWriter::over_file(spec, file))
     }
 
@@ -124,6 +194,9 @@ impl LogWriter {
                 file,
                 max_size: spec.max_size,
                 written: 0,
+                global_max: spec.global_max,
+                total: 0,
+                dialect: spec.dialect,
                 pending: Vec::with_capacity(WRITE_THRESHOLD),
                 line_open: [false; 2],
                 torn: false,
@@ -154,14 +227,22 @@ impl LogWriter {
         let log = match &mut self.destination {
             Destination::File(log) => log,
             Destination::Journal(sink) => {
-                return sink.send_chunk(chunk).map_err(|source| LogError::Write {
-                    path: sink.socket_path().to_path_buf(),
-                    source,
-                })
+                return sink
+                    .send_chunk(stream, chunk)
+                    .map_err(|source| LogError::Write {
+                        path: sink.socket_path().to_path_buf(),
+                        source,
+                    })
             }
         };
         let result = match log.format {
-            LogFormat::Cri => log.write_cri(stream, chunk, ts.as_bytes()),
+            LogFormat::Cri => {
+                let timestamp = match log.dialect {
+                    LogDialect::ConmonRs => ts.as_bytes(),
+                    LogDialect::Conmon => ts.conmon_bytes(),
+                };
+                log.write_cri(stream, chunk, timestamp)
+            }
             LogFormat::Json => log.write_json(stream, chunk, ts.unix_secs()),
             LogFormat::Journald => Err(LogError::Unsupported(LogFormat::Journald)),
         };
@@ -183,7 +264,10 @@ impl LogWriter {
         let Destination::File(log) = &mut self.destination else {
             return Ok(());
         };
-        if log.format != LogFormat::Cri || !log.line_open[stream_index(stream)] {
+        if log.format != LogFormat::Cri
+            || log.dialect == LogDialect::Conmon
+            || !log.line_open[stream_index(stream)]
+        {
             return Ok(());
         }
         let result = log.write_cri(stream, b"\n", ts.as_bytes());
@@ -247,6 +331,14 @@ impl LogFile {
         timestamp: &[u8],
     ) -> Result<(), LogError> {
         for segment in cri::segments(chunk) {
+            if self.global_max > 0 {
+                if self.total >= self.global_max {
+                    // Full for good: the rest is dropped, the stream is
+                    // still drained.
+                    return Ok(());
+                }
+                self.total += segment.record_len(timestamp.len()) as u64;
+            }
             if self.max_size > 0 {
                 let cost = segment.record_len(timestamp.len()) as u64;
                 match self.written.checked_add(cost) {

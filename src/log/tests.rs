@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use super::*;
 
 fn spec(format: LogFormat, path: PathBuf, max_size: u64) -> LogSpec {
-    LogSpec {
-        format,
-        path,
-        max_size,
-    }
+    LogSpec::new(format, path, max_size)
 }
 
 /// 35 bytes, the longest timestamp form.

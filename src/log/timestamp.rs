@@ -43,6 +43,28 @@ impl FormattedTimestamp {
 /// clock of a running server never gets there). Sub-minute zone offsets
 /// (historic local mean time) are truncated to minutes, as RFC 3339 requires.
 pub fn format_rfc3339(unix_secs: i64, nanos: u32, utc_offset_secs: i32) -> FormattedTimestamp {
+    format_with(unix_secs, nanos, utc_offset_secs, false)
+}
+
+/// The C conmon's form of the same instant (its k8s-file records): always
+/// nine fraction digits and always a numeric offset (`+00:00`, never `Z`),
+/// e.g. `2026-12-02T16:12:20.871038020+00:00`. Readers of the format
+/// (podman, CRI-O, the kubelet) parse both forms; conmon mode writes this
+/// one so that its logs are what its callers' tools were tested with.
+pub fn format_rfc3339_conmon(
+    unix_secs: i64,
+    nanos: u32,
+    utc_offset_secs: i32,
+) -> FormattedTimestamp {
+    format_with(unix_secs, nanos, utc_offset_secs, true)
+}
+
+fn format_with(
+    unix_secs: i64,
+    nanos: u32,
+    utc_offset_secs: i32,
+    fixed: bool,
+) -> FormattedTimestamp {
     let local_secs = unix_secs.saturating_add(i64::from(utc_offset_secs));
     let days = local_secs.div_euclid(86_400);
     let second_of_day = local_secs.rem_euclid(86_400) as u32;
@@ -66,7 +88,10 @@ pub fn format_rfc3339(unix_secs: i64, nanos: u32, utc_offset_secs: i32) -> Forma
     out.push_digits(second_of_day % 60, 2);
 
     let nanos = nanos.min(999_999_999);
-    if nanos != 0 {
+    if fixed {
+        out.push(b'.');
+        out.push_digits(nanos, 9);
+    } else if nanos != 0 {
         let mut fraction = nanos;
         let mut digits = 9;
         while fraction % 10 == 0 {
@@ -77,7 +102,7 @@ pub fn format_rfc3339(unix_secs: i64, nanos: u32, utc_offset_secs: i32) -> Forma
         out.push_digits(fraction, digits);
     }
 
-    if utc_offset_secs == 0 {
+    if utc_offset_secs == 0 && !fixed {
         out.push(b'Z');
     } else {
         out.push(if utc_offset_secs < 0 { b'-' } else { b'+' });
@@ -119,6 +144,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[derive(Debug)]
 pub struct TimestampCache {
     formatted: FormattedTimestamp,
+    /// The same instant in the C conmon's form (conmon mode's logs).
+    conmon: FormattedTimestamp,
     unix_secs: u64,
     refreshed_at: Instant,
 }
@@ -131,6 +158,7 @@ impl TimestampCache {
     pub fn new() -> TimestampCache {
         let mut cache = TimestampCache {
             formatted: format_rfc3339(0, 0, 0),
+            conmon: format_rfc3339_conmon(0, 0, 0),
             unix_secs: 0,
             refreshed_at: Instant::now(),
         };
@@ -143,6 +171,7 @@ impl TimestampCache {
     pub fn fixed(unix_secs: i64, nanos: u32, utc_offset_secs: i32) -> TimestampCache {
         TimestampCache {
             formatted: format_rfc3339(unix_secs, nanos, utc_offset_secs),
+            conmon: format_rfc3339_conmon(unix_secs, nanos, utc_offset_secs),
             unix_secs: unix_secs.max(0) as u64,
             refreshed_at: Instant::now(),
         }
@@ -166,12 +195,19 @@ impl TimestampCache {
         let unix_secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
         let offset = crate::sys::time::local_utc_offset_secs(unix_secs);
         self.formatted = format_rfc3339(unix_secs, since_epoch.subsec_nanos(), offset);
+        self.conmon = format_rfc3339_conmon(unix_secs, since_epoch.subsec_nanos(), offset);
         self.unix_secs = since_epoch.as_secs();
     }
 
     /// The cached RFC 3339 timestamp (CRI records).
     pub fn as_bytes(&self) -> &[u8] {
         self.formatted.as_bytes()
+    }
+
+    /// The cached timestamp in the C conmon's form (conmon mode's k8s-file
+    /// records).
+    pub fn conmon_bytes(&self) -> &[u8] {
+        self.conmon.as_bytes()
     }
 
     /// The cached time in whole Unix seconds (JSON records).
@@ -247,6 +283,26 @@ mod tests {
         assert_eq!(fmt(1_735_689_599, 0, 0), "2024-12-31T23:59:59Z");
         assert_eq!(fmt(4_107_542_400, 0, 0), "2100-03-01T00:00:00Z");
         assert_eq!(fmt(-1, 0, 0), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn conmon_form_has_nine_digits_and_a_numeric_offset() {
+        let conmon = |secs, nanos, offset| {
+            String::from_utf8(
+                format_rfc3339_conmon(secs, nanos, offset)
+                    .as_bytes()
+                    .to_vec(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            conmon(SAMPLE_SECS, 871_038_020, 0),
+            "2026-08-21T13:09:13.871038020+00:00"
+        );
+        assert_eq!(
+            conmon(SAMPLE_SECS, 0, -4 * 3600),
+            "2026-08-21T09:09:13.000000000-04:00"
+        );
     }
 
     #[test]

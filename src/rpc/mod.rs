@@ -206,6 +206,7 @@ pub fn create_container(
         cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
         additional_fds,
         leak_fds,
+        pid_file: None,
     })
 }
 
@@ -236,11 +237,7 @@ fn log_drivers(
         } else {
             creatable_path(format!("logDrivers[{i}].path"), raw)?
         };
-        logs.push(LogSpec {
-            format,
-            path,
-            max_size: d.get_max_size(),
-        });
+        logs.push(LogSpec::new(format, path, d.get_max_size()));
     }
     Ok(logs)
 }
@@ -402,6 +399,9 @@ pub fn create_exec_session(
         logs: log_drivers(r.get_log_drivers())?,
         additional_fds: slots("additionalFds", r.get_additional_fds())?,
         suspended: r.get_suspended(),
+        global_args: Vec::new(),
+        runtime_opts: Vec::new(),
+        pid_file: None,
     })
 }
 

@@ -59,3 +59,79 @@ pub fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize>
     set_nonblocking(fd)?;
     nix::unistd::read(fd, buf).map_err(io::Error::from)
 }
+
+/// Takes ownership of descriptor `raw`, which this process inherited (a
+/// number its caller named, such as conmon's `_OCI_SYNCPIPE`), and marks it
+/// close-on-exec so that no child inherits it by accident. Fails if `raw`
+/// is not an open descriptor, or is one of 0-2.
+pub fn take_inherited(raw: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if raw < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {raw} is stdin, stdout or stderr"),
+        ));
+    }
+    // SAFETY: F_GETFD only reads the flags of `raw`; an fd that is not open
+    // fails with EBADF and nothing is taken.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is open (checked above) and was inherited: no object of
+    // this process owns it, and the caller takes it once.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(fd)
+}
+
+/// Reads one byte from `fd`, waiting at most `timeout`. `Ok(None)`: end of
+/// file (the writer went away without writing). Blocking; for the start of
+/// a process, before any runtime exists.
+pub fn read_byte_within(
+    fd: BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<Option<u8>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing to read within {}s", timeout.as_secs()),
+            ));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(fd, &mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `bytes` to `fd` (a pipe or a socket of either type) with
+/// plain `write(2)` calls: one call for a message that fits, which keeps it
+/// one record on a SOCK_SEQPACKET socket.
+pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match nix::unistd::write(fd, &bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -220,12 +220,23 @@ fn final_error(path: &Path, e: Errno) -> io::Error {
 /// component or a non-system symlink on the way (module docs), and anything
 /// but a regular file. An existing file gets mode 0600 too.
 pub fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    open_log_file_with(path, OFlag::O_RDWR | OFlag::O_TRUNC)
+}
+
+/// [`open_log_file`] without the truncation: the file is opened for
+/// appending (`O_APPEND`), so what it holds stays and every write goes to
+/// its end (the C conmon's log files, kept across a container's restarts).
+pub fn open_log_file_appending(path: &Path) -> io::Result<std::fs::File> {
+    open_log_file_with(path, OFlag::O_WRONLY | OFlag::O_APPEND)
+}
+
+fn open_log_file_with(path: &Path, mode_flags: OFlag) -> io::Result<std::fs::File> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent, None)?;
     let fd = openat(
         &dir,
         name,
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode_flags | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
     .map_err(|e| final_error(path, e))?;
@@ -415,6 +426,95 @@ fn random_u64() -> u64 {
         .unwrap_or_default()
         .as_nanos() as u64;
     t ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes the fifo `path` (`mode` before the umask) and opens it for reading
+/// and writing, non-blocking and close-on-exec: holding both ends means
+/// writers never see ENXIO and the reader never sees EOF (conmon's `ctl`
+/// and `winsz`). A fifo already there (left by an earlier monitor of the
+/// same container) is replaced; anything else there is refused, and a
+/// symlink is never followed.
+pub fn make_fifo(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    let (parent, name) = split(path)?;
+    let dir = open_dir(parent, None)?;
+    match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_type(&st, SFlag::S_IFIFO) => {
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(|e| os_error(path, e))?
+        }
+        Ok(st) => {
+            return Err(error(
+                io::ErrorKind::AlreadyExists,
+                format!("'{}' is {}, not a fifo", path.display(), type_name(&st)),
+            ))
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(os_error(path, e)),
+    }
+    nix::unistd::mkfifoat(&dir, name, Mode::from_bits_truncate(mode))
+        .map_err(|e| os_error(path, e))?;
+    openat(
+        &dir,
+        name,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| os_error(path, e))
+}
+
+/// Writes `content` to the file `path`, created with `mode` or truncated,
+/// never through a symlink at the final component (a pidfile a client
+/// named: a symlink there is refused, not followed).
+pub fn write_file_nofollow(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let (parent, name) = split(path)?;
+    let dir = open_dir(parent, None)?;
+    let fd = openat(
+        &dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| final_error(path, e))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(content)
+        .map_err(|e| error(e.kind(), format!("'{}': {e}", path.display())))
+}
+
+/// Points the symlink `link` at `target`, replacing a symlink already
+/// there (conmon's `--socket-dir-path/<cuuid>` link to the bundle, left
+/// behind by earlier monitors). Anything but a symlink at `link` is left
+/// alone and reported as `AlreadyExists`.
+pub fn replace_symlink(link: &Path, target: &Path) -> io::Result<()> {
+    let (parent, name) = split(link)?;
+    let dir = open_dir(parent, Some(0o755))?;
+    match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_type(&st, SFlag::S_IFLNK) => {
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(|e| os_error(link, e))?
+        }
+        Ok(st) => {
+            return Err(error(
+                io::ErrorKind::AlreadyExists,
+                format!("'{}' is {}", link.display(), type_name(&st)),
+            ))
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(os_error(link, e)),
+    }
+    nix::unistd::symlinkat(target, &dir, name).map_err(|e| os_error(link, e))
+}
+
+/// Checks that `path` is a directory this process may create files in
+/// (an exit or persist dir, before the container runs, so that a mistake
+/// is reported at once rather than lost at the container's exit).
+pub fn check_writable_dir(path: &Path) -> io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Err(error(io::ErrorKind::InvalidInput, "not a directory".into()));
+    }
+    nix::unistd::access(
+        path,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| error(io::Error::from(e).kind(), format!("not writable: {e}")))
 }
 
 #[cfg(test)]

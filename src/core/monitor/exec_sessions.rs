@@ -123,12 +123,34 @@ impl Monitor {
     /// the request left it empty) and the pid (0 while suspended).
     pub async fn create_exec_session(
         self: &Rc<Self>,
-        mut req: CreateExecSession,
+        req: CreateExecSession,
     ) -> Result<(String, u32), CoreError> {
         // Slots are spent by the request that names them, whatever its fate.
         let fds = self.take_slots(&req.additional_fds);
         self.lookup(&req.id, |_| ())?;
         let fds = fds?;
+        self.create_exec_session_inner(req, fds).await
+    }
+
+    /// [`Monitor::create_exec_session`] with `fds` (the caller's own, not
+    /// fd-socket slots) as the process's fd 3, 4, ... In a monitor that
+    /// allows it (conmon mode), the container need not be monitored here.
+    pub async fn create_exec_session_with_fds(
+        self: &Rc<Self>,
+        req: CreateExecSession,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(String, u32), CoreError> {
+        if !self.exec_in_unmonitored.get() {
+            self.lookup(&req.id, |_| ())?;
+        }
+        self.create_exec_session_inner(req, fds).await
+    }
+
+    async fn create_exec_session_inner(
+        self: &Rc<Self>,
+        mut req: CreateExecSession,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(String, u32), CoreError> {
         if req.session_id.is_empty() {
             req.session_id = random_uuid();
         }
@@ -358,10 +380,11 @@ impl Monitor {
         stdin_read: Option<OwnedFd>,
         fds: Vec<OwnedFd>,
     ) -> Result<(u32, Option<OwnedFd>, Vec<StreamSource>), CoreError> {
-        let pid_file = self
+        let own_pid_file = self
             .runtime_dir
             .join(format!("exec_session{}pid", random_uuid()));
-        let _remove_pid_file = RemoveOnDrop(&pid_file);
+        let pid_file = req.pid_file.clone().unwrap_or(own_pid_file);
+        let _remove_pid_file = req.pid_file.is_none().then(|| RemoveOnDrop(&pid_file));
         let hold = SweepHold::new(self);
         let console = ConsoleSocket::bind_if(req.terminal)?;
         let (stdout_r, stdout_w) = pipe("stdout")?;
@@ -379,6 +402,8 @@ impl Monitor {
             process_env: &req.process_env,
             preserve_fds: fds.len(),
             process_spec,
+            global_args: &req.global_args,
+            options: &req.runtime_opts,
         });
         debug!(id = %req.id, session = %req.session_id, ?args, "spawning runtime exec");
         let (master, pid) = self

@@ -1,0 +1,998 @@
+//! The conmon role's monitor process (docs/architecture.md, "conmon CLI
+//! mode"): one per container or exec session, started by podman or CRI-O
+//! with conmon's command line and pipes.
+//!
+//! What it shares with the RPC server is everything that touches a
+//! container: `core::Monitor` runs the runtime and watches the process, the
+//! engine (one worker) moves the output into the logs and to attach
+//! clients, `core::attach` serves the attach socket and `core::exit_files`
+//! writes the exit files. This module only adds what conmon's callers
+//! require around it: the pipes and their messages, the fork and pidfile,
+//! the `ctl` fifo, the exit command.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::Interest;
+use tracing::{debug, info, warn};
+
+use super::cli::{ConmonConfig, ConmonMode, LogTarget, SyncProtocol};
+use super::ctl::{CtlMessage, CtlParser};
+use super::sync::{Report, SyncPipe};
+use crate::core::exec_session::{CreateExecSession, ExecProcess, SessionState};
+use crate::core::runtime::RuntimeConfig;
+use crate::core::{CgroupManager, CoreError, CreateContainer, Monitor};
+use crate::engine::{BackendChoice, Engine, EngineConfig};
+use crate::log::{LogDialect, LogFormat, LogSpec};
+use crate::sys;
+use crate::sys::process::ForkResult;
+
+/// How long the monitor waits for a start byte: the callers' own limit on a
+/// create (240 s), after which they have given up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// How long the exit command may run before the monitor stops waiting for
+/// it (it is left running; the monitor exits).
+const EXIT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a timed-out exec's process may take to go away after SIGKILL
+/// before the monitor reports anyway.
+const KILLED_EXEC_GRACE: Duration = Duration::from_secs(5);
+
+/// Mode of `ctl` and `winsz` before the umask (conmon's).
+const FIFO_MODE: u32 = 0o660;
+
+/// The mistakes this role reports before exiting non-zero: the message
+/// goes to stderr and, as `-1` with the message, on the sync pipe.
+#[derive(Debug, thiserror::Error)]
+pub enum ConmonError {
+    #[error("environment variable {name}: '{value}' is not a descriptor number")]
+    BadFdVariable { name: &'static str, value: String },
+    #[error("environment variable {name}: descriptor {fd}: {source}")]
+    FdNotOpen {
+        name: &'static str,
+        fd: RawFd,
+        source: io::Error,
+    },
+    #[error("--runtime-opt --preserve-fds: '{0}' is not a number")]
+    BadPreserveFds(String),
+    #[error("--preserve-fds {count}: descriptor {fd}: {source}")]
+    PreservedFdNotOpen {
+        count: usize,
+        fd: RawFd,
+        source: io::Error,
+    },
+    #[error("{flag} '{value}': {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Core(#[from] CoreError),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ConmonError {
+    let context = context.into();
+    move |source| ConmonError::Io { context, source }
+}
+
+/// The descriptors the caller passed.
+struct Inherited {
+    sync: Option<OwnedFd>,
+    start: Option<OwnedFd>,
+    attach: Option<OwnedFd>,
+    /// fds 3..3+N of `--preserve-fds N`, for the runtime.
+    preserved: Vec<OwnedFd>,
+}
+
+/// Runs the monitor for `config`; returns the exit status of the process
+/// that returns (the first process after the fork, or the monitor).
+pub fn run(config: ConmonConfig) -> i32 {
+    let report = match config.mode {
+        ConmonMode::Exec { .. } if config.protocol == SyncProtocol::Legacy => Report::ExitCode,
+        _ => Report::Pid,
+    };
+    let (inherited, sync) = match take_inherited(&config) {
+        Ok(mut inherited) => {
+            let sync = inherited
+                .sync
+                .take()
+                .map(|fd| SyncPipe::new(fd, config.protocol));
+            (inherited, sync)
+        }
+        Err(e) => return fail(None, report, &e),
+    };
+    if let Err(e) = check(&config) {
+        return fail(sync.as_ref(), report, &e);
+    }
+    if let Some(start) = &inherited.start {
+        match sys::fd::read_byte_within(start.as_fd(), START_TIMEOUT) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let e = ConmonError::Io {
+                    context: "_OCI_STARTPIPE".into(),
+                    source: io::Error::other("closed before the start byte"),
+                };
+                return fail(sync.as_ref(), report, &e);
+            }
+            Err(e) => return fail(sync.as_ref(), report, &io_error("_OCI_STARTPIPE")(e)),
+        }
+    }
+    if config.sync {
+        // CRI-O's exec sync: this process is the monitor (CRI-O waits for
+        // it and every holder of its stdout and stderr).
+        if let Some(path) = &config.conmon_pidfile {
+            if let Err(e) = write_pidfile(path, std::process::id()) {
+                return fail(sync.as_ref(), report, &e);
+            }
+        }
+    } else {
+        match sys::process::fork_single_threaded() {
+            Err(e) => return fail(sync.as_ref(), report, &io_error("fork")(e)),
+            Ok(ForkResult::Parent { child }) => {
+                // The callers Wait() for this process before they read the
+                // sync pipe: write the pidfile and go.
+                if let Some(path) = &config.conmon_pidfile {
+                    if let Err(e) = write_pidfile(path, child) {
+                        sys::process::kill_tree(child, Signal::SIGKILL);
+                        return fail(sync.as_ref(), report, &e);
+                    }
+                }
+                return 0;
+            }
+            Ok(ForkResult::Child) => {
+                // Out of the caller's process group and session: its
+                // signals to the group are not ours.
+                if let Err(e) = sys::process::new_session() {
+                    return fail(sync.as_ref(), report, &io_error("setsid")(e));
+                }
+            }
+        }
+    }
+    let passthrough = config.log_targets.contains(&LogTarget::Passthrough);
+    if passthrough {
+        let e = ConmonError::Invalid {
+            flag: "--log-path",
+            value: "passthrough".into(),
+            reason: "the passthrough log driver is not supported by ringmon's conmon mode".into(),
+        };
+        return fail(sync.as_ref(), report, &e);
+    }
+    // A caller that reads our stderr (podman -t, CRI-O's exec sync) waits
+    // for every holder of it to go: the monitor holds none of the caller's
+    // stdio.
+    if let Err(e) = sys::namespace::stdio_to_null() {
+        return fail(sync.as_ref(), report, &io_error("stdio to /dev/null")(e));
+    }
+    if let Err(e) = sys::process::set_child_subreaper() {
+        return fail(
+            sync.as_ref(),
+            report,
+            &io_error("become child subreaper")(e),
+        );
+    }
+    let _ = sys::process::set_process_name(c"conmon");
+    init_diagnostics(&config);
+    let sync = sync.map(Rc::new);
+    match serve(config, inherited, sync.clone(), report) {
+        Ok(status) => status,
+        Err(e) => {
+            warn!("{e}");
+            if let Some(sync) = &sync {
+                let _ = sync.send(report, -1, Some(&e.to_string()));
+            }
+            1
+        }
+    }
+}
+
+/// Reports `e` on stderr and the sync pipe; the exit status.
+fn fail(sync: Option<&SyncPipe>, report: Report, e: &ConmonError) -> i32 {
+    eprintln!("ringmon: conmon mode: {e}");
+    if let Some(sync) = sync {
+        let _ = sync.send(report, -1, Some(&e.to_string()));
+    }
+    1
+}
+
+/// Diagnostics go to the journal with `--syslog` (conmon logs there too);
+/// otherwise nowhere: the monitor's stdio is /dev/null.
+fn init_diagnostics(config: &ConmonConfig) {
+    use super::cli::ConmonLogLevel as L;
+    use crate::cli::LogLevel;
+    if !config.syslog {
+        return;
+    }
+    let level = match config.log_level {
+        Some(L::Trace) => LogLevel::Trace,
+        Some(L::Debug) => LogLevel::Debug,
+        Some(L::Info) => LogLevel::Info,
+        None | Some(L::Warning) => LogLevel::Warn,
+        Some(L::Error | L::Fatal | L::Panic) => LogLevel::Error,
+    };
+    crate::server_log::init(crate::cli::ServerLogDriver::Systemd, level);
+}
+
+/// The number N of `--runtime-opt --preserve-fds N` (or `--preserve-fds=N`).
+fn preserved_fd_count(opts: &[OsString]) -> Result<usize, ConmonError> {
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = opts[i].to_string_lossy();
+        let value = if opt == "--preserve-fds" {
+            i += 1;
+            opts.get(i).map(|v| v.to_string_lossy().into_owned())
+        } else {
+            opt.strip_prefix("--preserve-fds=").map(str::to_string)
+        };
+        if let Some(v) = value {
+            return v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 4096)
+                .ok_or(ConmonError::BadPreserveFds(v));
+        }
+        i += 1;
+    }
+    Ok(0)
+}
+
+/// `--runtime-opt`s without the `--preserve-fds` pair (exec: ringmon's
+/// runtime argv adds its own for the fds it passes).
+fn without_preserve_fds(opts: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for opt in opts {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if opt == "--preserve-fds" {
+            skip_next = true;
+        } else if !opt.starts_with("--preserve-fds=") {
+            out.push(opt.clone());
+        }
+    }
+    out
+}
+
+fn env_fd(name: &'static str) -> Result<Option<RawFd>, ConmonError> {
+    match std::env::var_os(name) {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.to_string_lossy();
+            text.trim()
+                .parse::<RawFd>()
+                .ok()
+                .filter(|fd| *fd >= 3)
+                .map(Some)
+                .ok_or_else(|| ConmonError::BadFdVariable {
+                    name,
+                    value: text.into_owned(),
+                })
+        }
+    }
+}
+
+/// Takes the pipes named in the environment and the preserved fds, and
+/// closes every other descriptor the caller leaked.
+fn take_inherited(config: &ConmonConfig) -> Result<Inherited, ConmonError> {
+    let sync = env_fd("_OCI_SYNCPIPE")?;
+    let start = env_fd("_OCI_STARTPIPE")?;
+    let attach = env_fd("_OCI_ATTACHPIPE")?;
+    let count = preserved_fd_count(&config.runtime_opts)?;
+    let mut keep: Vec<RawFd> = (3..3 + count as RawFd).collect();
+    keep.extend([sync, start, attach].into_iter().flatten());
+    sys::process::close_fds_except(&keep).map_err(io_error("close inherited descriptors"))?;
+    let take = |name: &'static str, fd: Option<RawFd>| -> Result<Option<OwnedFd>, ConmonError> {
+        fd.map(|fd| {
+            sys::fd::take_inherited(fd).map_err(|source| ConmonError::FdNotOpen {
+                name,
+                fd,
+                source,
+            })
+        })
+        .transpose()
+    };
+    let mut preserved = Vec::with_capacity(count);
+    for fd in 3..3 + count as RawFd {
+        if [sync, start, attach].contains(&Some(fd)) {
+            continue;
+        }
+        preserved.push(
+            sys::fd::take_inherited(fd).map_err(|source| ConmonError::PreservedFdNotOpen {
+                count,
+                fd,
+                source,
+            })?,
+        );
+    }
+    Ok(Inherited {
+        sync: take("_OCI_SYNCPIPE", sync)?,
+        start: take("_OCI_STARTPIPE", start)?,
+        attach: take("_OCI_ATTACHPIPE", attach)?,
+        preserved,
+    })
+}
+
+/// What can be checked before anything starts, so that a mistake is a
+/// clear message instead of a runtime's puzzle.
+fn check(config: &ConmonConfig) -> Result<(), ConmonError> {
+    let invalid = |flag, value: &Path, reason: String| ConmonError::Invalid {
+        flag,
+        value: value.display().to_string(),
+        reason,
+    };
+    match std::fs::metadata(&config.runtime) {
+        Ok(m)
+            if m.is_file()
+                && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 => {}
+        Ok(_) => {
+            return Err(invalid(
+                "--runtime",
+                &config.runtime,
+                "not an executable file".into(),
+            ))
+        }
+        Err(e) => return Err(invalid("--runtime", &config.runtime, e.to_string())),
+    }
+    if let ConmonMode::Create { restore } = &config.mode {
+        if let Some(path) = restore {
+            return Err(invalid(
+                "--restore",
+                path,
+                "checkpoint restore is not supported by ringmon's conmon mode (CRIU is not \
+                 available)"
+                    .into(),
+            ));
+        }
+        let bundle = bundle(config)?;
+        let spec = bundle.join("config.json");
+        if let Err(e) = std::fs::metadata(&spec) {
+            return Err(invalid(
+                "--bundle",
+                &bundle,
+                format!("{}: {e}", spec.display()),
+            ));
+        }
+    }
+    if let ConmonMode::Exec { process_spec, .. } = &config.mode {
+        if let Err(e) = std::fs::metadata(process_spec) {
+            return Err(invalid("--exec-process-spec", process_spec, e.to_string()));
+        }
+    }
+    for (flag, dir) in [
+        ("--exit-dir", &config.exit_dir),
+        ("--persist-dir", &config.persist_dir),
+    ] {
+        if let Some(dir) = dir {
+            sys::fs::check_writable_dir(dir).map_err(|e| invalid(flag, dir, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `-b`, or conmon's default for a create: the working directory.
+fn bundle(config: &ConmonConfig) -> Result<PathBuf, ConmonError> {
+    match &config.bundle {
+        Some(b) => Ok(b.clone()),
+        None => std::env::current_dir().map_err(io_error("working directory (no --bundle)")),
+    }
+}
+
+/// Writes the monitor's pid, decimal without a line end (CRI-O reads the
+/// whole file as a number); a symlink there is refused.
+fn write_pidfile(path: &Path, pid: u32) -> Result<(), ConmonError> {
+    sys::fs::write_file_nofollow(path, pid.to_string().as_bytes(), 0o644).map_err(|source| {
+        ConmonError::Io {
+            context: format!("--conmon-pidfile '{}'", path.display()),
+            source,
+        }
+    })
+}
+
+fn strings(flag: &'static str, list: &[OsString]) -> Result<Vec<String>, ConmonError> {
+    list.iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or(ConmonError::Invalid {
+                flag,
+                value: a.to_string_lossy().into_owned(),
+                reason: "not valid UTF-8".into(),
+            })
+        })
+        .collect()
+}
+
+/// The log specs of `-l` (none for `none`).
+fn log_specs(config: &ConmonConfig) -> Vec<LogSpec> {
+    let mut specs = Vec::new();
+    for target in &config.log_targets {
+        let (format, path) = match target {
+            LogTarget::K8sFile(path) => (LogFormat::Cri, path.clone()),
+            LogTarget::Journald => (LogFormat::Journald, PathBuf::new()),
+            LogTarget::None | LogTarget::Passthrough => continue,
+        };
+        let mut spec = LogSpec::new(format, path, config.log_size_max.unwrap_or(0));
+        spec.global_max = config.log_global_size_max.unwrap_or(0);
+        spec.dialect = LogDialect::Conmon;
+        if format == LogFormat::Journald {
+            spec.journal_fields = journal_fields(config);
+        }
+        specs.push(spec);
+    }
+    specs
+}
+
+/// conmon's journal fields of a container's entries.
+fn journal_fields(config: &ConmonConfig) -> Vec<(String, String)> {
+    let id = &config.container_id;
+    let short: String = id.chars().take(12).collect();
+    let mut fields = vec![
+        ("CONTAINER_ID_FULL".to_string(), id.clone()),
+        ("CONTAINER_ID".to_string(), short.clone()),
+    ];
+    if let Some(name) = &config.name {
+        fields.push(("CONTAINER_NAME".to_string(), name.clone()));
+    }
+    if let Some(tag) = &config.log_tag {
+        fields.push(("CONTAINER_TAG".to_string(), tag.clone()));
+    }
+    let identifier = config
+        .log_tag
+        .clone()
+        .or_else(|| config.name.clone())
+        .unwrap_or(short);
+    fields.push(("SYSLOG_IDENTIFIER".to_string(), identifier));
+    fields
+}
+
+/// Starts the control runtime, the engine and the core monitor, and runs
+/// the container or exec session to its end.
+fn serve(
+    config: ConmonConfig,
+    inherited: Inherited,
+    sync: Option<Rc<SyncPipe>>,
+    report: Report,
+) -> Result<i32, ConmonError> {
+    let backend = match std::env::var("RINGMON_IO_BACKEND").as_deref() {
+        Ok("uring") => BackendChoice::Uring,
+        Ok("auto") => BackendChoice::Auto,
+        _ => BackendChoice::Epoll,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error("start control runtime"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let engine = Arc::new(
+            Engine::start(
+                EngineConfig {
+                    workers: 1,
+                    backend,
+                    busy_pipe_size: None,
+                    batch_window: crate::engine::DEFAULT_BATCH_WINDOW,
+                    attach_done_packet: false,
+                },
+                events_tx,
+            )
+            .map_err(CoreError::from)?,
+        );
+        let work_dir = match (&config.bundle, &config.container_pidfile) {
+            (Some(b), _) => b.clone(),
+            (None, Some(p)) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, None) => std::env::temp_dir(),
+        };
+        let level = crate::cli::LogLevel::Warn;
+        let monitor = Monitor::start(
+            RuntimeConfig::new(config.runtime.clone(), None, level).without_implicit_crun_logging(),
+            work_dir,
+            Arc::clone(&engine),
+            events_rx,
+        );
+        monitor.allow_exec_in_unmonitored_containers();
+        let status = match &config.mode {
+            ConmonMode::Create { .. } => create(&monitor, &config, inherited, sync, report).await,
+            ConmonMode::Exec {
+                process_spec,
+                attach,
+            } => {
+                exec(
+                    &monitor,
+                    &config,
+                    process_spec,
+                    *attach,
+                    inherited,
+                    sync,
+                    report,
+                )
+                .await
+            }
+        };
+        monitor.shutdown().await;
+        engine.shutdown();
+        status
+    })
+}
+
+fn cgroup_manager(config: &ConmonConfig) -> CgroupManager {
+    if config.systemd_cgroup {
+        CgroupManager::Systemd
+    } else {
+        CgroupManager::Cgroupfs
+    }
+}
+
+/// Where attach clients connect: `<bundle>/attach`; without
+/// `--full-attach` the caller connects through `--socket-dir-path/<cuuid>`,
+/// made a symlink to the bundle.
+fn attach_socket(config: &ConmonConfig, bundle: &Path) -> Result<PathBuf, ConmonError> {
+    if !config.full_attach {
+        if let (Some(dir), Some(uuid)) = (&config.socket_dir_path, &config.container_uuid) {
+            let link = dir.join(uuid);
+            sys::fs::replace_symlink(&link, bundle).map_err(|source| ConmonError::Io {
+                context: format!("--socket-dir-path link '{}'", link.display()),
+                source,
+            })?;
+        }
+    }
+    Ok(bundle.join("attach"))
+}
+
+async fn create(
+    monitor: &Rc<Monitor>,
+    config: &ConmonConfig,
+    inherited: Inherited,
+    sync: Option<Rc<SyncPipe>>,
+    report: Report,
+) -> Result<i32, ConmonError> {
+    let bundle = bundle(config)?;
+    let id = config.container_id.clone();
+    let mut exit_paths = Vec::new();
+    let mut oom_paths = vec![bundle.join("oom")];
+    if let Some(dir) = &config.persist_dir {
+        exit_paths.push(dir.join("exit"));
+        oom_paths.push(dir.join("oom"));
+    }
+    if let Some(dir) = &config.exit_dir {
+        exit_paths.push(dir.join(&id));
+    }
+    let mut command_args = Vec::new();
+    if config.no_pivot {
+        command_args.push("--no-pivot".to_string());
+    }
+    if config.no_new_keyring {
+        command_args.push("--no-new-keyring".to_string());
+    }
+    command_args.extend(strings("--runtime-opt", &config.runtime_opts)?);
+    let req = CreateContainer {
+        id: id.clone(),
+        bundle: bundle.clone(),
+        terminal: config.terminal,
+        stdin: config.stdin,
+        exit_paths,
+        oom_exit_paths: oom_paths,
+        logs: log_specs(config),
+        cleanup_cmd: Vec::new(),
+        global_args: strings("--runtime-arg", &config.runtime_args)?,
+        command_args,
+        env: Vec::new(),
+        cgroup_manager: cgroup_manager(config),
+        additional_fds: Vec::new(),
+        leak_fds: Vec::new(),
+        pid_file: config.container_pidfile.clone(),
+    };
+    let pid = match monitor
+        .create_container_with_fds(req, inherited.preserved)
+        .await
+    {
+        Ok(pid) => pid,
+        Err(e) => {
+            let message = runtime_message(&e);
+            warn!(%id, "create failed: {e}");
+            if let Some(sync) = &sync {
+                let _ = sync.send(report, -1, Some(&message));
+            }
+            return Ok(1);
+        }
+    };
+    let exit = monitor.container_exit(&id);
+    let socket = attach_socket(config, &bundle)?;
+    monitor.attach_container(&id, "", &socket, config.stdin && !config.leave_stdin_open)?;
+    let ctl = Fifos::make(&bundle)?;
+    if let Some(sync) = &sync {
+        sync.send(report, i64::from(pid), None)
+            .map_err(io_error("_OCI_SYNCPIPE"))?;
+    }
+    info!(%id, pid, "container created");
+    drop(inherited.start);
+    let ctl_task = tokio::task::spawn_local(serve_ctl(
+        Rc::clone(monitor),
+        id.clone(),
+        String::new(),
+        ctl,
+    ));
+    let signals = tokio::task::spawn_local(forward_signals(Rc::clone(monitor), id.clone()));
+    let timeout = config.timeout.filter(|t| !t.is_zero());
+    let code = {
+        let monitor = Rc::clone(monitor);
+        let id = id.clone();
+        let timer = async move {
+            match timeout {
+                Some(t) => {
+                    tokio::time::sleep(t).await;
+                    info!(%id, "--timeout: killing the container");
+                    let _ = monitor.kill_for_timeout(&id);
+                    std::future::pending::<()>().await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            code = exit => code.unwrap_or(-1),
+            () = timer => unreachable!("the timer never ends"),
+        }
+    };
+    ctl_task.abort();
+    signals.abort();
+    info!(%id, code, "container exited");
+    drop(sync);
+    run_exit_command(monitor, config).await;
+    Ok(0)
+}
+
+/// The text a caller shows for a failed create or exec: what the runtime
+/// wrote to stderr when it failed, else the error itself.
+fn runtime_message(e: &CoreError) -> String {
+    match e {
+        CoreError::RuntimeFailed { stderr, .. } | CoreError::RuntimeSignaled { stderr, .. }
+            if !stderr.trim().is_empty() =>
+        {
+            stderr.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exec(
+    monitor: &Rc<Monitor>,
+    config: &ConmonConfig,
+    process_spec: &Path,
+    two_step: bool,
+    inherited: Inherited,
+    sync: Option<Rc<SyncPipe>>,
+    report: Report,
+) -> Result<i32, ConmonError> {
+    let id = config.container_id.clone();
+    let session_id = match (&config.container_uuid, config.protocol) {
+        (Some(uuid), SyncProtocol::Data) if uuid != &id => uuid.clone(),
+        _ => crate::core::monitor::random_uuid(),
+    };
+    let exit_paths = config.exit_dir.iter().map(|dir| dir.join(&id)).collect();
+    let req = CreateExecSession {
+        id: id.clone(),
+        session_id,
+        process: ExecProcess::Spec(process_spec.to_path_buf()),
+        terminal: config.terminal,
+        stdin: config.stdin,
+        env: Vec::new(),
+        process_env: Vec::new(),
+        cgroup_manager: cgroup_manager(config),
+        exit_paths,
+        cleanup_cmd: Vec::new(),
+        cleanup_delay: Duration::ZERO,
+        logs: log_specs(config),
+        additional_fds: Vec::new(),
+        suspended: true,
+        global_args: strings("--runtime-arg", &config.runtime_args)?,
+        runtime_opts: without_preserve_fds(&strings("--runtime-opt", &config.runtime_opts)?),
+        pid_file: config.container_pidfile.clone(),
+    };
+    let failed = |e: &CoreError| {
+        let message = runtime_message(e);
+        warn!(%id, "exec failed: {e}");
+        if let Some(sync) = &sync {
+            let _ = sync.send(report, -1, Some(&message));
+        }
+        Ok(1)
+    };
+    let (session_id, _) = match monitor
+        .create_exec_session_with_fds(req, inherited.preserved)
+        .await
+    {
+        Ok(created) => created,
+        Err(e) => return failed(&e),
+    };
+    let mut ctl_task = None;
+    if let Some(bundle) = &config.bundle {
+        let socket = attach_socket(config, bundle)?;
+        monitor.attach_container(
+            &id,
+            &session_id,
+            &socket,
+            config.stdin && !config.leave_stdin_open,
+        )?;
+        let ctl = Fifos::make(bundle)?;
+        ctl_task = Some(tokio::task::spawn_local(serve_ctl(
+            Rc::clone(monitor),
+            id.clone(),
+            session_id.clone(),
+            ctl,
+        )));
+    }
+    if two_step {
+        // podman's exec: "ready" on the attach pipe, then the second start
+        // byte once it attached (or decided not to).
+        if let Some(attach) = &inherited.attach {
+            let ready = super::sync::format("data", 0, None);
+            sys::fd::write_all(attach.as_fd(), ready.as_bytes())
+                .map_err(io_error("_OCI_ATTACHPIPE"))?;
+        }
+        if let Some(start) = inherited.start {
+            match read_start_byte(start).await {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    warn!(%id, "start pipe closed before the second start byte: exec abandoned");
+                    return Ok(1);
+                }
+                Err(e) => return Err(io_error("_OCI_STARTPIPE")(e)),
+            }
+        }
+    }
+    let pid = match monitor.start_exec_session(&id, &session_id).await {
+        Ok(pid) => pid,
+        Err(e) => return failed(&e),
+    };
+    if config.protocol == SyncProtocol::Data {
+        if let Some(sync) = &sync {
+            sync.send(Report::Pid, i64::from(pid), None)
+                .map_err(io_error("_OCI_SYNCPIPE"))?;
+        }
+    }
+    info!(%id, session = %session_id, pid, "exec started");
+    let signals = tokio::task::spawn_local(forward_signals_to(pid));
+    let timeout = config.timeout.filter(|t| !t.is_zero());
+    let status = monitor.exec_session_status(&id, &session_id, true);
+    let outcome = match timeout {
+        Some(t) => tokio::time::timeout(t, status).await.ok(),
+        None => Some(status.await),
+    };
+    signals.abort();
+    let (code, message) = match outcome {
+        Some(Ok(SessionState::Exited { exit_code, .. })) => (exit_code, None),
+        Some(Ok(_)) | Some(Err(_)) => (-1, None),
+        None => {
+            info!(%id, pid, "--timeout: killing the exec process");
+            sys::process::kill_tree(pid, Signal::SIGKILL);
+            let _ = tokio::time::timeout(
+                KILLED_EXEC_GRACE,
+                monitor.exec_session_status(&id, &session_id, true),
+            )
+            .await;
+            (-1, Some("command timed out"))
+        }
+    };
+    if let Some(task) = ctl_task {
+        task.abort();
+    }
+    if let Some(sync) = &sync {
+        // podman has usually closed its end by now (EPIPE is ignored).
+        let _ = sync.send(Report::ExitCode, i64::from(code), message);
+    }
+    info!(%id, session = %session_id, code, "exec exited");
+    drop(sync);
+    run_exit_command(monitor, config).await;
+    Ok(0)
+}
+
+/// Waits for one byte on the start pipe (podman's exec: the second byte).
+async fn read_start_byte(start: OwnedFd) -> io::Result<Option<()>> {
+    sys::fd::set_nonblocking(start.as_fd())?;
+    let fd = sys::reactor::async_fd(start, Interest::READABLE)?;
+    let wait = async {
+        loop {
+            let mut guard = fd.readable().await?;
+            let mut byte = [0u8; 1];
+            match guard.try_io(|inner| {
+                nix::unistd::read(inner.get_ref(), &mut byte).map_err(io::Error::from)
+            }) {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => return Ok(Some(())),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    };
+    tokio::time::timeout(START_TIMEOUT, wait)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no second start byte in time"))?
+}
+
+/// The `ctl` and `winsz` fifos of a bundle, held open for reading and
+/// writing.
+struct Fifos {
+    ctl: OwnedFd,
+    _winsz: OwnedFd,
+}
+
+impl Fifos {
+    fn make(bundle: &Path) -> Result<Fifos, ConmonError> {
+        let make = |name: &str| {
+            let path = bundle.join(name);
+            sys::fs::make_fifo(&path, FIFO_MODE).map_err(|source| ConmonError::Io {
+                context: format!("make fifo '{}'", path.display()),
+                source,
+            })
+        };
+        Ok(Fifos {
+            ctl: make("ctl")?,
+            _winsz: make("winsz")?,
+        })
+    }
+}
+
+/// Applies what arrives on `ctl`: resizes of the terminal, log reopens.
+async fn serve_ctl(monitor: Rc<Monitor>, id: String, session_id: String, fifos: Fifos) {
+    let Fifos { ctl, _winsz } = fifos;
+    let fd = match sys::reactor::async_fd(ctl, Interest::READABLE) {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(%id, "ctl fifo: {e}");
+            return;
+        }
+    };
+    let mut parser = CtlParser::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let n = match guard
+            .try_io(|inner| nix::unistd::read(inner.get_ref(), &mut buf).map_err(io::Error::from))
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => {
+                warn!(%id, "ctl fifo: {e}");
+                return;
+            }
+            Err(_would_block) => continue,
+        };
+        for message in parser.push(&buf[..n]) {
+            match message {
+                Ok(CtlMessage::Resize { rows, cols }) => {
+                    if let Err(e) = monitor.set_window_size(&id, &session_id, cols, rows) {
+                        debug!(%id, "resize to {rows}x{cols}: {e}");
+                    }
+                }
+                Ok(CtlMessage::ReopenLogs) => {
+                    if session_id.is_empty() {
+                        if let Err(e) = monitor.reopen_log(&id).await {
+                            warn!(%id, "reopen logs: {e}");
+                        }
+                    }
+                }
+                Err(e) => warn!(%id, "{e}"),
+            }
+        }
+    }
+}
+
+/// Forwards SIGTERM and SIGINT the monitor gets to the container.
+async fn forward_signals(monitor: Rc<Monitor>, id: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = term.recv() => Signal::SIGTERM,
+            _ = int.recv() => Signal::SIGINT,
+        };
+        if let Err(e) = monitor.signal_container(&id, sig) {
+            debug!(%id, "forward {sig}: {e}");
+        }
+    }
+}
+
+/// Forwards SIGTERM and SIGINT the monitor gets to an exec process (CRI-O
+/// sends SIGINT to its exec sync monitors when the container stops).
+async fn forward_signals_to(pid: u32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = term.recv() => Signal::SIGTERM,
+            _ = int.recv() => Signal::SIGINT,
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    }
+}
+
+/// Runs `--exit-command` with its arguments (empty ones kept) after
+/// `--exit-delay`, and waits for it: the callers expect the monitor's pid
+/// to outlive it (podman's `container cleanup`).
+async fn run_exit_command(monitor: &Monitor, config: &ConmonConfig) {
+    let Some(exit) = &config.exit_command else {
+        return;
+    };
+    if !config.exit_delay.is_zero() {
+        tokio::time::sleep(config.exit_delay).await;
+    }
+    // Its own children (podman's cleanup helpers) are not ours to reap.
+    let _ = sys::process::clear_child_subreaper();
+    let mut cmd = Command::new(&exit.path);
+    cmd.args(&exit.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    sys::limits::restore_nofile_in_child(&mut cmd);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            warn!("exit command '{}': {e}", exit.path.display());
+            return;
+        }
+    };
+    let pid = child.id();
+    drop(child);
+    // Tracked before the next await, so the monitor's sweep of stray
+    // children leaves it to this wait.
+    match tokio::time::timeout(EXIT_COMMAND_TIMEOUT, monitor.wait_spawned(pid)).await {
+        Ok(Ok(status)) => debug!(?status, "exit command finished"),
+        Ok(Err(e)) => warn!("exit command: {e}"),
+        Err(_) => warn!(
+            "exit command still running after {}s; not waiting any longer",
+            EXIT_COMMAND_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn preserved_fds_from_runtime_opts() {
+        assert_eq!(preserved_fd_count(&os(&[])).unwrap(), 0);
+        assert_eq!(
+            preserved_fd_count(&os(&["--preserve-fds", "2"])).unwrap(),
+            2
+        );
+        assert_eq!(preserved_fd_count(&os(&["--preserve-fds=1"])).unwrap(), 1);
+        assert!(preserved_fd_count(&os(&["--preserve-fds", "x"])).is_err());
+        assert_eq!(
+            without_preserve_fds(&[
+                "--a".to_string(),
+                "--preserve-fds".to_string(),
+                "2".to_string(),
+                "--preserve-fds=3".to_string(),
+                "--b".to_string()
+            ]),
+            vec!["--a".to_string(), "--b".to_string()]
+        );
+    }
+}
