@@ -33,7 +33,14 @@ fn main() {
         std::process::exit(ringmon::core::pause::main(&pause.request()));
     }
     if let Some(v) = cli.version {
-        print!("{}", BUILD.text(v == ringmon::cli::VersionVerbosity::Full));
+        // conmon's line first: CRI-O's `oci` handlers probe `monitor_path
+        // --version` and need a semver as the third word (README,
+        // "Compatibility"); conmon-rs's lines follow unchanged.
+        print!(
+            "{}{}",
+            ringmon::conmon::cli::version_line(env!("CARGO_PKG_VERSION")),
+            BUILD.text(v == ringmon::cli::VersionVerbosity::Full)
+        );
         return;
     }
     if let Some(v) = cli.version_json {

@@ -202,13 +202,16 @@ fn version_with_conmon_only_flags() {
 }
 
 #[test]
-fn bare_version_stays_conmon_rs() {
+fn bare_version_satisfies_crio_and_keeps_conmon_rs_lines() {
     let out = run(&common::binary(), &strings(&["--version"]));
     assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    // CRI-O: the third whitespace-separated word is a strict semver.
+    let third = stdout.split_whitespace().nth(2).unwrap();
+    assert!(third.starts_with("2.1.6+ringmon."), "{stdout}");
     assert!(
-        text(&out.stdout).starts_with("version: "),
-        "{}",
-        text(&out.stdout)
+        stdout.lines().nth(1).unwrap().starts_with("version: "),
+        "{stdout}"
     );
 }
 

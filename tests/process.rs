@@ -28,7 +28,9 @@ fn version_json_is_one_json_line() {
     assert!(s.starts_with("{\"verbose\":true"), "{s}");
     let text = Command::new(binary()).arg("--version").output().unwrap();
     let s = String::from_utf8(text.stdout).unwrap();
-    assert!(s.starts_with("version: "), "{s}");
+    // conmon's version line first (CRI-O's probe), then conmon-rs's text.
+    assert!(s.starts_with("conmon version 2.1.6+ringmon."), "{s}");
+    assert!(s.lines().nth(1).unwrap().starts_with("version: "), "{s}");
     assert!(s.contains("\ncommit: ") && s.contains("\nrustc "), "{s}");
 }
 

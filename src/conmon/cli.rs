@@ -910,7 +910,13 @@ pub const CONMON_COMPAT_VERSION: &str = "2.1.6";
 /// conmon's (`podman info` joins it to the first with ", ").
 pub fn version_text(ringmon_version: &str, commit: &str) -> String {
     let commit = if commit.is_empty() { "unknown" } else { commit };
-    format!("conmon version {CONMON_COMPAT_VERSION}+ringmon.{ringmon_version}\ncommit: {commit}\n")
+    format!("{}commit: {commit}\n", version_line(ringmon_version))
+}
+
+/// The first line of [`version_text`]: `conmon version <semver>\n`, which
+/// both podman's pattern and CRI-O's third-word semver check accept.
+pub fn version_line(ringmon_version: &str) -> String {
+    format!("conmon version {CONMON_COMPAT_VERSION}+ringmon.{ringmon_version}\n")
 }
 
 /// `--help` in conmon mode: the flags ringmon accepts.

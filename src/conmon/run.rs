@@ -10,6 +10,7 @@
 //! require around it: the pipes and their messages, the fork and pidfile,
 //! the `ctl` fifo, the exit command.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -578,7 +579,9 @@ async fn create(
         id: id.clone(),
         bundle: bundle.clone(),
         terminal: config.terminal,
-        stdin: config.stdin,
+        // A terminal takes its clients' input whatever `-i` says: podman's
+        // `run -it` passes `-t` alone.
+        stdin: config.stdin || config.terminal,
         exit_paths,
         oom_exit_paths: oom_paths,
         logs: log_specs(config),
@@ -620,6 +623,7 @@ async fn create(
         id.clone(),
         String::new(),
         ctl,
+        Rc::new(Cell::new(None)),
     ));
     let signals = tokio::task::spawn_local(forward_signals(Rc::clone(monitor), id.clone()));
     let timeout = config.timeout.filter(|t| !t.is_zero());
@@ -714,6 +718,9 @@ async fn exec(
         Err(e) => return failed(&e),
     };
     let mut ctl_task = None;
+    // podman sizes an exec's terminal before the process (and its pty)
+    // exists: the size is applied once it does.
+    let pending_size = Rc::new(Cell::new(None));
     if let Some(bundle) = &config.bundle {
         let socket = attach_socket(config, bundle)?;
         monitor.attach_container(
@@ -728,6 +735,7 @@ async fn exec(
             id.clone(),
             session_id.clone(),
             ctl,
+            Rc::clone(&pending_size),
         )));
     }
     if two_step {
@@ -753,6 +761,11 @@ async fn exec(
         Ok(pid) => pid,
         Err(e) => return failed(&e),
     };
+    if let Some((rows, cols)) = pending_size.take() {
+        if let Err(e) = monitor.set_window_size(&id, &session_id, cols, rows) {
+            debug!(%id, "resize to {rows}x{cols}: {e}");
+        }
+    }
     if config.protocol == SyncProtocol::Data {
         if let Some(sync) = &sync {
             sync.send(Report::Pid, i64::from(pid), None)
@@ -843,7 +856,15 @@ impl Fifos {
 }
 
 /// Applies what arrives on `ctl`: resizes of the terminal, log reopens.
-async fn serve_ctl(monitor: Rc<Monitor>, id: String, session_id: String, fifos: Fifos) {
+/// A resize of an exec session that has not started yet is kept in
+/// `pending_size` for its start.
+async fn serve_ctl(
+    monitor: Rc<Monitor>,
+    id: String,
+    session_id: String,
+    fifos: Fifos,
+    pending_size: Rc<Cell<Option<(u16, u16)>>>,
+) {
     let Fifos { ctl, _winsz } = fifos;
     let fd = match sys::reactor::async_fd(ctl, Interest::READABLE) {
         Ok(fd) => fd,
@@ -872,8 +893,10 @@ async fn serve_ctl(monitor: Rc<Monitor>, id: String, session_id: String, fifos: 
         for message in parser.push(&buf[..n]) {
             match message {
                 Ok(CtlMessage::Resize { rows, cols }) => {
-                    if let Err(e) = monitor.set_window_size(&id, &session_id, cols, rows) {
-                        debug!(%id, "resize to {rows}x{cols}: {e}");
+                    match monitor.set_window_size(&id, &session_id, cols, rows) {
+                        Ok(()) => {}
+                        Err(CoreError::SessionState { .. }) => pending_size.set(Some((rows, cols))),
+                        Err(e) => debug!(%id, "resize to {rows}x{cols}: {e}"),
                     }
                 }
                 Ok(CtlMessage::ReopenLogs) => {

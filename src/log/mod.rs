@@ -343,7 +343,15 @@ impl LogFile {
                 let cost = segment.record_len(timestamp.len()) as u64;
                 match self.written.checked_add(cost) {
                     Some(total) if total <= self.max_size => self.written = total,
-                    _ => self.truncate_for_max_size()?,
+                    _ => {
+                        self.truncate_for_max_size()?;
+                        // conmon counts the record that starts the fresh
+                        // file; conmon-rs does not (a quirk its clients'
+                        // tests rely on).
+                        if self.dialect == LogDialect::Conmon {
+                            self.written = cost;
+                        }
+                    }
                 }
             }
             self.make_room(segment.record_len(timestamp.len()))?;
