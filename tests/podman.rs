@@ -1080,35 +1080,30 @@ fn log_drivers_and_max_size() {
             "{file}"
         );
 
-        let driver = "none";
-        {
-            let out = podman.run(&[
-                "run",
-                "--name",
-                driver,
-                "--log-driver",
-                driver,
-                IMAGE,
-                "sh",
-                "-c",
-                script,
-            ]);
-            assert_eq!(
-                (out.code, out.stdout.as_str(), out.stderr.as_str()),
-                (0, "out1\npartial", "err1\n"),
-                "{driver}: {out:?}"
-            );
-            let logs = podman.run(&["logs", driver]);
-            assert_eq!(
-                (logs.code, logs.stdout.as_str()),
-                (125, ""),
-                "{driver}: {logs:?}"
-            );
-            assert!(
-                logs.stderr.contains("not logging output"),
-                "{driver}: {logs:?}"
-            );
-        }
+        // none: output still reaches run's attach, nothing is logged.
+        let out = podman.run(&[
+            "run",
+            "--name",
+            "none",
+            "--log-driver",
+            "none",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (0, "out1\npartial", "err1\n"),
+            "none: {out:?}"
+        );
+        let logs = podman.run(&["logs", "none"]);
+        assert_eq!(
+            (logs.code, logs.stdout.as_str()),
+            (125, ""),
+            "none: {logs:?}"
+        );
+        assert!(logs.stderr.contains("not logging output"), "none: {logs:?}");
 
         // 50 records of ~50 bytes under a 300-byte cap: only the last few
         // lines survive, in order, and the file stays under the cap.
