@@ -13,13 +13,17 @@ LOG="${RINGMON_DEPS_LOG:-/tmp/ringmon-install-deps.log}"
 : >"$LOG"
 
 # Debian packages: OCI runtimes, static busybox for test rootfs images, the
-# capnp compiler (build.rs), the C conmon (reference), and basic tooling.
+# capnp compiler (build.rs), the C conmon (reference), podman 4.3.1 and tmux
+# (tests/podman.rs drives the real podman, `-it` through tmux's ptys), and
+# basic tooling.
 PACKAGES=(
     runc
     crun
     busybox-static
     capnproto
     conmon
+    podman
+    tmux
     iproute2
     procps
     ca-certificates
@@ -87,7 +91,7 @@ need_bin() {
 }
 
 problems=()
-for tool in runc crun capnp conmon busybox ps ip; do
+for tool in runc crun capnp conmon podman tmux busybox ps ip; do
     if ! need_bin "$tool" >/dev/null; then
         problems+=("'$tool' not found after package installation")
     fi

@@ -4,7 +4,8 @@
 #   bash tools/test.sh
 #
 # Steps: install system dependencies, rustfmt check, clippy, release build,
-# Rust unit + integration tests, a fuzz smoke run of every cargo-fuzz target
+# Rust unit + integration tests, the podman suite (tests/podman.rs: the real
+# podman 4.3.1 with conmon_path pointing at ringmon, once), a fuzz smoke run of every cargo-fuzz target
 # (tools/fuzz.sh; skipped without a nightly toolchain and cargo-fuzz), then
 # the Go client compatibility suites
 # once per OCI runtime: tests/go (the upstream conmon-rs Go client v1.0.1)
@@ -180,18 +181,31 @@ if [[ "$GO_ONLY" != 1 ]]; then
     RESULTS+=("ok      $((SECONDS - t0))s  cargo build --release")
     "$RINGMON_BINARY" --version
 
+    # Every integration test file except tests/podman.rs, which drives the
+    # real podman through the conmon command line (no engine backend to
+    # vary) and runs once, after the loop.
+    integration_tests=()
+    for file in tests/*.rs; do
+        name=$(basename "$file" .rs)
+        [[ "$name" == podman ]] || integration_tests+=(--test "$name")
+    done
+
     first=1
     for backend in $RINGMON_TEST_BACKENDS; do
         if ((first)); then
             # Unit tests (both backends inside), doc tests, integration tests.
-            step "cargo test --release, server on $backend (RINGMON_TEST_RUNTIMES=\"$RINGMON_TEST_RUNTIMES\")" \
-                env RINGMON_IO_BACKEND="$backend" cargo test --release
+            step "cargo test --release (unit, integration), server on $backend (RINGMON_TEST_RUNTIMES=\"$RINGMON_TEST_RUNTIMES\")" \
+                env RINGMON_IO_BACKEND="$backend" cargo test --release --lib --bins "${integration_tests[@]}"
+            step "cargo test --release --doc" cargo test --release --doc
             first=0
         else
-            step "cargo test --release --test '*', server on $backend" \
-                env RINGMON_IO_BACKEND="$backend" cargo test --release --test '*'
+            step "cargo test --release (integration), server on $backend" \
+                env RINGMON_IO_BACKEND="$backend" cargo test --release "${integration_tests[@]}"
         fi
     done
+
+    step "podman $(podman --version 2>/dev/null | awk '{print $3}') suite (tests/podman.rs, conmon_path = ringmon)" \
+        cargo test --release --test podman
 fi
 
 # A short run of every fuzz target, two at a time: fails on any crash. The
