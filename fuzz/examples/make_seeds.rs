@@ -30,6 +30,24 @@ fn main() {
     attach_packets(&corpus.join("attach_packets"));
     log_encoders(&corpus.join("log_encoders"));
     rpc_requests(&corpus.join("rpc_requests"));
+    conmon_inputs(&corpus.join("conmon_inputs"));
+}
+
+fn conmon_inputs(dir: &Path) {
+    // Selector 0 mod 3: ctl bytes (the step is selector / 3).
+    write(dir, "ctl-resize-reopen", b"\x03\x31 33 77\n2 0 0\n");
+    write(dir, "ctl-garbage", b"\x00x y z\n1 0 0\n9 9 9\n");
+    // 1 mod 3: a command line, NUL-separated (CRI-O's exec sync).
+    let argv = [
+        "-c", "0123456789abcdef", "-n", "k8s_ctr", "-r", "/usr/sbin/runc", "-p", "/tmp/pid", "-e",
+        "-l", "/tmp/log", "--sync", "--log-global-size-max", "16777216", "-T", "2",
+        "--exec-process-spec", "/tmp/spec", "--runtime-arg", "--root=/run/runc",
+    ];
+    let mut bytes = vec![1u8];
+    bytes.extend(argv.join("\0").into_bytes());
+    write(dir, "cli-crio-exec-sync", &bytes);
+    // 2 mod 3: a runtime's error text for the sync pipe.
+    write(dir, "sync-message", b"\x02exec: \"/x\": stat /x: no such file or directory\n\t\x01");
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
