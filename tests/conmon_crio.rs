@@ -309,6 +309,9 @@ struct Launch<'a> {
     sync_is_pipe: bool,
     stdout: Stdio,
     stderr: Stdio,
+    /// Passed as fd 5, after the pipes (as podman passes its port
+    /// reservation sockets).
+    extra: Option<OwnedFd>,
 }
 
 /// A started monitor with our ends of its sync and start fds.
@@ -356,6 +359,7 @@ fn launch(l: Launch<'_>) -> Started {
     }
     let sync_fd = sync_theirs.as_raw_fd();
     let start_fd = start_theirs.as_raw_fd();
+    let extra_fd = l.extra.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only fcntl and dup2, which are async-signal-safe; it touches no memory
     // shared with the parent. Both fds are first copied above 4 (the copies
@@ -363,12 +367,19 @@ fn launch(l: Launch<'_>) -> Started {
     // dup2 puts them on 3 and 4 without close-on-exec, as Go's ExtraFiles do.
     unsafe {
         cmd.pre_exec(move || {
-            let sync_high = libc::fcntl(sync_fd, libc::F_DUPFD_CLOEXEC, 5);
-            let start_high = libc::fcntl(start_fd, libc::F_DUPFD_CLOEXEC, 5);
+            let sync_high = libc::fcntl(sync_fd, libc::F_DUPFD_CLOEXEC, 6);
+            let start_high = libc::fcntl(start_fd, libc::F_DUPFD_CLOEXEC, 6);
+            let extra_high = if extra_fd >= 0 {
+                libc::fcntl(extra_fd, libc::F_DUPFD_CLOEXEC, 6)
+            } else {
+                0
+            };
             if sync_high < 0
                 || start_high < 0
+                || extra_high < 0
                 || libc::dup2(sync_high, 3) < 0
                 || libc::dup2(start_high, 4) < 0
+                || (extra_fd >= 0 && libc::dup2(extra_high, 5) < 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -380,6 +391,7 @@ fn launch(l: Launch<'_>) -> Started {
         .unwrap_or_else(|e| panic!("start {}: {e}", monitor().display()));
     drop(sync_theirs);
     drop(start_theirs);
+    drop(l.extra);
     Started {
         child,
         sync: File::from(sync_ours),
@@ -571,6 +583,8 @@ struct Ctr {
     runtime_cleanup: bool,
     /// The attach connection made to check the socket at create.
     attach: Option<Attach>,
+    /// Given to the monitor as fd 5 at create.
+    extra_fd: Option<OwnedFd>,
 }
 
 /// What a create produced before any assertion.
@@ -615,6 +629,7 @@ impl Ctr {
             sync: None,
             runtime_cleanup: true,
             attach: None,
+            extra_fd: None,
             dir,
         }
     }
@@ -694,6 +709,7 @@ impl Ctr {
             sync_is_pipe: false,
             stdout: Stdio::from(out),
             stderr,
+            extra: self.extra_fd.take(),
         });
         let stderr_rx = started.child.stderr.take().map(drain_in_background);
         started.write_start_byte();
@@ -1152,6 +1168,7 @@ impl Ctr {
             sync_is_pipe: true,
             stdout: Stdio::piped(),
             stderr: Stdio::piped(),
+            extra: None,
         });
         let stdout_rx = drain_in_background(started.child.stdout.take().unwrap());
         let stderr_rx = drain_in_background(started.child.stderr.take().unwrap());
@@ -1838,6 +1855,7 @@ fn bad_runtime_that_hangs() {
         sync_is_pipe: false,
         stdout: Stdio::null(),
         stderr: Stdio::from(File::create(&stderr_path).unwrap()),
+        extra: None,
     });
     started.write_start_byte();
     let first = wait_child(&mut started.child, WAIT, "the monitor's first process");
@@ -1885,4 +1903,51 @@ fn bad_runtime_that_hangs() {
         let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
     }
     assert!(gone, "the hung runtime outlived its monitor: {left:?}");
+}
+
+/// A descriptor the caller passes after the pipes (podman's port reservation
+/// sockets, the exit pipes of its rootless network helpers) is held by the
+/// monitor until the container has exited, and reaches neither the runtime
+/// nor the container.
+#[test]
+fn extra_fds_are_held_until_the_container_exits() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let hung_up = |fd: &OwnedFd, wait_ms: u16| {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(wait_ms)).expect("poll") > 0
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    };
+    common::for_each_runtime(|rt| {
+        let (held_read, held_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+        let mut ctr = Ctr::new(
+            rt,
+            &["/bin/sh", "-c", "ls /proc/self/fd; echo listed; sleep 600"],
+            Opts::default(),
+        );
+        ctr.extra_fd = Some(held_write);
+        ctr.create();
+        ctr.start();
+        ctr.wait_log_contains("listed");
+        let (listing, _) = log_streams(&log_records(&ctr.log));
+        let fds: Vec<&str> = listing.lines().take_while(|l| *l != "listed").collect();
+        if fds.contains(&"5") {
+            assert!(
+                stock_skips("stock conmon passes the caller's extra fds on to the container"),
+                "the container got fd 5, the caller's extra descriptor: {fds:?}"
+            );
+        }
+        assert!(
+            !hung_up(&held_read, 300),
+            "the extra descriptor was closed while the container runs"
+        );
+        ctr.signal("KILL");
+        ctr.expect_exit(137);
+        assert!(
+            hung_up(&held_read, 10_000),
+            "the extra descriptor is still open after the monitor exited"
+        );
+    });
 }

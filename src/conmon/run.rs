@@ -94,6 +94,9 @@ struct Inherited {
     attach: Option<OwnedFd>,
     /// fds 3..3+N of `--preserve-fds N`, for the runtime.
     preserved: Vec<OwnedFd>,
+    /// Every other descriptor the caller passed, held until the container
+    /// exited (see `take_inherited`).
+    held: Vec<OwnedFd>,
 }
 
 /// Runs the monitor for `config`; returns the exit status of the process
@@ -287,44 +290,77 @@ fn env_fd(name: &'static str) -> Result<Option<RawFd>, ConmonError> {
     }
 }
 
-/// Takes the pipes named in the environment and the preserved fds, and
-/// closes every other descriptor the caller leaked.
+/// Takes the pipes named in the environment, the preserved fds, and every
+/// other descriptor the caller passed: those are held (close-on-exec, so
+/// neither the runtime nor the container gets them) until the container
+/// has exited, as conmon holds them. podman passes its port reservation
+/// sockets there, to keep the ports from others while the container runs,
+/// and in rootless mode the write ends whose closing tells slirp4netns and
+/// rootlessport that the container is gone.
 fn take_inherited(config: &ConmonConfig) -> Result<Inherited, ConmonError> {
     let sync = env_fd("_OCI_SYNCPIPE")?;
     let start = env_fd("_OCI_STARTPIPE")?;
     let attach = env_fd("_OCI_ATTACHPIPE")?;
     let count = preserved_fd_count(&config.runtime_opts)?;
-    let mut keep: Vec<RawFd> = (3..3 + count as RawFd).collect();
-    keep.extend([sync, start, attach].into_iter().flatten());
-    sys::process::close_fds_except(&keep).map_err(io_error("close inherited descriptors"))?;
-    let take = |name: &'static str, fd: Option<RawFd>| -> Result<Option<OwnedFd>, ConmonError> {
-        fd.map(|fd| {
-            sys::fd::take_inherited(fd).map_err(|source| ConmonError::FdNotOpen {
+    let preserved_range = 3..3 + count as RawFd;
+    for (name, fd) in [
+        ("_OCI_SYNCPIPE", sync),
+        ("_OCI_STARTPIPE", start),
+        ("_OCI_ATTACHPIPE", attach),
+    ] {
+        if let Some(fd) = fd.filter(|fd| preserved_range.contains(fd)) {
+            return Err(ConmonError::BadFdVariable {
                 name,
-                fd,
-                source,
-            })
-        })
-        .transpose()
-    };
-    let mut preserved = Vec::with_capacity(count);
-    for fd in 3..3 + count as RawFd {
-        if [sync, start, attach].contains(&Some(fd)) {
-            continue;
+                value: format!("{fd} (one of the {count} --preserve-fds descriptors)"),
+            });
         }
-        preserved.push(
-            sys::fd::take_inherited(fd).map_err(|source| ConmonError::PreservedFdNotOpen {
-                count,
-                fd,
-                source,
-            })?,
-        );
     }
+    let mut named: Vec<RawFd> = preserved_range.clone().collect();
+    named.extend([sync, start, attach].into_iter().flatten());
+    let mut taken = sys::fd::take_inherited_fds(&named).map_err(|source| ConmonError::Io {
+        context: "take inherited descriptors (_OCI_SYNCPIPE, _OCI_STARTPIPE, _OCI_ATTACHPIPE \
+                  must differ)"
+            .into(),
+        source,
+    })?;
+    let mut named = taken.named.drain(..);
+    let mut preserved = Vec::with_capacity(count);
+    for fd in preserved_range {
+        match named.next().flatten() {
+            Some(owned) => preserved.push(owned),
+            None => {
+                return Err(ConmonError::PreservedFdNotOpen {
+                    count,
+                    fd,
+                    source: io::Error::from_raw_os_error(libc::EBADF),
+                })
+            }
+        }
+    }
+    let mut pipe =
+        |name: &'static str, fd: Option<RawFd>| -> Result<Option<OwnedFd>, ConmonError> {
+            match fd {
+                None => Ok(None),
+                Some(fd) => match named.next().flatten() {
+                    Some(owned) => Ok(Some(owned)),
+                    None => Err(ConmonError::FdNotOpen {
+                        name,
+                        fd,
+                        source: io::Error::from_raw_os_error(libc::EBADF),
+                    }),
+                },
+            }
+        };
+    let sync = pipe("_OCI_SYNCPIPE", sync)?;
+    let start = pipe("_OCI_STARTPIPE", start)?;
+    let attach = pipe("_OCI_ATTACHPIPE", attach)?;
+    drop(named);
     Ok(Inherited {
-        sync: take("_OCI_SYNCPIPE", sync)?,
-        start: take("_OCI_STARTPIPE", start)?,
-        attach: take("_OCI_ATTACHPIPE", attach)?,
+        sync,
+        start,
+        attach,
         preserved,
+        held: taken.others,
     })
 }
 
@@ -682,6 +718,7 @@ async fn create(
     signals.abort();
     info!(%id, code, "container exited");
     drop(sync);
+    drop(inherited.held);
     run_exit_command(monitor, config).await;
     Ok(0)
 }
@@ -734,11 +771,17 @@ async fn exec(
         runtime_opts: without_preserve_fds(&strings("--runtime-opt", &config.runtime_opts)?),
         pid_file: config.container_pidfile.clone(),
     };
-    let failed = |e: &CoreError| {
-        let message = runtime_message(e);
-        warn!(%id, "exec failed: {e}");
+    // Until the attach pipe said "ready", podman reads that pipe, not the
+    // sync pipe: a failure before then goes to both.
+    let attach_pipe = inherited.attach.as_ref().filter(|_| two_step);
+    let failed = |message: &str, ready_sent: bool| {
+        warn!(%id, "exec failed: {message}");
+        if let (Some(attach), false) = (attach_pipe, ready_sent) {
+            let line = super::sync::format("data", -1, Some(message));
+            let _ = sys::fd::write_all(attach.as_fd(), line.as_bytes());
+        }
         if let Some(sync) = &sync {
-            let _ = sync.send(report, -1, Some(&message));
+            let _ = sync.send(report, -1, Some(message));
         }
         Ok(1)
     };
@@ -747,13 +790,15 @@ async fn exec(
         .await
     {
         Ok(created) => created,
-        Err(e) => return failed(&e),
+        Err(e) => return failed(&runtime_message(&e), false),
     };
-    let mut ctl_task = None;
     // podman sizes an exec's terminal before the process (and its pty)
     // exists: the size is applied once it does.
     let pending_size = Rc::new(Cell::new(None));
-    if let Some(bundle) = &config.bundle {
+    let set_up = || -> Result<_, ConmonError> {
+        let Some(bundle) = &config.bundle else {
+            return Ok(None);
+        };
         let socket = attach_socket(config, bundle)?;
         monitor.attach_container(
             &id,
@@ -762,14 +807,18 @@ async fn exec(
             config.stdin && !config.leave_stdin_open,
         )?;
         let ctl = Fifos::make(bundle)?;
-        ctl_task = Some(tokio::task::spawn_local(serve_ctl(
+        Ok(Some(tokio::task::spawn_local(serve_ctl(
             Rc::clone(monitor),
             id.clone(),
             session_id.clone(),
             ctl,
             Rc::clone(&pending_size),
-        )));
-    }
+        ))))
+    };
+    let ctl_task = match set_up() {
+        Ok(task) => task,
+        Err(e) => return failed(&e.to_string(), false),
+    };
     if two_step {
         // podman's exec: "ready" on the attach pipe, then the second start
         // byte once it attached (or decided not to).
@@ -791,7 +840,7 @@ async fn exec(
     }
     let pid = match monitor.start_exec_session(&id, &session_id).await {
         Ok(pid) => pid,
-        Err(e) => return failed(&e),
+        Err(e) => return failed(&runtime_message(&e), true),
     };
     if let Some((rows, cols)) = pending_size.take() {
         if let Err(e) = monitor.set_window_size(&id, &session_id, cols, rows) {
@@ -812,28 +861,34 @@ async fn exec(
         Some(t) => tokio::time::timeout(t, status).await.ok(),
         None => Some(status.await),
     };
-    signals.abort();
     let (code, message) = match outcome {
         Some(Ok(SessionState::Exited { exit_code, .. })) => (exit_code, None),
         Some(Ok(_)) | Some(Err(_)) => (-1, None),
-        None => {
-            info!(%id, pid, "--timeout: killing the exec process");
-            sys::process::kill_tree(pid, Signal::SIGKILL);
-            let _ = tokio::time::timeout(
-                KILLED_EXEC_GRACE,
-                monitor.exec_session_status(&id, &session_id, true),
-            )
-            .await;
-            (-1, Some("command timed out"))
-        }
+        None => (-1, Some("command timed out")),
     };
+    if message.is_some() {
+        info!(%id, pid, "--timeout: killing the exec process");
+        sys::process::kill_tree(pid, Signal::SIGKILL);
+    }
+    signals.abort();
     if let Some(task) = ctl_task {
         task.abort();
     }
     if let Some(sync) = &sync {
-        // podman has usually closed its end by now (EPIPE is ignored).
+        // At once, also after a timeout (CRI-O ignores the output then):
+        // the process's output may stay open a while after the kill. podman
+        // has usually closed its end by now (EPIPE is ignored).
         let _ = sync.send(Report::ExitCode, i64::from(code), message);
     }
+    if message.is_some() {
+        // Reaped and its exit handling done before the monitor goes.
+        let _ = tokio::time::timeout(
+            KILLED_EXEC_GRACE,
+            monitor.exec_session_status(&id, &session_id, true),
+        )
+        .await;
+    }
+    drop(inherited.held);
     info!(%id, session = %session_id, code, "exec exited");
     drop(sync);
     run_exit_command(monitor, config).await;

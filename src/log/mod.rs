@@ -187,13 +187,19 @@ impl LogWriter {
     /// for files that [`LogWriter::open`] refuses (a device that fails
     /// every write).
     pub(crate) fn over_file(spec: &LogSpec, file: File) -> LogWriter {
+        // conmon's size cap is on the file: a log appended to (a restarted
+        // container's) starts with what it holds.
+        let written = match spec.dialect {
+            LogDialect::ConmonRs => 0,
+            LogDialect::Conmon => file.metadata().map(|m| m.len()).unwrap_or(0),
+        };
         LogWriter {
             destination: Destination::File(LogFile {
                 format: spec.format,
                 path: spec.path.clone(),
                 file,
                 max_size: spec.max_size,
-                written: 0,
+                written,
                 global_max: spec.global_max,
                 total: 0,
                 dialect: spec.dialect,

@@ -60,29 +60,69 @@ pub fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize>
     nix::unistd::read(fd, buf).map_err(io::Error::from)
 }
 
-/// Takes ownership of descriptor `raw`, which this process inherited (a
-/// number its caller named, such as conmon's `_OCI_SYNCPIPE`), and marks it
-/// close-on-exec so that no child inherits it by accident. Fails if `raw`
-/// is not an open descriptor, or is one of 0-2.
-pub fn take_inherited(raw: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    if raw < 3 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("descriptor {raw} is stdin, stdout or stderr"),
-        ));
+/// The descriptors above stderr a process inherited, taken once.
+pub struct InheritedFds {
+    /// The descriptors asked for by number, in the order asked; `None` for
+    /// a number that is not open.
+    pub named: Vec<Option<std::os::fd::OwnedFd>>,
+    /// Every other descriptor above stderr that was open (what the caller
+    /// passed on purpose after the named ones, such as podman's port
+    /// reservation sockets, and whatever it leaked).
+    pub others: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Takes ownership of every descriptor above stderr this process holds,
+/// the numbers in `named` separately, and marks them all close-on-exec so
+/// that none reaches a child by accident. Fails if `named` repeats a
+/// number or names 0-2, and on a second call: the descriptors are taken
+/// exactly once, before anything else in the process opens one.
+pub fn take_inherited_fds(named: &[std::os::fd::RawFd]) -> io::Result<InheritedFds> {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    for (i, fd) in named.iter().enumerate() {
+        if *fd < 3 || named[..i].contains(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} named twice, or one of stdin, stdout and stderr"),
+            ));
+        }
     }
-    // SAFETY: F_GETFD only reads the flags of `raw`; an fd that is not open
-    // fails with EBADF and nothing is taken.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other("inherited descriptors were taken already"));
     }
-    // SAFETY: `raw` is open (checked above) and was inherited: no object of
-    // this process owns it, and the caller takes it once.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-    fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
-    Ok(fd)
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd: &RawFd| *fd > 2)
+        .collect();
+    // The listing's own descriptor is closed now; test which are still
+    // open (it was among them).
+    let mut taken: Vec<(RawFd, OwnedFd)> = Vec::with_capacity(open.len());
+    for fd in open {
+        // SAFETY: F_GETFD only reads the flags of `fd`; a closed one fails.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            continue;
+        }
+        // SAFETY: `fd` is open, and no object of this process owns it: this
+        // runs once (TAKEN), before the process opens descriptors of its
+        // own, so every descriptor above 2 was inherited; each number is
+        // taken once (the listing has no repeats).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        fcntl(&owned, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        taken.push((fd, owned));
+    }
+    let mut result = InheritedFds {
+        named: Vec::with_capacity(named.len()),
+        others: Vec::new(),
+    };
+    let mut by_number: std::collections::HashMap<RawFd, OwnedFd> = taken.into_iter().collect();
+    for fd in named {
+        result.named.push(by_number.remove(fd));
+    }
+    let mut others: Vec<(RawFd, OwnedFd)> = by_number.into_iter().collect();
+    others.sort_by_key(|(fd, _)| *fd);
+    result.others = others.into_iter().map(|(_, fd)| fd).collect();
+    Ok(result)
 }
 
 /// Reads one byte from `fd`, waiting at most `timeout`. `Ok(None)`: end of

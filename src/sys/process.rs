@@ -208,24 +208,6 @@ pub fn pass_fds_from_3(cmd: &mut std::process::Command, fds: Vec<OwnedFd>) -> io
     Ok(())
 }
 
-/// Closes every descriptor above stderr except those in `keep` (the
-/// descriptors a conmon caller passed on purpose; anything else it leaked
-/// without close-on-exec is not ours to hold). Must run before the process
-/// opens descriptors of its own that are not in `keep`.
-pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
-    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && !keep.contains(fd))
-        .collect();
-    for fd in fds {
-        // SAFETY: the caller guarantees that no object owns a descriptor
-        // outside `keep` yet; the listing's own directory descriptor is
-        // closed already, so at worst this closes a closed fd (EBADF).
-        unsafe { libc::close(fd) };
-    }
-    Ok(())
-}
-
 /// Starts a new session (and process group) led by this process, detached
 /// from the caller's terminal and signals to its group.
 pub fn new_session() -> io::Result<()> {
