@@ -691,7 +691,14 @@ async fn create(
             Rc::new(Cell::new(None)),
         ))
     });
-    let signals = tokio::task::spawn_local(forward_signals(Rc::clone(monitor), id.clone()));
+    let signals = {
+        let (monitor, id) = (Rc::clone(monitor), id.clone());
+        tokio::task::spawn_local(forward_signals(move |sig| {
+            if let Err(e) = monitor.signal_container(&id, sig) {
+                debug!(%id, "forward {sig}: {e}");
+            }
+        }))
+    };
     let timeout = config.timeout.filter(|t| !t.is_zero());
     let code = {
         let monitor = Rc::clone(monitor);
@@ -854,7 +861,9 @@ async fn exec(
         }
     }
     info!(%id, session = %session_id, pid, "exec started");
-    let signals = tokio::task::spawn_local(forward_signals_to(pid));
+    let signals = tokio::task::spawn_local(forward_signals(move |sig| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    }));
     let timeout = config.timeout.filter(|t| !t.is_zero());
     let status = monitor.exec_session_status(&id, &session_id, true);
     let outcome = match timeout {
@@ -999,8 +1008,10 @@ async fn serve_ctl(
     }
 }
 
-/// Forwards SIGTERM and SIGINT the monitor gets to the container.
-async fn forward_signals(monitor: Rc<Monitor>, id: String) {
+/// Hands every SIGTERM and SIGINT the monitor gets to `deliver` (the
+/// container, or an exec process: CRI-O sends SIGINT to its exec sync
+/// monitors when the container stops).
+async fn forward_signals(deliver: impl Fn(Signal)) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -1013,28 +1024,7 @@ async fn forward_signals(monitor: Rc<Monitor>, id: String) {
             _ = term.recv() => Signal::SIGTERM,
             _ = int.recv() => Signal::SIGINT,
         };
-        if let Err(e) = monitor.signal_container(&id, sig) {
-            debug!(%id, "forward {sig}: {e}");
-        }
-    }
-}
-
-/// Forwards SIGTERM and SIGINT the monitor gets to an exec process (CRI-O
-/// sends SIGINT to its exec sync monitors when the container stops).
-async fn forward_signals_to(pid: u32) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    loop {
-        let sig = tokio::select! {
-            _ = term.recv() => Signal::SIGTERM,
-            _ = int.recv() => Signal::SIGINT,
-        };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        deliver(sig);
     }
 }
 
