@@ -25,6 +25,9 @@
 //! `--warmups` untimed rounds come first (page cache, podman's first-use
 //! setup). p90 is by nearest rank.
 
+#[path = "sidebyside/probe.rs"]
+mod probe;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -355,27 +358,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-fn first_line_of(program: &Path, arg: &str) -> String {
-    Command::new(program)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| {
-            let text = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|e| format!("unavailable ({e})"))
-}
-
 /// Timed samples and the first failure of one (mode, monitor) row.
 #[derive(Default)]
 struct Row {
@@ -485,17 +467,20 @@ fn main() {
     );
     println!("- kernel: {}", read("/proc/sys/kernel/osrelease"));
     println!("- load average at start: {load_at_start}");
-    println!("- podman: {}", first_line_of(&args.podman, "--version"));
+    println!(
+        "- podman: {}",
+        probe::first_line_of(&args.podman, "--version")
+    );
     println!(
         "- runtime: {} ({})",
         args.runtime.display(),
-        first_line_of(&args.runtime, "--version")
+        probe::first_line_of(&args.runtime, "--version")
     );
     for (label, monitor) in &monitors {
         println!(
             "- {label}: {} ({})",
             monitor.display(),
-            first_line_of(monitor, "--version")
+            probe::first_line_of(monitor, "--version")
         );
     }
     println!("- storage driver: {}\n", args.storage_driver);

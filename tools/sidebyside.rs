@@ -69,6 +69,8 @@
 mod cri;
 #[path = "sidebyside/monitors.rs"]
 mod monitors;
+#[path = "sidebyside/probe.rs"]
+mod probe;
 #[path = "sidebyside/procfs.rs"]
 mod procfs;
 #[path = "sidebyside/report.rs"]
@@ -1277,27 +1279,6 @@ fn command_line() -> String {
         .join(" ")
 }
 
-fn first_line_of(program: &Path, arg: &str) -> String {
-    Command::new(program)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| {
-            let text = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|e| format!("unavailable ({e})"))
-}
-
 fn environment(args: &Args, ringmon: &Path) -> Vec<(String, String)> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default().trim().to_string();
     let cpu_model = read("/proc/cpuinfo")
@@ -1322,11 +1303,14 @@ fn environment(args: &Args, ringmon: &Path) -> Vec<(String, String)> {
             format!(
                 "{} ({})",
                 args.runtime.display(),
-                first_line_of(&args.runtime, "--version")
+                probe::first_line_of(&args.runtime, "--version")
             ),
         ),
-        ("ringmon".into(), first_line_of(ringmon, "--version")),
-        ("conmon".into(), first_line_of(&args.conmon, "--version")),
+        ("ringmon".into(), probe::first_line_of(ringmon, "--version")),
+        (
+            "conmon".into(),
+            probe::first_line_of(&args.conmon, "--version"),
+        ),
         (
             "fs.pipe-max-size".into(),
             read("/proc/sys/fs/pipe-max-size"),
