@@ -3,6 +3,7 @@
 use std::process::Command;
 
 fn main() {
+    link_monitor_without_pie();
     capnpc::CompilerCommand::new()
         .src_prefix("rpc")
         .file("rpc/conmon.capnp")
@@ -105,4 +106,22 @@ fn dependency_list() -> String {
         }
     }
     out.join("; ")
+}
+
+/// Links the `ringmon` binary as a position-dependent executable unless
+/// `RINGMON_PIE=1`. A position-independent one is relocated at every start:
+/// the loader writes ~8,000 addresses into 130 KiB of `.data.rel.ro`, which
+/// then is private memory in every monitor process (a C conmon-mode host
+/// runs one per container). Linked at a fixed address those pages stay
+/// clean and shared between all monitors. The cost: the binary's own code
+/// is not randomized (libraries, heap, stack and mmaps still are); see
+/// README, "Building". The objects stay position-independent code, so only
+/// the link differs, and only for this binary.
+fn link_monitor_without_pie() {
+    println!("cargo:rerun-if-env-changed=RINGMON_PIE");
+    let pie = std::env::var("RINGMON_PIE").is_ok_and(|value| value == "1");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !pie && target.contains("-linux-") {
+        println!("cargo:rustc-link-arg-bin=ringmon=-no-pie");
+    }
 }

@@ -129,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pid = std::process::id(),
             backend = engine.backend_name(),
             backend_reason = engine.backend_reason(),
-            workers = config.engine_workers,
+            max_workers = config.engine_workers,
             "ringmon listening on {}",
             socket_path.display()
         );
@@ -146,6 +146,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
         let serving = tokio::task::spawn_local(ringmon::control::serve(listener, server));
+        // What parsing the flags and setting up left free goes back now: a
+        // pod's server may sit idle for days.
+        ringmon::sys::process::return_free_heap();
 
         wait_for_termination().await?;
         info!("shutting down");

@@ -295,10 +295,7 @@ impl Monitor {
             leaked: Vec::new(),
             stdio: passthrough,
         };
-        let reservation = CreateReservation::take(self, &req)?;
-        let result = self.create_inner(&req, fds, &reservation).await;
-        reservation.settle(&result);
-        result
+        self.create_reserved(&req, fds).await
     }
 
     /// Runs `runtime create` and starts monitoring the container. Returns the
@@ -312,9 +309,23 @@ impl Monitor {
             leaked: leak_fds?,
             stdio: None,
         };
-        let reservation = CreateReservation::take(self, &req)?;
-        let result = self.create_inner(&req, fds, &reservation).await;
+        self.create_reserved(&req, fds).await
+    }
+
+    /// Reserves `req`'s id, creates the container and settles the
+    /// reservation with the outcome.
+    async fn create_reserved(
+        self: &Rc<Self>,
+        req: &CreateContainer,
+        fds: PassedFds,
+    ) -> Result<u32, CoreError> {
+        let reservation = CreateReservation::take(self, req)?;
+        let result = self.create_inner(req, fds, &reservation).await;
         reservation.settle(&result);
+        // Parsing the bundle and running the runtime allocated far more than
+        // monitoring the container keeps: a monitor that stays up for days
+        // should not keep that peak resident.
+        crate::sys::process::return_free_heap();
         result
     }
 

@@ -1,7 +1,8 @@
 //! The stdio engine: worker threads that move container output into log
 //! writers and attach clients.
 //!
-//! Shape: `config.workers` threads (`ringmon-io-N`), each owning one
+//! Shape: up to `config.workers` threads (`ringmon-io-N`), started as
+//! containers arrive ([`CONTAINERS_PER_WORKER`]), each owning one
 //! [`Backend`](backend::Backend) (an io_uring, or an epoll set where
 //! io_uring is unavailable or `--io-backend epoll` asks for it; see
 //! `resolve_backend`) with every source of
@@ -298,12 +299,25 @@ pub enum EngineError {
     WorkerGone(usize),
 }
 
-/// Handle to the worker threads. `Send + Sync`; methods never block on I/O.
+/// Containers a worker serves before the next container starts another
+/// worker (up to `EngineConfig::workers`); once several run, a new container
+/// goes to the least-loaded one. A worker is a thread with its own stack,
+/// malloc arena and read buffer: a pod's server holding one to three
+/// containers needs only one, and a server that holds none yet runs none
+/// (issue 17, BENCHMARKS.md "Density per pod"). Many light containers cost
+/// less CPU per line on one worker (one wake-up serves them all); what a
+/// second worker buys is a second core for heavy output, which only a
+/// host-wide server with many containers is likely to need.
+pub const CONTAINERS_PER_WORKER: usize = 32;
+
+/// Handle to the worker threads. `Send + Sync`; methods never block on I/O
+/// (registering a container may start a worker thread).
 pub struct Engine {
-    workers: Vec<WorkerHandle>,
+    /// The workers started so far; a worker's index is its position.
+    workers: Mutex<Vec<WorkerHandle>>,
+    /// What starting one more worker takes.
+    spawner: WorkerSpawner,
     assignments: Arc<Mutex<Assignments>>,
-    /// Attach clients dropped so far, by every worker.
-    attach_drops: Arc<AtomicU64>,
     backend_name: &'static str,
     /// Why that backend runs (forced, or what the probe found).
     backend_reason: String,
@@ -311,6 +325,7 @@ pub struct Engine {
 }
 
 /// The `Engine`'s side of one worker.
+#[derive(Clone)]
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     /// Written to after queueing a command; the worker's backend reads it.
@@ -322,6 +337,7 @@ struct WorkerHandle {
 #[derive(Debug)]
 pub(crate) struct Assignments {
     worker_of: HashMap<ContainerKey, usize>,
+    /// Containers per worker, for every worker that may run (started or not).
     load: Vec<usize>,
 }
 
@@ -333,19 +349,27 @@ impl Assignments {
         }
     }
 
-    /// Assigns `key` to the least-loaded worker (lowest index on ties).
-    fn assign(&mut self, key: ContainerKey) -> Result<usize, EngineError> {
+    /// Assigns `key` to a worker, given that workers `0..started` run: the
+    /// least-loaded of them (lowest index on ties), or worker `started` (to
+    /// be started by the caller) when none runs or each already serves
+    /// [`CONTAINERS_PER_WORKER`] and another may run.
+    fn assign(&mut self, key: ContainerKey, started: usize) -> Result<usize, EngineError> {
         if self.worker_of.contains_key(&key) {
             return Err(EngineError::Setup(format!(
                 "container key {key} is already registered"
             )));
         }
-        let (worker, _) = self
-            .load
+        let least_loaded = self.load[..started.min(self.load.len())]
             .iter()
             .enumerate()
             .min_by_key(|&(index, load)| (*load, index))
-            .expect("at least one worker");
+            .map(|(index, load)| (index, *load));
+        let worker = match least_loaded {
+            Some((index, load)) if load < CONTAINERS_PER_WORKER || started >= self.load.len() => {
+                index
+            }
+            _ => started,
+        };
         self.load[worker] += 1;
         self.worker_of.insert(key, worker);
         Ok(worker)
@@ -361,7 +385,8 @@ impl Assignments {
 }
 
 impl Engine {
-    /// Starts the workers. Events go to `events`.
+    /// Sets up the engine; workers start with the first containers (see
+    /// [`CONTAINERS_PER_WORKER`]). Events go to `events`.
     pub fn start(
         config: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
@@ -374,36 +399,30 @@ impl Engine {
         );
         let worker_count = config.workers.max(1);
         let assignments = Arc::new(Mutex::new(Assignments::new(worker_count)));
-        let mut engine = Engine {
-            workers: Vec::with_capacity(worker_count),
-            assignments,
-            attach_drops: Arc::new(AtomicU64::new(0)),
-            backend_name: backend.name(),
-            backend_reason,
-            threads: Mutex::new(Vec::with_capacity(worker_count)),
-        };
-        for index in 0..worker_count {
-            // If this fails, dropping `engine` stops the workers started so far.
-            let (handle, thread) = spawn_worker(
-                index,
+        Ok(Engine {
+            workers: Mutex::new(Vec::with_capacity(worker_count)),
+            spawner: WorkerSpawner {
                 backend,
                 pipe_sizer,
-                WorkerOptions {
+                options: WorkerOptions {
                     batch_window: config.batch_window,
                     attach_done_packet: config.attach_done_packet,
                 },
-                events.clone(),
-                engine.assignments.clone(),
-                engine.attach_drops.clone(),
-            )?;
-            engine.workers.push(handle);
-            engine
-                .threads
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(thread);
-        }
-        Ok(engine)
+                events,
+                assignments: assignments.clone(),
+                // Attach clients dropped so far, by every worker.
+                attach_drops: Arc::new(AtomicU64::new(0)),
+            },
+            assignments,
+            backend_name: backend.name(),
+            backend_reason,
+            threads: Mutex::new(Vec::with_capacity(worker_count)),
+        })
+    }
+
+    /// How many worker threads run now.
+    pub fn started_workers(&self) -> usize {
+        self.lock_workers().len()
     }
 
     /// Name of the backend actually running ("io_uring" or "epoll").
@@ -424,7 +443,19 @@ impl Engine {
 
     /// Assigns `key` to a worker and sends it `command` (a registration).
     fn assign_and_send(&self, key: ContainerKey, command: Command) -> Result<(), EngineError> {
-        let worker = self.lock_assignments().assign(key)?;
+        let worker = {
+            // Held across the start of a new worker, so that two
+            // registrations never start the same one.
+            let mut workers = self.lock_workers();
+            let worker = self.lock_assignments().assign(key, workers.len())?;
+            if worker == workers.len() {
+                if let Err(err) = self.start_worker(worker, &mut workers) {
+                    self.lock_assignments().release(key, worker);
+                    return Err(err);
+                }
+            }
+            worker
+        };
         if let Err(err) = self.send(worker, command) {
             self.lock_assignments().release(key, worker);
             return Err(err);
@@ -477,13 +508,19 @@ impl Engine {
     /// the same socket to read the client's stdin.
     pub fn attach(&self, key: ContainerKey, client: OwnedFd) -> Result<(), EngineError> {
         // A key no worker serves (drained, or never registered) may go to
-        // any worker: it answers with the done packet.
-        let worker = self
-            .lock_assignments()
-            .worker_of
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
+        // any worker: it answers with the done packet (worker 0 is started
+        // for it if none runs).
+        let served_by = self.lock_assignments().worker_of.get(&key).copied();
+        let worker = match served_by {
+            Some(worker) => worker,
+            None => {
+                let mut workers = self.lock_workers();
+                if workers.is_empty() {
+                    self.start_worker(0, &mut workers)?;
+                }
+                0
+            }
+        };
         self.send(worker, Command::Attach { key, client })
     }
 
@@ -536,9 +573,10 @@ impl Engine {
     /// Stops the workers after they flushed every log writer; attach clients
     /// are closed (without a done packet). Idempotent.
     pub fn shutdown(&self) {
-        for index in 0..self.workers.len() {
+        let started = self.lock_workers().clone();
+        for handle in &started {
             // A worker that is already gone needs no stopping.
-            let _ = self.send(index, Command::Shutdown);
+            let _ = handle.deliver(Command::Shutdown);
         }
         let threads = std::mem::take(
             &mut *self
@@ -563,24 +601,47 @@ impl Engine {
     /// delayed by the wake-up coalescing. Does nothing for an unknown key.
     pub fn expedite(&self, key: ContainerKey) {
         let worker = self.lock_assignments().worker_of.get(&key).copied();
-        if let Some(worker) = worker {
+        if let Some(handle) = worker.and_then(|worker| self.handle(worker)) {
             // A wake-up with no command: the worker's pause ends and its
             // next batch counts as urgent.
-            let _ = self.workers[worker].waker.write(1);
+            let _ = handle.waker.write(1);
         }
     }
 
     fn send(&self, worker: usize, command: Command) -> Result<(), EngineError> {
-        let handle = &self.workers[worker];
-        handle
-            .commands
-            .send(command)
-            .map_err(|_| EngineError::WorkerGone(worker))?;
-        handle
-            .waker
-            .write(1)
-            .map_err(|_| EngineError::WorkerGone(worker))?;
+        self.handle(worker)
+            .ok_or(EngineError::WorkerGone(worker))?
+            .deliver(command)
+            .map_err(|()| EngineError::WorkerGone(worker))
+    }
+
+    /// The handle of worker `worker`, if it was started.
+    fn handle(&self, worker: usize) -> Option<WorkerHandle> {
+        self.lock_workers().get(worker).cloned()
+    }
+
+    /// Starts worker `index` (the next one) and adds it to `workers`.
+    fn start_worker(
+        &self,
+        index: usize,
+        workers: &mut Vec<WorkerHandle>,
+    ) -> Result<(), EngineError> {
+        debug_assert_eq!(index, workers.len());
+        let (handle, thread) = self.spawner.spawn(index)?;
+        tracing::debug!(worker = index, "engine worker started");
+        workers.push(handle);
+        self.threads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(thread);
         Ok(())
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<WorkerHandle>> {
+        // Only ever appended to: consistent even if a holder panicked.
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_assignments(&self) -> std::sync::MutexGuard<'_, Assignments> {
@@ -615,6 +676,38 @@ fn serve_when_ready<B: backend::Backend>(
         Err(err) => {
             let _ = ready.send(Err(format!("{} setup: {err}", kind.name())));
         }
+    }
+}
+
+impl WorkerHandle {
+    /// Queues `command` and wakes the worker; fails if the worker is gone.
+    fn deliver(&self, command: Command) -> Result<(), ()> {
+        self.commands.send(command).map_err(|_| ())?;
+        self.waker.write(1).map(drop).map_err(|_| ())
+    }
+}
+
+/// Everything a new worker is started with.
+struct WorkerSpawner {
+    backend: ResolvedBackend,
+    pipe_sizer: pipe_size::PipeSizer,
+    options: WorkerOptions,
+    events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
+    assignments: Arc<Mutex<Assignments>>,
+    attach_drops: Arc<AtomicU64>,
+}
+
+impl WorkerSpawner {
+    fn spawn(&self, index: usize) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
+        spawn_worker(
+            index,
+            self.backend,
+            self.pipe_sizer,
+            self.options,
+            self.events.clone(),
+            self.assignments.clone(),
+            self.attach_drops.clone(),
+        )
     }
 }
 

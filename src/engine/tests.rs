@@ -226,17 +226,28 @@ fn expect_each_drained_once(events: &mut UnboundedReceiver<EngineEvent>, count: 
 fn many_containers_drain_exactly_once(backend: BackendChoice) {
     let dir = TempDir::new("engine", "many");
     let (engine, mut events) = start(backend, 2);
-    let mut feeders = Vec::new();
-    for key in 0..20u64 {
-        let write_end = register_stdout_pipe(&engine, key, &dir);
-        feeders.push(feed(
-            write_end,
-            format!("container {key}\n").into_bytes(),
-            key + 1,
-        ));
-    }
-    expect_each_drained_once(&mut events, 20);
-    for key in 0..20u64 {
+    assert_eq!(engine.started_workers(), 0, "no container, no worker");
+    // Enough containers for the second worker to start.
+    let containers = CONTAINERS_PER_WORKER as u64 + 8;
+    // Every container is registered before any output ends, so none has
+    // drained (and left its worker) when the last one is assigned.
+    let write_ends: Vec<_> = (0..containers)
+        .map(|key| register_stdout_pipe(&engine, key, &dir))
+        .collect();
+    assert_eq!(engine.started_workers(), 2);
+    let feeders: Vec<_> = write_ends
+        .into_iter()
+        .zip(0..containers)
+        .map(|(write_end, key)| {
+            feed(
+                write_end,
+                format!("container {key}\n").into_bytes(),
+                key + 1,
+            )
+        })
+        .collect();
+    expect_each_drained_once(&mut events, containers as usize);
+    for key in 0..containers {
         // Written in random pieces, so possibly split into P records.
         let (stdout, _) = parse_cri(&fs::read(dir.path(&format!("{key}.log"))).unwrap());
         assert_eq!(stdout, format!("container {key}\n").as_bytes());
@@ -1151,3 +1162,33 @@ per_backend!(
     a_client_that_went_away_is_closed_without_counting_a_drop,
     shutdown_closes_attach_clients
 );
+
+#[test]
+fn workers_start_as_containers_arrive() {
+    let mut assignments = Assignments::new(3);
+    // None runs: the first container starts worker 0.
+    assert_eq!(assignments.assign(0, 0).unwrap(), 0);
+    // Worker 0 takes containers until it serves CONTAINERS_PER_WORKER.
+    for key in 1..CONTAINERS_PER_WORKER as u64 {
+        assert_eq!(assignments.assign(key, 1).unwrap(), 0);
+    }
+    let next = CONTAINERS_PER_WORKER as u64;
+    assert_eq!(assignments.assign(next, 1).unwrap(), 1, "starts worker 1");
+    // Then the least loaded of the running ones.
+    assert_eq!(assignments.assign(next + 1, 2).unwrap(), 1);
+    assignments.release(3, 0);
+    assert_eq!(assignments.assign(next + 2, 2).unwrap(), 1);
+    assert!(
+        assignments.assign(next + 2, 2).is_err(),
+        "already registered"
+    );
+}
+
+#[test]
+fn all_workers_running_share_the_load_beyond_the_threshold() {
+    let mut assignments = Assignments::new(1);
+    for key in 0..(CONTAINERS_PER_WORKER as u64 * 2) {
+        assert_eq!(assignments.assign(key, 1).unwrap(), 0);
+    }
+    assert_eq!(assignments.load, vec![CONTAINERS_PER_WORKER * 2]);
+}
