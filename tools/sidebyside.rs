@@ -85,7 +85,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -211,21 +210,54 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-/// Takes the termination signals (blocked in every other thread): the first
-/// asks the run to stop and clean up, a second one (or a run that does not
-/// stop within a minute) cleans up from here and exits.
-fn watch_signals(signals: SigSet) {
-    let _ = signals.wait();
-    INTERRUPTED.store(true, Ordering::Relaxed);
-    eprintln!("\ninterrupted: removing containers and monitors (again to force)");
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(60));
+/// Handlers for the termination signals, installed before any monitor is
+/// started: the first signal asks the run to stop and clean up, a second one
+/// (or a run that does not stop within a minute) cleans up from the watcher
+/// thread and exits.
+///
+/// Handlers, not a blocked mask with `sigwait`: a blocked mask is inherited
+/// by every child the tool spawns (std does not reset it here) and survives
+/// the monitors' daemonisation, so the servers would ignore the SIGTERM that
+/// stops them and be killed only after the grace period. Handlers are reset
+/// to the default by `exec`.
+fn install_signal_watcher() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime for the signal watcher");
+    let mut streams = {
+        let _in_runtime = rt.enter();
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .map(|kind| signal(kind).expect("install a termination signal handler"))
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let [int, term, hup] = &mut streams;
+            let mut next_signal = async || {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            };
+            next_signal().await;
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            eprintln!("\ninterrupted: removing containers and monitors (again to force)");
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(60));
+                monitors::cleanup_all();
+                std::process::exit(130);
+            });
+            next_signal().await;
+        });
         monitors::cleanup_all();
         std::process::exit(130);
     });
-    let _ = signals.wait();
-    monitors::cleanup_all();
-    std::process::exit(130);
 }
 
 type Failure = String;
@@ -1372,15 +1404,7 @@ fn main() {
     let args = Args::parse();
     let command = command_line();
 
-    // Blocked here, before any thread exists, so that every thread inherits
-    // the mask and only the watcher receives them. (std resets the mask in
-    // the children it spawns.)
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().expect("block termination signals");
-    std::thread::spawn(move || watch_signals(signals));
+    install_signal_watcher();
     // Daemonised monitors (the ringmon server, each conmon) become our
     // children, so they can be reaped and their exits observed.
     nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
