@@ -972,6 +972,13 @@ impl Fleet {
     }
 }
 
+/// RSS and PSS in KiB, each summed over the pids that still answer.
+fn total_rss_pss_kib(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .filter_map(|&p| procfs::rss_pss_kib(p))
+        .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1))
+}
+
 /// Sum of `reading` over the pids that still answer.
 fn total(pids: &[u32], reading: impl Fn(u32) -> Option<u64>) -> u64 {
     pids.iter().filter_map(|&p| reading(p)).sum()
@@ -1098,10 +1105,7 @@ async fn measure_logging(
     );
     let elapsed = t0.elapsed().as_secs_f64();
     let bytes1: u64 = logs.iter().map(|l| file_len(l)).sum();
-    let (rss, pss) = pids
-        .iter()
-        .filter_map(|&p| procfs::rss_pss_kib(p))
-        .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
+    let (rss, pss) = total_rss_pss_kib(pids);
     // All containers finish about `duration` seconds after the release.
     let deadline = Instant::now() + Duration::from_secs(duration + 60);
     while !exits.iter().all(|e| e.exists()) {
@@ -1326,10 +1330,7 @@ async fn idle_run(
         let kernel1 = procfs::kernel_memory_kib();
         let pids = fleet.pids();
         let n = containers as f64;
-        let (rss, pss) = pids
-            .iter()
-            .filter_map(|&p| procfs::rss_pss_kib(p))
-            .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
+        let (rss, pss) = total_rss_pss_kib(&pids);
         let per = |v: u64| monitored.then_some(v as f64 / n);
         Ok(IdleSample {
             rss_per_ctr_kib: per(rss),
@@ -1441,10 +1442,7 @@ async fn pods_run(
         // Let the monitors and the kernel settle after the start-up.
         pause(Duration::from_secs(2)).await?;
         let pids: Vec<u32> = fleets.iter().flat_map(|(f, _)| f.pids()).collect();
-        let (rss, pss) = pids
-            .iter()
-            .filter_map(|&p| procfs::rss_pss_kib(p))
-            .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
+        let (rss, pss) = total_rss_pss_kib(&pids);
         let per_pod = |v: u64| v as f64 / pods as f64;
         let mut sample = PodsSample {
             rss_per_pod_kib: per_pod(rss),
