@@ -31,6 +31,24 @@
 //!   memory baseline that the containers themselves cost; the column "above
 //!   no monitor" is the monitor's share. /proc/meminfo is machine-wide, so
 //!   run it on a quiet machine.
+//! - **pods** (only with `--workload pods`, not part of `all`): CRI-O's
+//!   model, one monitor per pod. For each `--pods` count N, N monitors each
+//!   with one container: for the ringmon rows N servers, each launched as
+//!   the conmon-rs Go client launches it (its argv order, its own process
+//!   group, its own runtime dir and runtime root), the container created
+//!   over its RPC; for the per-container rows one process per container, as
+//!   in the other workloads. Each container is the density workload's
+//!   logging script waiting on its FIFO: a shell blocked on a read, with no
+//!   output, which to the monitor is the same as a `sleep`. After a 2 s
+//!   settle, per pod (mean over the N pods): PSS, RSS, threads and fds of
+//!   the pod's monitor process(es). Per launch: launch → first `version`
+//!   answer (servers only; the per-container monitors have no RPC, their
+//!   first answer is the sync pipe after `runtime create`), and launch →
+//!   container created; median and p95 pooled over every launch of every
+//!   run. Then the FIFOs are released and the logging phase runs exactly as
+//!   the density workload's (`--line-rate`, `--duration`): CPU (schedstat)
+//!   and context switches (voluntary + involuntary, all threads) of all the
+//!   monitors per logged line, and every log checked line by line.
 //!
 //! The producer is busybox `cat` of a pre-generated file in the rootfs, the
 //! same binary and file for every row (the no-monitor rows run it on the
@@ -85,13 +103,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use monitors::{Conmon, RingmonServer, Rootfs, Runtime};
-use report::{DensityRow, IdleRow, Report, ThroughputRow};
+use report::{DensityRow, IdleRow, PodsRow, Report, ThroughputRow};
 
 /// The hidden first argument that makes this binary the C conmon's exit
 /// command (see `procfs::write_parent_snapshot`).
@@ -108,6 +125,9 @@ enum Workload {
     Throughput,
     Density,
     Idle,
+    /// One monitor per pod (CRI-O's model); only when asked for.
+    Pods,
+    /// Throughput, density and idle (not pods).
     All,
 }
 
@@ -178,6 +198,9 @@ struct Args {
     /// Idle: containers per run.
     #[arg(long, default_value_t = 1000)]
     idle_containers: usize,
+    /// Pods: pod counts (one monitor and one container per pod), each a row.
+    #[arg(long, value_delimiter = ',', default_value = "30,100")]
+    pods: Vec<usize>,
     /// Also write results.md, CSV, JSON and SVG plots into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -211,21 +234,54 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-/// Takes the termination signals (blocked in every other thread): the first
-/// asks the run to stop and clean up, a second one (or a run that does not
-/// stop within a minute) cleans up from here and exits.
-fn watch_signals(signals: SigSet) {
-    let _ = signals.wait();
-    INTERRUPTED.store(true, Ordering::Relaxed);
-    eprintln!("\ninterrupted: removing containers and monitors (again to force)");
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(60));
+/// Handlers for the termination signals, installed before any monitor is
+/// started: the first signal asks the run to stop and clean up, a second one
+/// (or a run that does not stop within a minute) cleans up from the watcher
+/// thread and exits.
+///
+/// Handlers, not a blocked mask with `sigwait`: a blocked mask is inherited
+/// by every child the tool spawns (std does not reset it here) and survives
+/// the monitors' daemonisation, so the servers would ignore the SIGTERM that
+/// stops them and be killed only after the grace period. Handlers are reset
+/// to the default by `exec`.
+fn install_signal_watcher() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime for the signal watcher");
+    let mut streams = {
+        let _in_runtime = rt.enter();
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .map(|kind| signal(kind).expect("install a termination signal handler"))
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let [int, term, hup] = &mut streams;
+            let mut next_signal = async || {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            };
+            next_signal().await;
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            eprintln!("\ninterrupted: removing containers and monitors (again to force)");
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(60));
+                monitors::cleanup_all();
+                std::process::exit(130);
+            });
+            next_signal().await;
+        });
         monitors::cleanup_all();
         std::process::exit(130);
     });
-    let _ = signals.wait();
-    monitors::cleanup_all();
-    std::process::exit(130);
 }
 
 type Failure = String;
@@ -868,6 +924,28 @@ impl Fleet {
         }
     }
 
+    /// Launch → first `version` answer, for a server.
+    fn launch_to_version(&self) -> Option<Duration> {
+        match self {
+            Fleet::Ringmon(s) => Some(s.launch_to_version),
+            Fleet::Conmon(..) | Fleet::Unmonitored(_) => None,
+        }
+    }
+
+    /// Deletes `ids`, stops the monitor(s) and, unless `keep`, removes the
+    /// monitor's scratch directory (runtime dir, runtime root).
+    fn shut_down_and_remove(self, ids: &[String], keep: bool) {
+        let dir = match &self {
+            Fleet::Ringmon(s) => Some(s.dir.clone()),
+            Fleet::Conmon(c, _) => Some(c.dir.clone()),
+            Fleet::Unmonitored(_) => None,
+        };
+        self.shut_down(ids);
+        if let (Some(dir), false) = (dir, keep) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
     /// Deletes `ids` and stops the monitor(s).
     fn shut_down(self, ids: &[String]) {
         match self {
@@ -894,6 +972,13 @@ impl Fleet {
     }
 }
 
+/// RSS and PSS in KiB, each summed over the pids that still answer.
+fn total_rss_pss_kib(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .filter_map(|&p| procfs::rss_pss_kib(p))
+        .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1))
+}
+
 /// Sum of `reading` over the pids that still answer.
 fn total(pids: &[u32], reading: impl Fn(u32) -> Option<u64>) -> u64 {
     pids.iter().filter_map(|&p| reading(p)).sum()
@@ -905,6 +990,7 @@ struct DensitySample {
     cpu_pct: f64,
     us_per_line: f64,
     ctx_per_s: f64,
+    ctx_per_line: f64,
     rss_per_ctr_kib: f64,
     pss_per_ctr_kib: f64,
     complete: bool,
@@ -954,12 +1040,114 @@ async fn wait_for_readers(fifos: &[PathBuf]) -> Result<Vec<OwnedFd>, Failure> {
     Ok(held)
 }
 
+/// One logging container: its FIFO (in the shared rootfs) and its bundle
+/// running the density script, the `index`-th of `count` (its phase).
+fn logging_bundle(
+    bench: &Bench,
+    dir: &Path,
+    tag: u64,
+    index: usize,
+    count: usize,
+) -> Result<(String, PathBuf, PathBuf), Failure> {
+    let id = format!("dn{tag}-{index}");
+    let fifo_name = format!("{tag}-{index}");
+    let fifo = bench.rootfs.dir.join("sync").join(&fifo_name);
+    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo: {e}"))?;
+    let phase_ms = (index as u64 * 1000) / count as u64;
+    let script = density_script(
+        &format!("/sync/{fifo_name}"),
+        phase_ms,
+        bench.args.duration,
+        bench.args.line_rate,
+    );
+    let bundle = bench
+        .rootfs
+        .bundle(&dir.join(&id), &["/bin/sh", "-c", &script]);
+    Ok((id, bundle, fifo))
+}
+
+/// Removes the FIFOs `logging_bundle` made for `count` containers.
+fn remove_fifos(bench: &Bench, tag: u64, count: usize) {
+    for i in 0..count {
+        let _ = fs::remove_file(bench.rootfs.dir.join("sync").join(format!("{tag}-{i}")));
+    }
+}
+
+/// The logging phase shared by the density and pods workloads: releases
+/// the containers waiting on their FIFOs (by dropping `held`), reads the
+/// monitors' CPU and context switches over whole seconds of steady state,
+/// waits for every exit file and checks every log.
+async fn measure_logging(
+    bench: &Bench,
+    held: Vec<OwnedFd>,
+    pids: &[u32],
+    logs: &[PathBuf],
+    exits: &[PathBuf],
+) -> Result<DensitySample, Failure> {
+    let (duration, rate) = (bench.args.duration, bench.args.line_rate);
+    let containers = logs.len().max(1) as f64;
+    drop(held);
+    // One second for every container to begin its cycle (phases are
+    // below one second), then whole seconds while all of them log.
+    let window = Duration::from_secs(duration.saturating_sub(2).max(1));
+    pause(Duration::from_secs(1)).await?;
+    let bytes0: u64 = logs.iter().map(|l| file_len(l)).sum();
+    let (cpu0, ctx0) = (
+        total(pids, procfs::cpu_ns),
+        total(pids, procfs::context_switches),
+    );
+    let t0 = Instant::now();
+    pause(window).await?;
+    let (cpu1, ctx1) = (
+        total(pids, procfs::cpu_ns),
+        total(pids, procfs::context_switches),
+    );
+    let elapsed = t0.elapsed().as_secs_f64();
+    let bytes1: u64 = logs.iter().map(|l| file_len(l)).sum();
+    let (rss, pss) = total_rss_pss_kib(pids);
+    // All containers finish about `duration` seconds after the release.
+    let deadline = Instant::now() + Duration::from_secs(duration + 60);
+    while !exits.iter().all(|e| e.exists()) {
+        check_interrupt()?;
+        if Instant::now() > deadline {
+            let missing = exits.iter().filter(|e| !e.exists()).count();
+            return Err(format!("{missing} containers wrote no exit file"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let want = format!("{DENSITY_LINE}\n");
+    let expected_lines = duration * u64::from(rate);
+    let (mut complete, mut all_lines, mut all_bytes) = (true, 0u64, 0u64);
+    for log in logs {
+        let check = cri::check_repeated_lines(log, want.as_bytes())
+            .map_err(|e| format!("read {}: {e}", log.display()))?;
+        complete &= check.exact && check.lines == expected_lines;
+        all_lines += check.lines;
+        all_bytes += file_len(log);
+    }
+    // Lines logged in the window, from the growth of the log files and
+    // the average size of a record in them.
+    let window_lines = (bytes1 - bytes0) as f64 * all_lines as f64 / all_bytes.max(1) as f64;
+    let cpu_ns = cpu1.saturating_sub(cpu0) as f64;
+    let ctx = ctx1.saturating_sub(ctx0) as f64;
+    Ok(DensitySample {
+        lines_per_s: window_lines / elapsed,
+        cpu_pct: cpu_ns / 1e9 / elapsed * 100.0,
+        us_per_line: cpu_ns / 1e3 / window_lines.max(1.0),
+        ctx_per_s: ctx / elapsed,
+        ctx_per_line: ctx / window_lines.max(1.0),
+        rss_per_ctr_kib: rss as f64 / containers,
+        pss_per_ctr_kib: pss as f64 / containers,
+        complete,
+    })
+}
+
 async fn density_run(
     bench: &mut Bench,
     monitor: &RowMonitor,
     containers: usize,
 ) -> Result<DensitySample, Failure> {
-    let (duration, rate) = (bench.args.duration, bench.args.line_rate);
     let dir = bench.scratch("density");
     let tag = bench.next();
     let mut fleet = Fleet::new(bench, monitor).await?;
@@ -968,17 +1156,8 @@ async fn density_run(
         let (mut logs, mut exits, mut fifos) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..containers {
             check_interrupt()?;
-            let id = format!("dn{tag}-{i}");
-            let fifo_name = format!("{tag}-{i}");
-            let fifo = bench.rootfs.dir.join("sync").join(&fifo_name);
-            nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600))
-                .map_err(|e| format!("mkfifo: {e}"))?;
+            let (id, bundle, fifo) = logging_bundle(bench, &dir, tag, i, containers)?;
             fifos.push(fifo);
-            let phase_ms = (i as u64 * 1000) / containers as u64;
-            let script = density_script(&format!("/sync/{fifo_name}"), phase_ms, duration, rate);
-            let bundle = bench
-                .rootfs
-                .bundle(&dir.join(&id), &["/bin/sh", "-c", &script]);
             let log = bundle.join("ctr.log");
             ids.push(id.clone());
             exits.push(fleet.create(&id, &bundle, &log).await?);
@@ -989,69 +1168,12 @@ async fn density_run(
             fleet.runtime().start(id)?;
         }
         let held = wait_for_readers(&fifos).await?;
-        let pids = fleet.pids();
-        drop(held);
-        // One second for every container to begin its cycle (phases are
-        // below one second), then whole seconds while all of them log.
-        let window = Duration::from_secs(duration.saturating_sub(2).max(1));
-        pause(Duration::from_secs(1)).await?;
-        let bytes0: u64 = logs.iter().map(|l| file_len(l)).sum();
-        let (cpu0, ctx0) = (
-            total(&pids, procfs::cpu_ns),
-            total(&pids, procfs::context_switches),
-        );
-        let t0 = Instant::now();
-        pause(window).await?;
-        let (cpu1, ctx1) = (
-            total(&pids, procfs::cpu_ns),
-            total(&pids, procfs::context_switches),
-        );
-        let elapsed = t0.elapsed().as_secs_f64();
-        let bytes1: u64 = logs.iter().map(|l| file_len(l)).sum();
-        let (rss, pss) = pids
-            .iter()
-            .filter_map(|&p| procfs::rss_pss_kib(p))
-            .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
-        // All containers finish about `duration` seconds after the release.
-        let deadline = Instant::now() + Duration::from_secs(duration + 60);
-        while !exits.iter().all(|e| e.exists()) {
-            check_interrupt()?;
-            if Instant::now() > deadline {
-                let missing = exits.iter().filter(|e| !e.exists()).count();
-                return Err(format!("{missing} containers wrote no exit file"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let want = format!("{DENSITY_LINE}\n");
-        let expected_lines = duration * u64::from(rate);
-        let (mut complete, mut all_lines, mut all_bytes) = (true, 0u64, 0u64);
-        for log in &logs {
-            let check = cri::check_repeated_lines(log, want.as_bytes())
-                .map_err(|e| format!("read {}: {e}", log.display()))?;
-            complete &= check.exact && check.lines == expected_lines;
-            all_lines += check.lines;
-            all_bytes += file_len(log);
-        }
-        // Lines logged in the window, from the growth of the log files and
-        // the average size of a record in them.
-        let window_lines = (bytes1 - bytes0) as f64 * all_lines as f64 / all_bytes.max(1) as f64;
-        let cpu_ns = cpu1.saturating_sub(cpu0) as f64;
-        Ok(DensitySample {
-            lines_per_s: window_lines / elapsed,
-            cpu_pct: cpu_ns / 1e9 / elapsed * 100.0,
-            us_per_line: cpu_ns / 1e3 / window_lines.max(1.0),
-            ctx_per_s: ctx1.saturating_sub(ctx0) as f64 / elapsed,
-            rss_per_ctr_kib: rss as f64 / containers as f64,
-            pss_per_ctr_kib: pss as f64 / containers as f64,
-            complete,
-        })
+        measure_logging(bench, held, &fleet.pids(), &logs, &exits).await
     }
     .await;
     fleet.shut_down(&ids);
     let _ = fs::remove_dir_all(&dir);
-    for i in 0..containers {
-        let _ = fs::remove_file(bench.rootfs.dir.join("sync").join(format!("{tag}-{i}")));
-    }
+    remove_fifos(bench, tag, containers);
     result
 }
 
@@ -1070,60 +1192,86 @@ fn monitor_rows(bench: &Bench) -> Vec<RowMonitor> {
     rows
 }
 
-async fn density(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
+/// The rows of one workload size, `bench.args.runs` times each, taking turns
+/// within a run (so drifting background load spreads over all of them); a
+/// row that fails once is not run again. `what` names the workload and size
+/// in the progress lines, `summary` a sample. Returns, per row in order, its
+/// samples and its failure.
+async fn take_turns<S>(
+    bench: &mut Bench,
+    monitors: &[RowMonitor],
+    what: &str,
+    mut measure: impl AsyncFnMut(&mut Bench, &RowMonitor) -> Result<S, Failure>,
+    summary: impl Fn(&S) -> String,
+) -> Result<Vec<(Vec<S>, Option<Failure>)>, Failure> {
+    let runs = bench.args.runs;
+    let mut rows: Vec<(Vec<S>, Option<Failure>)> =
+        monitors.iter().map(|_| (Vec::new(), None)).collect();
+    for run in 0..runs {
+        for (monitor, (samples, error)) in monitors.iter().zip(rows.iter_mut()) {
+            if error.is_some() {
+                continue;
+            }
+            eprintln!("{what}: run {}/{runs} {}", run + 1, monitor.label());
+            match measure(bench, monitor).await {
+                Ok(s) => {
+                    eprintln!("  {}", summary(&s));
+                    samples.push(s);
+                }
+                Err(e) => {
+                    eprintln!("  failed: {e}");
+                    *error = Some(e);
+                }
+            }
+            check_interrupt()?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The monitor rows of a workload whose containers log (density, pods).
+fn logging_rows(bench: &Bench) -> Result<Vec<RowMonitor>, Failure> {
     if bench.args.duration < 3 {
         return Err("--duration must be at least 3 seconds".into());
     }
-    let monitors = monitor_rows(bench);
-    let labels: Vec<String> = monitors.iter().map(RowMonitor::label).collect();
+    Ok(monitor_rows(bench))
+}
+
+async fn density(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
+    let monitors = logging_rows(bench)?;
     let runs = bench.args.runs;
     for containers in bench.args.containers.clone() {
-        let mut samples: Vec<Vec<DensitySample>> = vec![Vec::new(); labels.len()];
-        let mut errors: Vec<Option<Failure>> = vec![None; labels.len()];
-        for run in 0..runs {
-            for (i, label) in labels.iter().enumerate() {
-                if errors[i].is_some() {
-                    continue;
-                }
-                eprintln!(
-                    "density: run {}/{runs} {label}, {containers} containers",
-                    run + 1
-                );
-                match density_run(bench, &monitors[i], containers).await {
-                    Ok(s) => {
-                        eprintln!(
-                            "  {:.2} % CPU, {:.1} µs/line, {:.0} lines/s{}",
-                            s.cpu_pct,
-                            s.us_per_line,
-                            s.lines_per_s,
-                            if s.complete { "" } else { ", LOGS INCOMPLETE" }
-                        );
-                        samples[i].push(s);
-                    }
-                    Err(e) => {
-                        eprintln!("  failed: {e}");
-                        errors[i] = Some(e);
-                    }
-                }
-                check_interrupt()?;
-            }
-        }
-        for (i, label) in labels.iter().enumerate() {
-            let s = &samples[i];
+        let rows = take_turns(
+            bench,
+            &monitors,
+            &format!("density, {containers} containers"),
+            async |bench, monitor| density_run(bench, monitor, containers).await,
+            |s| {
+                format!(
+                    "{:.2} % CPU, {:.1} µs/line, {:.0} lines/s{}",
+                    s.cpu_pct,
+                    s.us_per_line,
+                    s.lines_per_s,
+                    if s.complete { "" } else { ", LOGS INCOMPLETE" }
+                )
+            },
+        )
+        .await?;
+        for (monitor, (s, error)) in monitors.iter().zip(rows) {
             let mut row = DensityRow {
-                monitor: label.clone(),
+                monitor: monitor.label(),
                 containers,
                 runs,
-                error: errors[i].clone(),
+                error,
                 ..Default::default()
             };
             if row.error.is_none() {
-                row.lines_per_s = median_of(s, |x| Some(x.lines_per_s));
-                row.cpu_pct = median_of(s, |x| Some(x.cpu_pct));
-                row.us_per_line = median_of(s, |x| Some(x.us_per_line));
-                row.ctx_per_s = median_of(s, |x| Some(x.ctx_per_s));
-                row.rss_per_ctr_kib = median_of(s, |x| Some(x.rss_per_ctr_kib));
-                row.pss_per_ctr_kib = median_of(s, |x| Some(x.pss_per_ctr_kib));
+                row.lines_per_s = median_of(&s, |x| Some(x.lines_per_s));
+                row.cpu_pct = median_of(&s, |x| Some(x.cpu_pct));
+                row.us_per_line = median_of(&s, |x| Some(x.us_per_line));
+                row.ctx_per_s = median_of(&s, |x| Some(x.ctx_per_s));
+                row.rss_per_ctr_kib = median_of(&s, |x| Some(x.rss_per_ctr_kib));
+                row.pss_per_ctr_kib = median_of(&s, |x| Some(x.pss_per_ctr_kib));
                 row.complete = Some(s.iter().all(|x| x.complete));
             }
             report.density.push(row);
@@ -1182,10 +1330,7 @@ async fn idle_run(
         let kernel1 = procfs::kernel_memory_kib();
         let pids = fleet.pids();
         let n = containers as f64;
-        let (rss, pss) = pids
-            .iter()
-            .filter_map(|&p| procfs::rss_pss_kib(p))
-            .fold((0, 0), |(r, p), (r1, p1)| (r + r1, p + p1));
+        let (rss, pss) = total_rss_pss_kib(&pids);
         let per = |v: u64| monitored.then_some(v as f64 / n);
         Ok(IdleSample {
             rss_per_ctr_kib: per(rss),
@@ -1211,53 +1356,199 @@ async fn idle(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
         monitors.push(RowMonitor::Unmonitored);
     }
     monitors.extend(monitor_rows(bench));
-    let labels: Vec<String> = monitors.iter().map(RowMonitor::label).collect();
     let (runs, containers) = (bench.args.runs, bench.args.idle_containers);
-    let mut samples: Vec<Vec<IdleSample>> = vec![Vec::new(); labels.len()];
-    let mut errors: Vec<Option<Failure>> = vec![None; labels.len()];
-    for run in 0..runs {
-        for (i, label) in labels.iter().enumerate() {
-            if errors[i].is_some() {
-                continue;
-            }
-            eprintln!(
-                "idle: run {}/{runs} {label}, {containers} containers",
-                run + 1
-            );
-            match idle_run(bench, &monitors[i], containers).await {
-                Ok(s) => {
-                    eprintln!("  kernel {:.0} KiB/container", s.kernel_per_ctr_kib);
-                    samples[i].push(s);
-                }
-                Err(e) => {
-                    eprintln!("  failed: {e}");
-                    errors[i] = Some(e);
-                }
-            }
-            check_interrupt()?;
-        }
-    }
-    for (i, label) in labels.iter().enumerate() {
-        let s = &samples[i];
+    let rows = take_turns(
+        bench,
+        &monitors,
+        &format!("idle, {containers} containers"),
+        async |bench, monitor| idle_run(bench, monitor, containers).await,
+        |s| format!("kernel {:.0} KiB/container", s.kernel_per_ctr_kib),
+    )
+    .await?;
+    for (monitor, (s, error)) in monitors.iter().zip(rows) {
         let mut row = IdleRow {
-            monitor: label.clone(),
+            monitor: monitor.label(),
             containers,
             runs,
-            error: errors[i].clone(),
+            error,
             ..Default::default()
         };
         if row.error.is_none() {
-            row.rss_per_ctr_kib = median_of(s, |x| x.rss_per_ctr_kib);
-            row.pss_per_ctr_kib = median_of(s, |x| x.pss_per_ctr_kib);
-            row.marginal_rss_kib = median_of(s, |x| x.marginal_rss_kib);
-            row.kernel_per_ctr_kib = median_of(s, |x| Some(x.kernel_per_ctr_kib));
-            row.fds_per_ctr = median_of(s, |x| x.fds_per_ctr);
-            row.threads_empty = median_of(s, |x| x.threads_empty);
-            row.threads_full = median_of(s, |x| x.threads_full);
+            row.rss_per_ctr_kib = median_of(&s, |x| x.rss_per_ctr_kib);
+            row.pss_per_ctr_kib = median_of(&s, |x| x.pss_per_ctr_kib);
+            row.marginal_rss_kib = median_of(&s, |x| x.marginal_rss_kib);
+            row.kernel_per_ctr_kib = median_of(&s, |x| Some(x.kernel_per_ctr_kib));
+            row.fds_per_ctr = median_of(&s, |x| x.fds_per_ctr);
+            row.threads_empty = median_of(&s, |x| x.threads_empty);
+            row.threads_full = median_of(&s, |x| x.threads_full);
         }
         report.idle.push(row);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------- pods
+
+/// One pods run: N monitors, each with one container.
+#[derive(Clone, Debug, Default)]
+struct PodsSample {
+    rss_per_pod_kib: f64,
+    pss_per_pod_kib: f64,
+    threads_per_pod: f64,
+    fds_per_pod: f64,
+    /// Launch → `version` answering, ms, one per server (none for the
+    /// per-container monitors, which have no RPC).
+    ready_ms: Vec<f64>,
+    /// Launch (or spawn) → the container created, ms, one per pod.
+    created_ms: Vec<f64>,
+    logging: DensitySample,
+}
+
+/// CRI-O's model: one monitor per pod, each pod one container. Every
+/// container waits on its FIFO (a shell blocked on a read, no output: to
+/// the monitor the same as `sleep`) while the idle readings are taken,
+/// then logs as in the density workload.
+async fn pods_run(
+    bench: &mut Bench,
+    monitor: &RowMonitor,
+    pods: usize,
+) -> Result<PodsSample, Failure> {
+    let dir = bench.scratch("pods");
+    let tag = bench.next();
+    let mut fleets: Vec<(Fleet, String)> = Vec::with_capacity(pods);
+    let result = async {
+        let (mut logs, mut exits, mut fifos) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ready_ms, mut created_ms) = (Vec::new(), Vec::new());
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        for i in 0..pods {
+            check_interrupt()?;
+            let (id, bundle, fifo) = logging_bundle(bench, &dir, tag, i, pods)?;
+            fifos.push(fifo);
+            let launched = Instant::now();
+            let fleet = Fleet::new(bench, monitor).await?;
+            ready_ms.extend(fleet.launch_to_version().map(ms));
+            fleets.push((fleet, id.clone()));
+            let log = bundle.join("ctr.log");
+            let fleet = &mut fleets.last_mut().expect("just pushed").0;
+            exits.push(fleet.create(&id, &bundle, &log).await?);
+            created_ms.push(ms(launched.elapsed()));
+            logs.push(log);
+        }
+        for (fleet, id) in &fleets {
+            check_interrupt()?;
+            fleet.runtime().start(id)?;
+        }
+        let held = wait_for_readers(&fifos).await?;
+        // Let the monitors and the kernel settle after the start-up.
+        pause(Duration::from_secs(2)).await?;
+        let pids: Vec<u32> = fleets.iter().flat_map(|(f, _)| f.pids()).collect();
+        let (rss, pss) = total_rss_pss_kib(&pids);
+        let per_pod = |v: u64| v as f64 / pods as f64;
+        let mut sample = PodsSample {
+            rss_per_pod_kib: per_pod(rss),
+            pss_per_pod_kib: per_pod(pss),
+            threads_per_pod: per_pod(total(&pids, |p| procfs::status_field(p, "Threads:"))),
+            fds_per_pod: per_pod(total(&pids, procfs::fd_count)),
+            ready_ms,
+            created_ms,
+            ..Default::default()
+        };
+        sample.logging = measure_logging(bench, held, &pids, &logs, &exits).await?;
+        Ok(sample)
+    }
+    .await;
+    for (fleet, id) in fleets {
+        fleet.shut_down_and_remove(&[id], bench.args.keep);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    remove_fifos(bench, tag, pods);
+    result
+}
+
+/// The `q` quantile (nearest rank) of `v`.
+fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+async fn pods(bench: &mut Bench, report: &mut Report) -> Result<(), Failure> {
+    let monitors = logging_rows(bench)?;
+    let runs = bench.args.runs;
+    for pods in bench.args.pods.clone() {
+        let rows = take_turns(
+            bench,
+            &monitors,
+            &format!("pods, {pods} pods"),
+            async |bench, monitor| pods_run(bench, monitor, pods).await,
+            |s| {
+                format!(
+                    "idle {:.0} KiB PSS/pod, {:.1} threads/pod; logging {:.2} µs/line{}",
+                    s.pss_per_pod_kib,
+                    s.threads_per_pod,
+                    s.logging.us_per_line,
+                    if s.logging.complete {
+                        ""
+                    } else {
+                        ", LOGS INCOMPLETE"
+                    }
+                )
+            },
+        )
+        .await?;
+        for (monitor, (s, error)) in monitors.iter().zip(rows) {
+            report
+                .pods
+                .push(pods_row(monitor.label(), pods, runs, &s, error));
+        }
+    }
+    Ok(())
+}
+
+/// The medians of one row's runs; launch times are pooled over every
+/// launch of every run.
+fn pods_row(
+    monitor: String,
+    pods: usize,
+    runs: usize,
+    s: &[PodsSample],
+    error: Option<Failure>,
+) -> PodsRow {
+    if error.is_some() {
+        return PodsRow {
+            monitor,
+            pods,
+            runs,
+            error,
+            ..Default::default()
+        };
+    }
+    let ready: Vec<f64> = s.iter().flat_map(|x| x.ready_ms.clone()).collect();
+    let created: Vec<f64> = s.iter().flat_map(|x| x.created_ms.clone()).collect();
+    PodsRow {
+        rss_per_pod_kib: median_of(s, |x| Some(x.rss_per_pod_kib)),
+        pss_per_pod_kib: median_of(s, |x| Some(x.pss_per_pod_kib)),
+        threads_per_pod: median_of(s, |x| Some(x.threads_per_pod)),
+        fds_per_pod: median_of(s, |x| Some(x.fds_per_pod)),
+        ready_ms_median: median(ready.clone()),
+        ready_ms_p95: quantile(ready, 0.95),
+        created_ms_median: median(created.clone()),
+        created_ms_p95: quantile(created, 0.95),
+        lines_per_s: median_of(s, |x| Some(x.logging.lines_per_s)),
+        us_per_line: median_of(s, |x| Some(x.logging.us_per_line)),
+        ctx_per_line: median_of(s, |x| Some(x.logging.ctx_per_line)),
+        pss_logging_per_pod_kib: median_of(s, |x| Some(x.logging.pss_per_ctr_kib)),
+        complete: Some(s.iter().all(|x| x.logging.complete)),
+        ..PodsRow {
+            monitor,
+            pods,
+            runs,
+            ..Default::default()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------- main
@@ -1353,6 +1644,12 @@ fn write_outputs(dir: &Path, report: &Report) -> std::io::Result<()> {
     if let Some(svg) = report.density_svg() {
         fs::write(dir.join("density-cpu.svg"), svg)?;
     }
+    if !report.pods.is_empty() {
+        fs::write(dir.join("pods.csv"), report.pods_csv())?;
+    }
+    for (name, svg) in report.pods_svgs() {
+        fs::write(dir.join(name), svg)?;
+    }
     Ok(())
 }
 
@@ -1372,15 +1669,7 @@ fn main() {
     let args = Args::parse();
     let command = command_line();
 
-    // Blocked here, before any thread exists, so that every thread inherits
-    // the mask and only the watcher receives them. (std resets the mask in
-    // the children it spawns.)
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().expect("block termination signals");
-    std::thread::spawn(move || watch_signals(signals));
+    install_signal_watcher();
     // Daemonised monitors (the ringmon server, each conmon) become our
     // children, so they can be reaped and their exits observed.
     nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
@@ -1444,6 +1733,9 @@ fn main() {
         if all || workload == Workload::Idle {
             idle(&mut bench, &mut report).await?;
         }
+        if workload == Workload::Pods {
+            pods(&mut bench, &mut report).await?;
+        }
         Ok::<(), Failure>(())
     });
     monitors::cleanup_all();
@@ -1457,5 +1749,20 @@ fn main() {
     if let Err(e) = outcome {
         eprintln!("stopped: {e}");
         std::process::exit(if interrupted() { 130 } else { 1 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, quantile};
+
+    #[test]
+    fn p95_is_the_nearest_rank() {
+        let launches: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(launches.clone(), 0.95), Some(95.0));
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0], 0.95), Some(3.0));
+        assert_eq!(quantile(vec![7.0], 0.95), Some(7.0));
+        assert_eq!(quantile(Vec::new(), 0.95), None);
+        assert_eq!(median(launches), Some(50.5));
     }
 }

@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -198,6 +199,10 @@ pub struct RingmonServer {
     pub pid: u32,
     pub client: Client,
     pub runtime: Runtime,
+    /// The scratch directory holding its `--runtime-dir` and runtime root.
+    pub dir: PathBuf,
+    /// From just before the launch until the first `version` answered.
+    pub launch_to_version: Duration,
 }
 
 impl RingmonServer {
@@ -221,6 +226,9 @@ impl RingmonServer {
         // messages (and only those, at this level) land in this file.
         let out_path = dir.join("server.out");
         let out = fs::File::create(&out_path).map_err(|e| e.to_string())?;
+        // The Go client's argv order and its own process group; the log
+        // driver is `stdout` (CRI-O's default is `none`) so that the
+        // server's error lines reach `server.out`.
         let mut cmd = Command::new(binary);
         cmd.arg("--runtime")
             .arg(runtime.path.as_os_str())
@@ -228,14 +236,16 @@ impl RingmonServer {
             .arg(&run_dir)
             .arg("--runtime-root")
             .arg(&runtime.root)
-            .args(["--log-driver", "stdout", "--log-level", "error"])
+            .args(["--log-level", "error", "--log-driver", "stdout"])
             .args(["--io-backend", backend])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
             .stderr(out);
         if let Some(n) = workers {
             cmd.args(["--engine-workers", &n.to_string()]);
         }
+        let launched = Instant::now();
         let status = cmd
             .status()
             .map_err(|e| format!("launch {}: {e}", binary.display()))?;
@@ -275,6 +285,8 @@ impl RingmonServer {
                         pid,
                         client,
                         runtime,
+                        dir: dir.to_path_buf(),
+                        launch_to_version: launched.elapsed(),
                     });
                 }
             }
@@ -282,7 +294,11 @@ impl RingmonServer {
                 terminate(pid, Duration::from_secs(2));
                 return Err(format!("ringmon did not answer on {}", socket.display()));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // A blocking pause: tokio's timer rounds up to whole
+            // milliseconds, which would quantise the launch → `version`
+            // time the pods workload reports. Nothing else needs this
+            // thread while a server starts.
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 

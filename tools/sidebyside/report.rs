@@ -52,6 +52,32 @@ pub struct IdleRow {
     pub error: Option<String>,
 }
 
+/// One monitor per pod, one container per pod (workload d, CRI-O's model).
+#[derive(Clone, Debug, Default)]
+pub struct PodsRow {
+    pub monitor: String,
+    pub pods: usize,
+    pub runs: usize,
+    /// Idle readings of the monitor process(es) of a pod, mean per pod.
+    pub rss_per_pod_kib: Option<f64>,
+    pub pss_per_pod_kib: Option<f64>,
+    pub threads_per_pod: Option<f64>,
+    pub fds_per_pod: Option<f64>,
+    /// Launch → `version` answering, over every launch (servers only).
+    pub ready_ms_median: Option<f64>,
+    pub ready_ms_p95: Option<f64>,
+    /// Launch (or spawn) → the pod's container created.
+    pub created_ms_median: Option<f64>,
+    pub created_ms_p95: Option<f64>,
+    /// Logging phase.
+    pub lines_per_s: Option<f64>,
+    pub us_per_line: Option<f64>,
+    pub ctx_per_line: Option<f64>,
+    pub pss_logging_per_pod_kib: Option<f64>,
+    pub complete: Option<bool>,
+    pub error: Option<String>,
+}
+
 /// Everything one invocation measured.
 #[derive(Default)]
 pub struct Report {
@@ -60,6 +86,7 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     pub density: Vec<DensityRow>,
     pub idle: Vec<IdleRow>,
+    pub pods: Vec<PodsRow>,
 }
 
 fn num(v: Option<f64>, decimals: usize) -> String {
@@ -88,6 +115,34 @@ pub fn size_label(bytes: u64) -> String {
     }
 }
 
+/// A markdown table under `header` (one line of cells): per row its leading
+/// cells and, unless it failed, its metric cells from `metrics`; a failed
+/// row shows its reason instead. Ends with a blank line.
+fn table<'r, R>(
+    header: &str,
+    rows: &'r [R],
+    lead: impl Fn(&'r R) -> (Vec<String>, Option<&'r str>),
+    metrics: impl Fn(&'r R) -> Vec<String>,
+) -> String {
+    let columns = header.matches('|').count().saturating_sub(1);
+    let mut md = format!("{header}\n|{}\n", "---|".repeat(columns));
+    for r in rows {
+        let (cells, error) = lead(r);
+        let _ = write!(md, "| {} |", cells.join(" | "));
+        match error {
+            Some(e) => md.push_str(&failed(e, columns - cells.len())),
+            None => {
+                for cell in metrics(r) {
+                    let _ = write!(md, " {cell} |");
+                }
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    md
+}
+
 /// A failed row shows its reason in the first metric column.
 fn failed(error: &str, columns: usize) -> String {
     let mut s = format!(" failed: {} |", error.replace('|', "/"));
@@ -114,82 +169,118 @@ impl Report {
         if !self.idle.is_empty() {
             md.push_str(&self.idle_table());
         }
+        if !self.pods.is_empty() {
+            md.push_str(&self.pods_tables());
+        }
+        md
+    }
+
+    fn pods_tables(&self) -> String {
+        let runs = self.pods[0].runs;
+        let pair = |a: Option<f64>, b: Option<f64>, decimals: usize| match (a, b) {
+            (None, None) => "n/a".to_string(),
+            (a, b) => format!("{} / {}", num(a, decimals), num(b, decimals)),
+        };
+        fn lead(r: &PodsRow) -> (Vec<String>, Option<&str>) {
+            (
+                vec![r.monitor.clone(), r.pods.to_string()],
+                r.error.as_deref(),
+            )
+        }
+        let mut md = format!(
+            "### Density per pod, idle: one monitor per pod, one container each, median of {runs} runs\n\n"
+        );
+        md.push_str(&table(
+            "| monitor | pods | PSS per pod KiB | RSS per pod KiB | threads per pod | fds per pod | launch → `version` ms (median / p95) | launch → container created ms (median / p95) |",
+            &self.pods,
+            lead,
+            |r| {
+                vec![
+                    num(r.pss_per_pod_kib, 0),
+                    num(r.rss_per_pod_kib, 0),
+                    num(r.threads_per_pod, 1),
+                    num(r.fds_per_pod, 1),
+                    pair(r.ready_ms_median, r.ready_ms_p95, 2),
+                    pair(r.created_ms_median, r.created_ms_p95, 1),
+                ]
+            },
+        ));
+        md.push_str(
+            "The per-container monitors have no RPC to ask, so no launch → `version` time: their first \
+             answer is the container pid on the sync pipe, after `runtime create`, which is the last column.\n\n",
+        );
+        let _ = writeln!(
+            md,
+            "### Density per pod, logging: 100-byte lines in paced bursts, median of {runs} runs\n"
+        );
+        md.push_str(&table(
+            "| monitor | pods | lines/s logged | µs CPU per line | context switches per line | PSS per pod KiB while logging | every log complete |",
+            &self.pods,
+            lead,
+            |r| {
+                vec![
+                    num(r.lines_per_s, 0),
+                    num(r.us_per_line, 2),
+                    num(r.ctx_per_line, 3),
+                    num(r.pss_logging_per_pod_kib, 0),
+                    flag(r.complete),
+                ]
+            },
+        ));
         md
     }
 
     fn throughput_table(&self) -> String {
-        let mut md = String::new();
         let r0 = &self.throughput[0];
-        let _ = writeln!(
-            md,
-            "### Throughput: {:.0} MiB of fixed-size lines, median of {} runs\n",
+        let mut md = format!(
+            "### Throughput: {:.0} MiB of fixed-size lines, median of {} runs\n\n",
             r0.bytes as f64 / f64::from(1 << 20),
             r0.runs
         );
-        md.push_str(
-            "| monitor | line size | MB/s (first byte → done) | MB/s (start → done) | monitor CPU s/GB | monitor peak RSS MiB | log byte-exact |\n\
-             |---|---|---|---|---|---|---|\n",
-        );
-        for r in &self.throughput {
-            let _ = write!(md, "| {} | {} |", r.monitor, size_label(r.line_size));
-            if let Some(e) = &r.error {
-                md.push_str(&failed(e, 5));
-            } else {
-                let _ = write!(
-                    md,
-                    " {} | {} | {} | {} | {} |",
+        md.push_str(&table(
+            "| monitor | line size | MB/s (first byte → done) | MB/s (start → done) | monitor CPU s/GB | monitor peak RSS MiB | log byte-exact |",
+            &self.throughput,
+            |r| (vec![r.monitor.clone(), size_label(r.line_size)], r.error.as_deref()),
+            |r| {
+                vec![
                     num(r.mbps, 0),
                     num(r.mbps_from_start, 0),
                     num(r.cpu_s_per_gb, 3),
                     mib(r.peak_rss_kib, 1),
-                    flag(r.exact)
-                );
-            }
-            md.push('\n');
-        }
-        md.push('\n');
+                    flag(r.exact),
+                ]
+            },
+        ));
         md
     }
 
     fn density_table(&self) -> String {
-        let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "### Density, logging: 100-byte lines in paced bursts, median of {} runs\n",
+        let mut md = format!(
+            "### Density, logging: 100-byte lines in paced bursts, median of {} runs\n\n",
             self.density[0].runs
         );
-        md.push_str(
-            "| monitor | containers | lines/s logged | monitor CPU % of a core | µs CPU per line | context switches/s | RSS per container KiB | PSS per container KiB | every log complete |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
-        );
-        for r in &self.density {
-            let _ = write!(md, "| {} | {} |", r.monitor, r.containers);
-            if let Some(e) = &r.error {
-                md.push_str(&failed(e, 7));
-            } else {
-                let _ = write!(
-                    md,
-                    " {} | {} | {} | {} | {} | {} | {} |",
+        md.push_str(&table(
+            "| monitor | containers | lines/s logged | monitor CPU % of a core | µs CPU per line | context switches/s | RSS per container KiB | PSS per container KiB | every log complete |",
+            &self.density,
+            |r| (vec![r.monitor.clone(), r.containers.to_string()], r.error.as_deref()),
+            |r| {
+                vec![
                     num(r.lines_per_s, 0),
                     num(r.cpu_pct, 2),
                     num(r.us_per_line, 2),
                     num(r.ctx_per_s, 0),
                     num(r.rss_per_ctr_kib, 0),
                     num(r.pss_per_ctr_kib, 0),
-                    flag(r.complete)
-                );
-            }
-            md.push('\n');
-        }
-        md.push('\n');
+                    flag(r.complete),
+                ]
+            },
+        ));
         md
     }
 
     fn idle_table(&self) -> String {
-        let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "### Density, idle: `sleep` containers, median of {} runs\n",
+        let mut md = format!(
+            "### Density, idle: `sleep` containers, median of {} runs\n\n",
             self.idle[0].runs
         );
         let baseline = self
@@ -197,15 +288,11 @@ impl Report {
             .iter()
             .find(|r| r.monitor == crate::NO_MONITOR && r.error.is_none())
             .and_then(|r| r.kernel_per_ctr_kib);
-        md.push_str(
-            "| monitor | containers | RSS per container KiB | PSS per container KiB | marginal RSS per container KiB | kernel memory per container KiB | kernel above no monitor KiB | fds per container | threads (0 → N containers) |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
-        );
-        for r in &self.idle {
-            let _ = write!(md, "| {} | {} |", r.monitor, r.containers);
-            if let Some(e) = &r.error {
-                md.push_str(&failed(e, 7));
-            } else {
+        md.push_str(&table(
+            "| monitor | containers | RSS per container KiB | PSS per container KiB | marginal RSS per container KiB | kernel memory per container KiB | kernel above no monitor KiB | fds per container | threads (0 → N containers) |",
+            &self.idle,
+            |r| (vec![r.monitor.clone(), r.containers.to_string()], r.error.as_deref()),
+            |r| {
                 let above = match (r.kernel_per_ctr_kib, baseline) {
                     (Some(k), Some(b)) if r.monitor != crate::NO_MONITOR => Some(k - b),
                     _ => None,
@@ -214,21 +301,17 @@ impl Report {
                     (None, None) => "—".to_string(),
                     (a, b) => format!("{} → {}", num(a, 0), num(b, 0)),
                 };
-                let _ = write!(
-                    md,
-                    " {} | {} | {} | {} | {} | {} | {} |",
+                vec![
                     num(r.rss_per_ctr_kib, 0),
                     num(r.pss_per_ctr_kib, 0),
                     num(r.marginal_rss_kib, 0),
                     num(r.kernel_per_ctr_kib, 0),
                     num(above, 0),
                     num(r.fds_per_ctr, 1),
-                    threads
-                );
-            }
-            md.push('\n');
-        }
-        md.push('\n');
+                    threads,
+                ]
+            },
+        ));
         md
     }
 
@@ -297,6 +380,34 @@ impl Report {
         s
     }
 
+    pub fn pods_csv(&self) -> String {
+        let mut s = String::from("monitor,pods,runs,rss_per_pod_kib,pss_per_pod_kib,threads_per_pod,fds_per_pod,launch_to_version_ms_median,launch_to_version_ms_p95,launch_to_created_ms_median,launch_to_created_ms_p95,lines_per_s,us_per_line,ctx_switches_per_line,pss_logging_per_pod_kib,complete,error\n");
+        for r in &self.pods {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                csv(&r.monitor),
+                r.pods,
+                r.runs,
+                opt(r.rss_per_pod_kib),
+                opt(r.pss_per_pod_kib),
+                opt(r.threads_per_pod),
+                opt(r.fds_per_pod),
+                opt(r.ready_ms_median),
+                opt(r.ready_ms_p95),
+                opt(r.created_ms_median),
+                opt(r.created_ms_p95),
+                opt(r.lines_per_s),
+                opt(r.us_per_line),
+                opt(r.ctx_per_line),
+                opt(r.pss_logging_per_pod_kib),
+                r.complete.map_or(String::new(), |b| b.to_string()),
+                csv(r.error.as_deref().unwrap_or(""))
+            );
+        }
+        s
+    }
+
     pub fn json(&self) -> String {
         let js = |s: &str| ringmon::version::json_string(s);
         let jn = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x}"));
@@ -346,7 +457,21 @@ impl Report {
                 )
             })
             .collect();
-        let _ = writeln!(s, "  \"idle\": [\n{}\n  ]", rows.join(",\n"));
+        let _ = writeln!(s, "  \"idle\": [\n{}\n  ],", rows.join(",\n"));
+        let rows: Vec<String> = self
+            .pods
+            .iter()
+            .map(|r| {
+                format!(
+                    "    {{\"monitor\": {}, \"pods\": {}, \"runs\": {}, \"rss_per_pod_kib\": {}, \"pss_per_pod_kib\": {}, \"threads_per_pod\": {}, \"fds_per_pod\": {}, \"launch_to_version_ms_median\": {}, \"launch_to_version_ms_p95\": {}, \"launch_to_created_ms_median\": {}, \"launch_to_created_ms_p95\": {}, \"lines_per_s\": {}, \"us_per_line\": {}, \"ctx_switches_per_line\": {}, \"pss_logging_per_pod_kib\": {}, \"complete\": {}, \"error\": {}}}",
+                    js(&r.monitor), r.pods, r.runs, jn(r.rss_per_pod_kib), jn(r.pss_per_pod_kib),
+                    jn(r.threads_per_pod), jn(r.fds_per_pod), jn(r.ready_ms_median), jn(r.ready_ms_p95),
+                    jn(r.created_ms_median), jn(r.created_ms_p95), jn(r.lines_per_s), jn(r.us_per_line),
+                    jn(r.ctx_per_line), jn(r.pss_logging_per_pod_kib), jb(r.complete), je(&r.error)
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "  \"pods\": [\n{}\n  ]", rows.join(",\n"));
         s.push_str("}\n");
         s
     }
@@ -385,6 +510,46 @@ impl Report {
                 &series,
             )
         })
+    }
+}
+
+/// File name, title, y-axis label and the value plotted.
+type PodsChart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PodsRow) -> Option<f64>,
+);
+
+impl Report {
+    /// The pods plots by pod count, one bar per monitor: (file name, SVG).
+    pub fn pods_svgs(&self) -> Vec<(&'static str, String)> {
+        let charts: [PodsChart; 2] = [
+            (
+                "pods-pss.svg",
+                "Monitor PSS per pod, idle (one monitor per pod)",
+                "KiB per pod",
+                |r| r.pss_per_pod_kib,
+            ),
+            (
+                "pods-cpu.svg",
+                "Monitor CPU per logged line, one monitor per pod",
+                "µs per line",
+                |r| r.us_per_line,
+            ),
+        ];
+        charts
+            .into_iter()
+            .filter_map(|(file, title, y_label, value)| {
+                let (groups, series) = pivot(
+                    &self.pods,
+                    |r| format!("{} pods", r.pods),
+                    |r| r.monitor.clone(),
+                    value,
+                );
+                (!groups.is_empty()).then(|| (file, grouped_bars(title, y_label, &groups, &series)))
+            })
+            .collect()
     }
 }
 
@@ -574,6 +739,22 @@ fn trim_number(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_spreads_a_failure_over_the_metric_columns() {
+        let rows = [("a", None), ("b", Some("no | pipe"))];
+        let md = table(
+            "| monitor | x | y | z |",
+            &rows,
+            |r| (vec![r.0.to_string()], r.1),
+            |_| vec!["1".into(), "2".into(), "3".into()],
+        );
+        assert_eq!(
+            md,
+            "| monitor | x | y | z |\n|---|---|---|---|\n| a | 1 | 2 | 3 |\n\
+             | b | failed: no / pipe | — | — |\n\n"
+        );
+    }
 
     #[test]
     fn steps_are_round() {
