@@ -102,6 +102,11 @@ pub trait Backend {
     /// wake-up coalescing). The wake-up itself is still reported by the next
     /// `wait`.
     fn pause(&mut self, duration: Duration);
+
+    /// Gives back memory that only busy streams needed (the pages of a read
+    /// buffer that a burst made resident). The worker calls it once its
+    /// output has been light for a while.
+    fn release_idle_memory(&mut self) {}
 }
 
 /// `Backend::pause` for a backend whose wake-up eventfd is `waker`: a

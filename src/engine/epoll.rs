@@ -286,4 +286,8 @@ impl Backend for EpollBackend {
     fn pause(&mut self, duration: Duration) {
         super::backend::pause_until_woken(self.waker.as_fd(), duration);
     }
+
+    fn release_idle_memory(&mut self) {
+        crate::sys::process::discard_pages(&mut self.buffer);
+    }
 }

@@ -285,6 +285,9 @@ pub struct Worker<B: Backend> {
     routing: Routing,
     /// See `EngineConfig::batch_window`.
     batch_window: Duration,
+    /// When the last chunk larger than [`LIGHT_CHUNK`] was routed, since the
+    /// buffers were last given back (`None`: none since).
+    heavy_output_at: Option<Instant>,
 }
 
 /// A read at least this large means a busy stream: the worker then reads
@@ -294,12 +297,27 @@ pub struct Worker<B: Backend> {
 /// would need 640 KB/s to fill the pipe within one window.
 pub(super) const BUSY_READ: usize = 16 * 1024;
 
+/// A chunk up to this size touches only the first page of the read buffer
+/// and of a log writer's encoding buffer, which stay resident anyway; a
+/// larger one makes their other pages resident until the worker gives them
+/// back ([`IDLE_MEMORY_RELEASE_AFTER`]).
+const LIGHT_CHUNK: usize = 4096;
+
+/// How long the pages a burst made resident (read buffer, log writers'
+/// encoding buffers) are kept after the last chunk larger than
+/// [`LIGHT_CHUNK`]: long enough that a stream writing a burst every few
+/// seconds does not fault them in each time, short enough that a pod's
+/// server is lean again soon after its container's start-up output.
+pub(super) const IDLE_MEMORY_RELEASE_AFTER: Duration = Duration::from_secs(10);
+
 /// What one backend wait brought, to decide whether the next read may wait
 /// for the batch window.
 #[derive(Default)]
 struct BatchLoad {
     /// Some output was routed.
     data: bool,
+    /// A chunk was larger than [`LIGHT_CHUNK`].
+    heavy: bool,
     /// Something in the batch must not wait: a command, an EOF (an exit
     /// file waits on it), an attach socket event or a busy read. (Whether a
     /// container is interactive is looked at in `pause_for_batch`, for all
@@ -343,6 +361,7 @@ impl<B: Backend> Worker<B> {
                 attach_done_packet: true,
             },
             batch_window: Duration::ZERO,
+            heavy_output_at: None,
         }
     }
 
@@ -363,10 +382,15 @@ impl<B: Backend> Worker<B> {
     pub fn run(mut self) {
         let mut consecutive_failures = 0u32;
         loop {
-            let timeout = self
-                .routing
-                .next_linger_deadline()
-                .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            let deadline = [
+                self.routing.next_linger_deadline(),
+                self.idle_memory_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout =
+                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let routing = &mut self.routing;
             routing.batch += 1;
             let mut load = BatchLoad::default();
@@ -378,6 +402,7 @@ impl<B: Backend> Worker<B> {
                 BackendEvent::Data { source, bytes } => {
                     load.urgent |= routing.take_commands() || bytes.len() >= BUSY_READ;
                     load.data = true;
+                    load.heavy |= bytes.len() > LIGHT_CHUNK;
                     routing.on_data(source, bytes);
                 }
                 BackendEvent::Eof { source, error } => {
@@ -411,6 +436,9 @@ impl<B: Backend> Worker<B> {
                     break;
                 }
             }
+            if load.heavy {
+                self.heavy_output_at = Some(Instant::now());
+            }
             if load.may_coalesce() && waited_ok {
                 self.pause_for_batch();
             }
@@ -419,6 +447,14 @@ impl<B: Backend> Worker<B> {
             }
             self.routing.service_clients(&mut self.backend);
             self.routing.drop_stalled_lingering(&mut self.backend);
+            if self
+                .idle_memory_deadline()
+                .is_some_and(|due| due <= Instant::now())
+            {
+                self.backend.release_idle_memory();
+                self.routing.release_idle_memory();
+                self.heavy_output_at = None;
+            }
         }
         self.routing.flush_all();
         self.routing.close_all_clients(&mut self.backend);
@@ -447,6 +483,12 @@ impl<B: Backend> Worker<B> {
             return;
         }
         self.backend.pause(self.batch_window);
+    }
+
+    /// When the pages a burst made resident are given back, if it did.
+    fn idle_memory_deadline(&self) -> Option<Instant> {
+        self.heavy_output_at
+            .map(|at| at + IDLE_MEMORY_RELEASE_AFTER)
     }
 
     /// Applies the commands that had to wait for the backend; false once the
@@ -838,6 +880,15 @@ impl Routing {
             Ok(())
         } else {
             Err(errors.join("; "))
+        }
+    }
+
+    /// Gives back the encoding buffers' pages that a burst made resident.
+    fn release_idle_memory(&mut self) {
+        for container in self.containers.values_mut() {
+            for sink in &mut container.logs {
+                sink.writer.release_idle_memory();
+            }
         }
     }
 

@@ -210,6 +210,15 @@ impl LogWriter {
         }
     }
 
+    /// Gives back the pages of the encoding buffer that a burst made
+    /// resident (the buffer is empty between chunks; its allocation stays,
+    /// so the next burst does not reallocate).
+    pub fn release_idle_memory(&mut self) {
+        if let Destination::File(log) = &mut self.destination {
+            crate::sys::process::discard_spare_capacity(&mut log.pending);
+        }
+    }
+
     /// A journald writer sending to the native-protocol socket at
     /// `socket_path` (tests point it at their own socket).
     pub fn journal_at(socket_path: &Path) -> Result<LogWriter, LogError> {

@@ -250,3 +250,87 @@ pub fn return_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Hands the whole pages inside `buffer` back to the kernel: they read as
+/// zeros afterwards and cost no memory until written again. For a large
+/// read buffer that a burst made resident and that is idle now.
+pub fn discard_pages(buffer: &mut [u8]) {
+    // SAFETY: the range is `buffer`, which we borrow mutably; zero bytes
+    // are valid `u8`s.
+    unsafe { discard_range(buffer.as_mut_ptr(), buffer.len()) }
+}
+
+/// Hands the whole pages of `buffer`'s unused capacity back to the kernel
+/// (see [`discard_pages`]); its contents and its allocation are kept.
+pub fn discard_spare_capacity(buffer: &mut Vec<u8>) {
+    let spare = buffer.spare_capacity_mut();
+    // SAFETY: the range is the vector's spare capacity, which we borrow
+    // mutably and which holds no initialized element anyone may read.
+    unsafe { discard_range(spare.as_mut_ptr().cast::<u8>(), spare.len()) }
+}
+
+/// `madvise(MADV_DONTNEED)` on the whole pages inside `[start, start+len)`.
+///
+/// # Safety
+/// The range must be private anonymous memory (heap or anonymous mmap)
+/// that the caller owns exclusively; afterwards it reads as zeros.
+unsafe fn discard_range(start: *mut u8, len: usize) {
+    let page = page_size();
+    let first = (start as usize).next_multiple_of(page);
+    let end = (start as usize + len) / page * page;
+    if end <= first {
+        return;
+    }
+    // SAFETY: [first, end) lies inside the caller's range (see above);
+    // MADV_DONTNEED there only replaces those pages with zero-filled ones.
+    unsafe {
+        libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discarded_pages_read_as_zeros_and_the_edges_are_kept() {
+        let page = page_size();
+        let mut buffer = vec![7u8; page * 4].into_boxed_slice();
+        // An unaligned window: only the whole pages inside it go.
+        let window = &mut buffer[page / 2..page * 3 + page / 2];
+        discard_pages(window);
+        let start = buffer.as_ptr() as usize;
+        for (index, &byte) in buffer.iter().enumerate() {
+            let address = start + index;
+            let first = (start + page / 2).next_multiple_of(page);
+            let end = (start + page * 3 + page / 2) / page * page;
+            let expected = if (first..end).contains(&address) {
+                0
+            } else {
+                7
+            };
+            assert_eq!(byte, expected, "byte {index}");
+        }
+    }
+
+    #[test]
+    fn discarding_spare_capacity_keeps_the_contents_and_the_allocation() {
+        let page = page_size();
+        let mut buffer = Vec::with_capacity(page * 8);
+        buffer.resize(page * 8, 9u8);
+        buffer.truncate(page + 10);
+        let capacity = buffer.capacity();
+        discard_spare_capacity(&mut buffer);
+        assert_eq!(buffer.capacity(), capacity);
+        assert!(buffer.iter().all(|&byte| byte == 9));
+    }
+}
