@@ -80,16 +80,32 @@ fn inherited_fds_are_closed_and_comm_is_conmonrs() {
     let server = Server::start(rt);
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid)).unwrap();
     assert_eq!(comm.trim(), "conmonrs");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid)).unwrap();
-    let threads: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        threads <= 1 + std::thread::available_parallelism().unwrap().get() + 1,
-        "{threads} threads"
-    );
+}
+
+/// Threads of a server as CRI-O runs it (one per pod): the control thread
+/// alone while it holds no container, one engine worker with the first
+/// containers, whatever `--engine-workers` allows (issue 17).
+#[test]
+fn engine_workers_start_with_the_containers() {
+    let rt = &runtimes()[0];
+    let dir = TempDir::new("lean");
+    let server = Server::start_with(rt, &["--engine-workers", "4"]);
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", server.pid))
+            .unwrap()
+            .map(|task| {
+                let comm = task.unwrap().path().join("comm");
+                std::fs::read_to_string(comm).unwrap().trim().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(threads(), ["conmonrs"], "idle server");
+    for name in ["first", "second"] {
+        let bundle_dir = dir.path().join(name);
+        std::fs::create_dir(&bundle_dir).unwrap();
+        start_sleeping_container(&server, &bundle_dir);
+    }
+    let mut running = threads();
+    running.sort();
+    assert_eq!(running, ["conmonrs", "ringmon-io-0"], "two containers");
 }
