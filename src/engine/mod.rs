@@ -697,20 +697,6 @@ struct WorkerSpawner {
     attach_drops: Arc<AtomicU64>,
 }
 
-impl WorkerSpawner {
-    fn spawn(&self, index: usize) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
-        spawn_worker(
-            index,
-            self.backend,
-            self.pipe_sizer,
-            self.options,
-            self.events.clone(),
-            self.assignments.clone(),
-            self.attach_drops.clone(),
-        )
-    }
-}
-
 /// The `EngineConfig` settings each worker applies itself.
 #[derive(Clone, Copy)]
 struct WorkerOptions {
@@ -718,69 +704,69 @@ struct WorkerOptions {
     attach_done_packet: bool,
 }
 
-/// Spawns worker `index`; returns once its backend is set up (or failed).
-fn spawn_worker(
-    index: usize,
-    backend: ResolvedBackend,
-    pipe_sizer: pipe_size::PipeSizer,
-    options: WorkerOptions,
-    events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
-    assignments: Arc<Mutex<Assignments>>,
-    attach_drops: Arc<AtomicU64>,
-) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
-    // Blocking: the ring reads it like a pipe (a non-blocking eventfd would
-    // make the ring read fail with EAGAIN instead of waiting).
-    let waker = Arc::new(
-        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
-            .map_err(|errno| EngineError::Setup(format!("worker {index}: eventfd: {errno}")))?,
-    );
-    let (commands_tx, commands_rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
-    let worker_waker = waker.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("ringmon-io-{index}"))
-        .spawn(move || {
-            // The ring (or epoll set) is created on the thread that uses it.
-            match backend {
-                ResolvedBackend::Uring => serve_when_ready(
-                    uring::UringBackend::new(worker_waker, pipe_sizer),
-                    backend,
-                    &ready_tx,
-                    |ring| {
-                        Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
-                            .with_batch_window(options.batch_window)
-                            .with_attach_done_packet(options.attach_done_packet)
-                            .run()
-                    },
-                ),
-                ResolvedBackend::Epoll => serve_when_ready(
-                    epoll::EpollBackend::new(worker_waker, pipe_sizer),
-                    backend,
-                    &ready_tx,
-                    |set| {
-                        Worker::new(index, set, commands_rx, events, assignments, attach_drops)
-                            .with_batch_window(options.batch_window)
-                            .with_attach_done_packet(options.attach_done_packet)
-                            .run()
-                    },
-                ),
+impl WorkerSpawner {
+    /// Spawns worker `index`; returns once its backend is set up (or failed).
+    fn spawn(&self, index: usize) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
+        let backend = self.backend;
+        let pipe_sizer = self.pipe_sizer;
+        let options = self.options;
+        let events = self.events.clone();
+        let assignments = self.assignments.clone();
+        let attach_drops = self.attach_drops.clone();
+        // Blocking: the ring reads it like a pipe (a non-blocking eventfd would
+        // make the ring read fail with EAGAIN instead of waiting).
+        let waker = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+                .map_err(|errno| EngineError::Setup(format!("worker {index}: eventfd: {errno}")))?,
+        );
+        let (commands_tx, commands_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let worker_waker = waker.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmon-io-{index}"))
+            .spawn(move || {
+                // The ring (or epoll set) is created on the thread that uses it.
+                match backend {
+                    ResolvedBackend::Uring => serve_when_ready(
+                        uring::UringBackend::new(worker_waker, pipe_sizer),
+                        backend,
+                        &ready_tx,
+                        |ring| {
+                            Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
+                                .with_batch_window(options.batch_window)
+                                .with_attach_done_packet(options.attach_done_packet)
+                                .run()
+                        },
+                    ),
+                    ResolvedBackend::Epoll => serve_when_ready(
+                        epoll::EpollBackend::new(worker_waker, pipe_sizer),
+                        backend,
+                        &ready_tx,
+                        |set| {
+                            Worker::new(index, set, commands_rx, events, assignments, attach_drops)
+                                .with_batch_window(options.batch_window)
+                                .with_attach_done_packet(options.attach_done_packet)
+                                .run()
+                        },
+                    ),
+                }
+            })
+            .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err("worker thread exited during setup".to_string()));
+        match ready {
+            Ok(()) => Ok((
+                WorkerHandle {
+                    commands: commands_tx,
+                    waker,
+                },
+                thread,
+            )),
+            Err(message) => {
+                let _ = thread.join();
+                Err(EngineError::Setup(format!("worker {index}: {message}")))
             }
-        })
-        .map_err(|err| EngineError::Setup(format!("worker {index}: spawn thread: {err}")))?;
-    let ready = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err("worker thread exited during setup".to_string()));
-    match ready {
-        Ok(()) => Ok((
-            WorkerHandle {
-                commands: commands_tx,
-                waker,
-            },
-            thread,
-        )),
-        Err(message) => {
-            let _ = thread.join();
-            Err(EngineError::Setup(format!("worker {index}: {message}")))
         }
     }
 }
