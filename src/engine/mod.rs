@@ -74,7 +74,12 @@
 //! default [`DEFAULT_BATCH_WINDOW`]) before it reads again, and one wake-up
 //! then takes the bursts of every container that wrote meanwhile. The bytes
 //! wait in the kernel's pipes, never in ringmon, so nothing can be lost to
-//! the pause. It never applies where someone waits:
+//! the pause. A batch that came more than a window after the previous one
+//! is not followed by a pause: output that arrives in bursts seconds apart
+//! (a pod's server with one container that logs now and then) was usually
+//! taken whole by that one read, and a pause would only add a wake-up per
+//! burst; the next batch, if it follows within a window, pauses. It never
+//! applies where someone waits:
 //! * a batch with a busy read ([`worker::BUSY_READ`], 16 KiB: a stream that
 //!   could fill a default pipe within a window), a command, an EOF, or an
 //!   attach socket event is followed by the next read at once;

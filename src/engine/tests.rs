@@ -1057,8 +1057,10 @@ fn expedite_ends_the_batch_pause(backend: BackendChoice) {
     let dir = TempDir::new("engine", "expedite");
     let (engine, mut events) = start_with_window(backend, 1, LONG_WINDOW);
     let mut file = fs::File::from(register_stdout_pipe(&engine, 1, &dir));
-    file.write_all(b"last words\n").unwrap();
-    // The worker reads the light line, then pauses for the window.
+    // Two light batches in a row: the worker pauses after the second.
+    file.write_all(b"last ").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    file.write_all(b"words\n").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     drop(file);
     engine.expedite(1);

@@ -288,6 +288,8 @@ pub struct Worker<B: Backend> {
     /// When the last chunk larger than [`LIGHT_CHUNK`] was routed, since the
     /// buffers were last given back (`None`: none since).
     heavy_output_at: Option<Instant>,
+    /// When the last batch with output was routed.
+    last_output_batch: Option<Instant>,
 }
 
 /// A read at least this large means a busy stream: the worker then reads
@@ -362,6 +364,7 @@ impl<B: Backend> Worker<B> {
             },
             batch_window: Duration::ZERO,
             heavy_output_at: None,
+            last_output_batch: None,
         }
     }
 
@@ -439,8 +442,21 @@ impl<B: Backend> Worker<B> {
             if load.heavy {
                 self.heavy_output_at = Some(Instant::now());
             }
-            if load.may_coalesce() && waited_ok {
-                self.pause_for_batch();
+            if load.data {
+                // Output that comes in bursts more than a window apart (a
+                // pod's one container logging now and then) gains nothing
+                // from a pause: its burst usually came in one piece. Only a
+                // batch that followed the previous one within a window shows
+                // output worth accumulating (many containers, or a steady
+                // stream of small writes).
+                let now = Instant::now();
+                let frequent = self
+                    .last_output_batch
+                    .is_some_and(|last| now.duration_since(last) < self.batch_window);
+                self.last_output_batch = Some(now);
+                if frequent && load.may_coalesce() && waited_ok {
+                    self.pause_for_batch();
+                }
             }
             if !self.apply_deferred_commands() {
                 break;
