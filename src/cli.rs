@@ -161,6 +161,9 @@ pub struct Cli {
 /// Subcommands. No top-level flag validation applies to them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Look at a running server: ps, logs, exec, attach, version
+    /// (`ringmon ctl --help`).
+    Ctl(crate::ctl::CtlArgs),
     /// Unshare namespaces, pin them with bind mounts and sleep until
     /// signalled (started by the server for createNamespaces).
     Pause(PauseArgs),
