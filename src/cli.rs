@@ -177,6 +177,7 @@ pub enum Command {
     Ctl(crate::ctl::CtlArgs),
     /// Unshare namespaces, pin them with bind mounts and sleep until
     /// signalled (started by the server for createNamespaces).
+    #[command(hide = true)]
     Pause(PauseArgs),
 }
 

@@ -545,3 +545,63 @@ fn exec_it_and_attach_on_a_terminal() {
         );
     });
 }
+
+/// `ringmon --help` and `ringmon ctl --help` show examples; the man pages
+/// and shell completions `tools/install.sh` installs are generated from the
+/// same clap definitions and name the ctl commands.
+#[test]
+fn help_man_pages_and_completions() {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--help");
+    let help = run_timed(cmd, None);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(
+        help.stdout.contains("Examples:") && help.stdout.contains("ringmon ctl"),
+        "{help:?}"
+    );
+    assert!(
+        !help.stdout.contains("pause"),
+        "internal subcommand shown: {help:?}"
+    );
+    let mut cmd = Command::new(binary());
+    cmd.args(["ctl", "--help"]);
+    let help = run_timed(cmd, None);
+    assert_eq!(help.code, 0, "{help:?}");
+    for word in [
+        "Examples:",
+        "exec -it",
+        "ps",
+        "logs",
+        "attach",
+        "--runtime-dir",
+    ] {
+        assert!(help.stdout.contains(word), "{word}: {help:?}");
+    }
+
+    let out = TempDir::new("docs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmon-gen-docs"));
+    cmd.arg(out.path());
+    let gen = run_timed(cmd, None);
+    assert_eq!(gen.code, 0, "{gen:?}");
+    let man = |name: &str| fs::read_to_string(out.path().join("man").join(name)).unwrap();
+    assert!(man("ringmon.1").contains(".TH ringmon"));
+    assert!(man("ringmon-ctl.1").contains(".TH ringmon-ctl"));
+    assert!(man("ringmon.1").contains("runtime\\-dir"));
+    let ctl_page = man("ringmon-ctl.1");
+    assert!(
+        ctl_page.contains("attach") && ctl_page.contains("Examples"),
+        "{ctl_page}"
+    );
+    assert!(man("ringmon-ctl-logs.1").contains("since"));
+    let bash = out.path().join("completions/ringmon.bash");
+    let script = fs::read_to_string(&bash).unwrap();
+    assert!(script.contains("ctl") && script.contains("attach") && script.contains("--tail"));
+    let mut cmd = Command::new("bash");
+    cmd.arg("-n").arg(&bash);
+    let syntax = run_timed(cmd, None);
+    assert_eq!(syntax.code, 0, "{syntax:?}");
+    for other in ["_ringmon", "ringmon.fish"] {
+        let text = fs::read_to_string(out.path().join("completions").join(other)).unwrap();
+        assert!(text.contains("exec"), "{other}");
+    }
+}
