@@ -237,6 +237,22 @@ fn version_ps_and_errors() {
             bad.code == 125 && bad.stderr.contains("is not running"),
             "{bad:?}"
         );
+        // Without --runtime-dir: this server is found through /proc, alone
+        // or among the others running on this machine (other tests').
+        let mut cmd = Command::new(binary());
+        cmd.args(["ctl", "version"])
+            .env_remove("CONMON_RUNTIME_DIR");
+        let found = run_timed(cmd, None);
+        let dir = host.runtime_dir().display().to_string();
+        match found.code {
+            0 => assert!(found.stdout.contains(&dir), "{found:?}"),
+            _ => assert!(
+                found.code == 125
+                    && found.stderr.contains("several ringmon servers found")
+                    && found.stderr.contains(&dir),
+                "{found:?}"
+            ),
+        }
         let nowhere = host.dir.path().join("nowhere");
         let bad = ctl_in(&nowhere, &["ps"], None);
         assert_eq!(bad.code, 125, "{bad:?}");
