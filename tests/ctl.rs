@@ -621,3 +621,48 @@ fn help_man_pages_and_completions() {
         assert!(text.contains("exec"), "{other}");
     }
 }
+
+/// `logs -f` goes on through a log rotation (the file renamed, the server
+/// told to reopen its log, as kubelet does) without losing a line.
+#[test]
+fn logs_follow_through_rotation() {
+    for_each_runtime(|rt| {
+        let mut host = Host::start(rt);
+        let id = host.container(
+            "rotated",
+            &[
+                "/bin/sh",
+                "-c",
+                "echo before; sleep 2; echo after; sleep 1; echo end",
+            ],
+            false,
+            false,
+            false,
+        );
+        let dir = host.runtime_dir();
+        let follow_id = id.clone();
+        let follower = std::thread::spawn(move || ctl_in(&dir, &["logs", "-f", &follow_id], None));
+        let log = PathBuf::from(host.log_path("rotated"));
+        assert!(
+            wait_until(Duration::from_secs(10), || fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("before"))),
+            "nothing logged"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        fs::rename(&log, log.with_extension("log.1")).unwrap();
+        run_local(async {
+            host.server.client().await.reopen_log(&id).await.unwrap();
+        });
+        let f = follower.join().unwrap();
+        assert_eq!(
+            (f.code, f.stdout.as_str()),
+            (0, "before\nafter\nend\n"),
+            "{f:?}"
+        );
+        let (rotated, _) = parse_cri(&fs::read(log.with_extension("log.1")).unwrap());
+        assert_eq!(
+            rotated, b"before\n",
+            "the rotation came too late to test anything"
+        );
+    });
+}
