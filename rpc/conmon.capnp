@@ -300,6 +300,32 @@ interface Conmon {
     exited @2;
   }
 
+  # ringmon extension: the containers this server monitors and the most
+  # recently exited ones (at most 256 of those), ordered by id, for an
+  # operator's `ringmon ctl ps`. The reply holds at most 4096 entries;
+  # `truncated` says some were left out.
+  listContainers @15 (request: ListContainersRequest) -> (response: ListContainersResponse);
+
+  struct ListContainersRequest {
+    metadata @0 :Metadata;
+  }
+
+  struct ListContainersResponse {
+    containers @0 :List(ContainerInfo);
+    truncated @1 :Bool;
+  }
+
+  struct ContainerInfo {
+    id @0 :Text;
+    pid @1 :UInt32;
+    running @2 :Bool;
+    exitCode @3 :Int32;              # valid when not running
+    createdUnixMillis @4 :Int64;     # when the runtime's create returned
+    exitedUnixMillis @5 :Int64;      # 0 while running
+    runtime @6 :Text;                # the OCI runtime binary
+    logDrivers @7 :List(LogDriver);  # maxSize is not reported (0)
+  }
+
   enum CgroupManager {
     systemd @0;
     cgroupfs @1;

@@ -51,12 +51,23 @@ impl From<IoBackend> for BackendChoice {
     }
 }
 
+/// Shown after `ringmon --help`.
+const SERVER_EXAMPLES: &str = "\
+Examples:
+  ringmon --runtime /usr/sbin/runc --runtime-dir /run/ringmon --log-driver stdout --skip-fork
+  ringmon --version full
+  ringmon ctl --runtime-dir /run/ringmon ps        (the operator's client: ringmon ctl --help)
+
+Started by the conmon-rs Go client (CRI-O) with --runtime and --runtime-dir; also answers conmon's
+command line (podman's conmon_path, CRI-O's oci handlers) when named conmon or given its flags.";
+
 /// ringmon: a conmon-rs compatible container monitor.
 #[derive(Debug, Parser)]
 #[command(
     name = "ringmon",
     disable_version_flag = true,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    after_help = SERVER_EXAMPLES
 )]
 pub struct Cli {
     /// Internal subcommands (run by the server itself).
@@ -161,8 +172,12 @@ pub struct Cli {
 /// Subcommands. No top-level flag validation applies to them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Look at a running server: ps, logs, exec, attach, version
+    /// (`ringmon ctl --help`).
+    Ctl(crate::ctl::CtlArgs),
     /// Unshare namespaces, pin them with bind mounts and sleep until
     /// signalled (started by the server for createNamespaces).
+    #[command(hide = true)]
     Pause(PauseArgs),
 }
 

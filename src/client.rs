@@ -135,6 +135,30 @@ pub struct PinnedNamespace {
     pub path: String,
 }
 
+/// One entry of the listContainers reply (ringmon extension @15).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub pid: u32,
+    pub running: bool,
+    /// Valid when not running.
+    pub exit_code: i32,
+    pub created_unix_millis: i64,
+    /// 0 while running.
+    pub exited_unix_millis: i64,
+    pub runtime: String,
+    /// (kind as in [`LogDriver::kind`], path; empty for journald).
+    pub logs: Vec<(u16, String)>,
+}
+
+/// The listContainers reply.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerList {
+    pub containers: Vec<ContainerInfo>,
+    /// The server left some out (reply bound).
+    pub truncated: bool,
+}
+
 /// A connection to a ringmon (or conmon-rs) server.
 pub struct Client {
     conmon: conmon::Client,
@@ -579,6 +603,44 @@ impl Client {
             });
         }
         Ok(pins)
+    }
+
+    /// The monitored and recently exited containers (ringmon extension
+    /// @15).
+    pub async fn list_containers(&self) -> Result<ContainerList, ClientError> {
+        let mut req = self.conmon.list_containers_request();
+        req.get().init_request();
+        let reply = req.send().promise.await?;
+        let r = reply.get()?.get_response()?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>, field: &str| {
+            t?.to_string()
+                .map_err(|e| capnp::Error::failed(format!("{field} not UTF-8: {e}")))
+        };
+        let mut containers = Vec::new();
+        for c in r.get_containers()?.iter() {
+            let mut logs = Vec::new();
+            for d in c.get_log_drivers()?.iter() {
+                let kind = match d.get_type() {
+                    Ok(t) => t as u16,
+                    Err(capnp::NotInSchema(v)) => v,
+                };
+                logs.push((kind, text(d.get_path(), "logDrivers.path")?));
+            }
+            containers.push(ContainerInfo {
+                id: text(c.get_id(), "id")?,
+                pid: c.get_pid(),
+                running: c.get_running(),
+                exit_code: c.get_exit_code(),
+                created_unix_millis: c.get_created_unix_millis(),
+                exited_unix_millis: c.get_exited_unix_millis(),
+                runtime: text(c.get_runtime(), "runtime")?,
+                logs,
+            });
+        }
+        Ok(ContainerList {
+            containers,
+            truncated: r.get_truncated(),
+        })
     }
 
     /// Unpins a pod's namespaces (ringmon extension @11).

@@ -11,6 +11,7 @@ pub mod client;
 pub mod conmon;
 pub mod control;
 pub mod core;
+pub mod ctl;
 pub mod engine;
 pub mod fixture;
 pub mod log;

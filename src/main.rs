@@ -23,10 +23,17 @@ const SOCKET_NAME: &str = "conmon.sock";
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if ringmon::role::detect(&argv) == ringmon::role::Role::Conmon {
-        std::process::exit(ringmon::conmon::main(&argv));
+    match ringmon::role::detect(&argv) {
+        ringmon::role::Role::Conmon => std::process::exit(ringmon::conmon::main(&argv)),
+        ringmon::role::Role::Ctl => std::process::exit(ringmon::ctl::main(&argv)),
+        ringmon::role::Role::ConmonRs => {}
     }
     let cli = Cli::parse();
+    if let Some(ringmon::cli::Command::Ctl(ctl)) = cli.command {
+        // Reached only when role detection did not see `ctl` first; parsed
+        // the same way.
+        std::process::exit(ringmon::ctl::run(ctl));
+    }
     if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
         // Tiny on purpose: no flag checks, no daemonizing, no tokio runtime,
         // no engine (spec §1.2, §6.2).

@@ -14,6 +14,8 @@ pub enum Role {
     ConmonRs,
     /// conmon's flags (`crate::conmon::cli`).
     Conmon,
+    /// `ringmon ctl ...`: the operator's client (`crate::ctl`).
+    Ctl,
 }
 
 /// The program name that always selects conmon mode (a symlink, or a copy
@@ -22,6 +24,9 @@ pub const CONMON_PROGRAM_NAME: &str = "conmon";
 
 /// conmon-rs's internal subcommand (`crate::cli::Command::Pause`).
 const PAUSE_SUBCOMMAND: &str = "pause";
+
+/// The operator's client (`crate::ctl`), always the first argument.
+pub const CTL_SUBCOMMAND: &str = "ctl";
 
 /// Conmon mode when argv[0]'s file name is `conmon`, or when any argument is
 /// a flag only conmon has (`--cid`, `--bundle`/`-b`, `--exit-dir`,
@@ -49,6 +54,11 @@ pub fn detect(argv: &[OsString]) -> Role {
     // argument first.
     if argv.get(1).is_some_and(|a| a == PAUSE_SUBCOMMAND) {
         return Role::ConmonRs;
+    }
+    // No conmon client puts a positional argument first either; ctl's own
+    // flags (exec's `-i`, `-t`) may look like conmon's.
+    if argv.get(1).is_some_and(|a| a == CTL_SUBCOMMAND) {
+        return Role::Ctl;
     }
     let named_conmon = argv
         .first()
@@ -90,6 +100,16 @@ mod tests {
             assert_eq!(detect(&argv("/usr/local/bin/ringmon", &rest)), Role::Conmon);
             assert_eq!(detect(&argv("/usr/bin/conmon", &rest)), Role::Conmon);
         }
+    }
+
+    #[test]
+    fn ctl_first_is_the_client_even_with_conmon_like_flags() {
+        let exec = strings(&["ctl", "exec", "-i", "-t", "abc", "--", "sh"]);
+        assert_eq!(detect(&argv("/usr/bin/ringmon", &exec)), Role::Ctl);
+        assert_eq!(detect(&argv("/usr/bin/conmon", &exec)), Role::Ctl);
+        // Only as the first argument.
+        let later = strings(&["--runtime-dir", "/x", "ctl"]);
+        assert_eq!(detect(&argv("ringmon", &later)), Role::ConmonRs);
     }
 
     #[test]

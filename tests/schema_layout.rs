@@ -403,8 +403,9 @@ fn legacy_field_slots_match_the_spec() {
 }
 
 /// Method ordinals as compiled: the v1 ones are unchanged and the ringmon
-/// extension `releaseNamespaces` is appended as @11 (old clients never
-/// call it, so they see no change).
+/// extensions are appended (`releaseNamespaces` @11, exec sessions @12-14,
+/// `listContainers` @15; old clients never call them, so they see no
+/// change).
 #[test]
 fn method_ordinals() {
     let generated = include_str!(concat!(env!("OUT_DIR"), "/conmon_capnp.rs"));
@@ -432,6 +433,7 @@ fn method_ordinals() {
         "create_exec_session",
         "start_exec_session",
         "exec_session_status",
+        "list_containers",
     ]
     .iter()
     .enumerate()
@@ -446,6 +448,16 @@ fn method_ordinals() {
         size::<conmon::release_namespaces_response::Builder<'static>>(),
         (0, 0)
     );
+    // The container listing extension (ordinal 15).
+    assert_eq!(
+        size::<conmon::list_containers_request::Builder<'static>>(),
+        (0, 1)
+    );
+    assert_eq!(
+        size::<conmon::list_containers_response::Builder<'static>>(),
+        (1, 1)
+    );
+    assert_eq!(size::<conmon::container_info::Builder<'static>>(), (4, 3));
     // The exec session extension (ordinals 12-14).
     for (got, want) in [
         (

@@ -307,6 +307,20 @@ impl conmon::Server for ConmonServer {
         }
         Ok(())
     }
+
+    async fn list_containers(
+        self: Rc<Self>,
+        _params: conmon::ListContainersParams,
+        mut results: conmon::ListContainersResults,
+    ) -> Result<(), capnp::Error> {
+        let list = self.monitor.list_containers();
+        rpc::list_containers_reply(
+            results.get().init_response(),
+            &list,
+            self.monitor.runtime_path(),
+        );
+        Ok(())
+    }
 }
 
 /// Accepts connections forever, one RPC system per connection; a peer that

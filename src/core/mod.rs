@@ -12,6 +12,7 @@ pub mod exec;
 pub mod exec_session;
 pub mod exit_files;
 pub mod fd_socket;
+pub mod listing;
 pub mod monitor;
 pub mod namespaces;
 pub mod oom;

@@ -31,6 +31,7 @@ use super::exec::{
 };
 use super::exit_files::{write_exit_files, write_oom_files};
 use super::fd_socket::{FdSocket, NoSuchSlot};
+use super::listing::{ContainerExit, ContainerSummary};
 use super::oom::OomWatcher;
 use super::runtime::{CreateArgs, ExecArgs, RuntimeConfig};
 use super::{CoreError, CreateContainer};
@@ -55,6 +56,20 @@ const RUNTIME_STDERR_MAX: usize = 64 * 1024;
 /// The fd socket's file name in the runtime dir (spec §1.5).
 pub const FD_SOCKET_NAME: &str = "conmon-fd.sock";
 
+/// A child as listed; `exit_code` once it has exited.
+fn summary(id: &str, child: &Child, exit_code: Option<i32>) -> ContainerSummary {
+    ContainerSummary {
+        id: id.to_string(),
+        pid: child.pid,
+        created: child.created,
+        exit: exit_code.map(|code| ContainerExit {
+            code,
+            at: std::time::SystemTime::now(),
+        }),
+        logs: child.logs.clone(),
+    }
+}
+
 /// One monitored process registered under a container id.
 struct Child {
     key: ContainerKey,
@@ -72,6 +87,10 @@ struct Child {
     /// The exit code its exit files get whatever the process's status is
     /// (-1 after [`Monitor::kill_for_timeout`]).
     forced_exit_code: Option<i32>,
+    /// When its create finished (listing).
+    created: std::time::SystemTime,
+    /// Its log drivers (listing).
+    logs: Vec<(crate::log::LogFormat, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -100,6 +119,8 @@ struct State {
     /// Waiters for a container's exit handling to end, by id
     /// ([`Monitor::container_exit`]).
     exit_waiters: HashMap<String, Vec<oneshot::Sender<i32>>>,
+    /// Recently exited containers, for [`Monitor::list_containers`].
+    exited: super::listing::ExitedRing,
 }
 
 /// The container monitor.
@@ -518,7 +539,14 @@ impl Monitor {
                 stdin_once,
                 _leaked: fds.leaked,
                 forced_exit_code: None,
+                created: std::time::SystemTime::now(),
+                logs: req
+                    .logs
+                    .iter()
+                    .map(|l| (l.format, l.path.clone()))
+                    .collect(),
             });
+            st.exited.forget(&req.id);
         }
         let exit_policy = ExitPolicy {
             id: req.id.clone(),
@@ -847,17 +875,19 @@ impl Monitor {
                 warn!(%id, "cleanup command '{prog}': {e}");
             }
         }
-        let mut st = self.state.borrow_mut();
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
         st.drain_waiters.remove(key);
         if let Some(list) = st.children.get_mut(id) {
             for child in list.iter_mut().filter(|c| c.key == *key) {
                 child.attach.close();
+                st.exited.push(summary(id, child, Some(code)));
             }
             list.retain(|c| c.key != *key);
             if list.is_empty() {
                 st.children.remove(id);
                 let waiters = st.exit_waiters.remove(id).unwrap_or_default();
-                drop(st);
+                drop(guard);
                 self.end_sessions(id);
                 for waiter in waiters {
                     let _ = waiter.send(code);
@@ -929,6 +959,30 @@ impl Monitor {
         let master = child.terminal.as_ref().ok_or(CoreError::NoTerminal)?;
         sys::tty::set_window_size(master, width, height)
             .map_err(|e| CoreError::io("resize terminal", e))
+    }
+
+    /// The OCI runtime binary every container here runs under.
+    pub fn runtime_path(&self) -> &Path {
+        &self.runtime.path
+    }
+
+    /// The monitored containers (the newest child of each id) and the most
+    /// recently exited ones (`listing::MAX_EXITED_KEPT`), ordered by id.
+    pub fn list_containers(&self) -> Vec<ContainerSummary> {
+        let st = self.state.borrow();
+        let mut list: Vec<ContainerSummary> = st
+            .children
+            .iter()
+            .filter_map(|(id, l)| l.last().map(|c| summary(id, c, None)))
+            .collect();
+        list.extend(
+            st.exited
+                .iter()
+                .filter(|e| !st.children.contains_key(&e.id))
+                .cloned(),
+        );
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
     }
 
     fn lookup<T>(&self, id: &str, f: impl FnOnce(&Child) -> T) -> Result<T, CoreError> {

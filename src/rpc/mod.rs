@@ -466,6 +466,51 @@ pub fn wire_session_state(state: SessionState) -> conmon::ExecSessionState {
     }
 }
 
+/// Containers a `listContainers` reply holds at most.
+pub const MAX_LISTED_CONTAINERS: usize = 4096;
+
+/// Milliseconds since the Unix epoch (0 for an earlier time).
+fn unix_millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Encodes the `listContainers` reply: the first [`MAX_LISTED_CONTAINERS`]
+/// of `list`, `truncated` when there were more.
+pub fn list_containers_reply(
+    mut r: conmon::list_containers_response::Builder<'_>,
+    list: &[crate::core::listing::ContainerSummary],
+    runtime: &std::path::Path,
+) {
+    let shown = &list[..list.len().min(MAX_LISTED_CONTAINERS)];
+    r.set_truncated(shown.len() < list.len());
+    let runtime = runtime.to_string_lossy();
+    let mut out = r.init_containers(shown.len() as u32);
+    for (i, c) in shown.iter().enumerate() {
+        let mut e = out.reborrow().get(i as u32);
+        e.set_id(c.id.as_str());
+        e.set_pid(c.pid);
+        e.set_running(c.exit.is_none());
+        e.set_created_unix_millis(unix_millis(c.created));
+        if let Some(exit) = c.exit {
+            e.set_exit_code(exit.code);
+            e.set_exited_unix_millis(unix_millis(exit.at));
+        }
+        e.set_runtime(runtime.as_ref());
+        let mut logs = e.init_log_drivers(c.logs.len() as u32);
+        for (j, (format, path)) in c.logs.iter().enumerate() {
+            let mut d = logs.reborrow().get(j as u32);
+            d.set_type(match format {
+                LogFormat::Cri => conmon::log_driver::Type::ContainerRuntimeInterface,
+                LogFormat::Json => conmon::log_driver::Type::Json,
+                LogFormat::Journald => conmon::log_driver::Type::Journald,
+            });
+            d.set_path(path.to_string_lossy().as_ref());
+        }
+    }
+}
+
 /// Reads and checks the id of a request that targets a known container.
 pub fn target_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, RequestError> {
     container_id("id", text("id", r)?)

@@ -348,3 +348,26 @@ pub fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
+
+/// Receives one packet from a blocking SOCK_SEQPACKET socket into `buf`
+/// (a longer packet is truncated to it), waiting for one; retries after a
+/// signal. `Ok(0)`: the peer closed or shut down writing.
+pub fn recv_packet_blocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match recv(fd.as_raw_fd(), buf, MsgFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Sends one packet on a blocking socket, waiting for room, without raising
+/// SIGPIPE; retries after a signal.
+pub fn send_packet_blocking(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<()> {
+    loop {
+        match nix::sys::socket::send(fd.as_raw_fd(), packet, MsgFlags::MSG_NOSIGNAL) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map(|_| ()).map_err(io::Error::from),
+        }
+    }
+}
