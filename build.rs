@@ -120,8 +120,10 @@ fn dependency_list() -> String {
 fn link_monitor_without_pie() {
     println!("cargo:rerun-if-env-changed=RINGMON_PIE");
     let pie = std::env::var("RINGMON_PIE").is_ok_and(|value| value == "1");
-    let target = std::env::var("TARGET").unwrap_or_default();
-    if !pie && target.contains("-linux-") {
+    // glibc targets only: musl targets link static-pie, untried with this.
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if !pie && os == "linux" && env == "gnu" {
         println!("cargo:rustc-link-arg-bin=ringmon=-no-pie");
     }
 }

@@ -74,12 +74,13 @@
 //! default [`DEFAULT_BATCH_WINDOW`]) before it reads again, and one wake-up
 //! then takes the bursts of every container that wrote meanwhile. The bytes
 //! wait in the kernel's pipes, never in ringmon, so nothing can be lost to
-//! the pause. A batch that came more than a window after the previous one
-//! is not followed by a pause: output that arrives in bursts seconds apart
-//! (a pod's server with one container that logs now and then) was usually
-//! taken whole by that one read, and a pause would only add a wake-up per
-//! burst; the next batch, if it follows within a window, pauses. It never
-//! applies where someone waits:
+//! the pause. A batch whose wait lasted a window or more is not followed by
+//! a pause: output that arrives in bursts seconds apart (a pod's server
+//! with one container that logs now and then) was usually taken whole by
+//! that one read, and a pause would only add a wake-up per burst; when the
+//! pipes hold output again within a window (after a batch or a pause: many
+//! containers, or a steady stream), the worker pauses. It never applies
+//! where someone waits:
 //! * a batch with a busy read ([`worker::BUSY_READ`], 16 KiB: a stream that
 //!   could fill a default pipe within a window), a command, an EOF, or an
 //!   attach socket event is followed by the next read at once;
@@ -318,8 +319,8 @@ pub const CONTAINERS_PER_WORKER: usize = 32;
 /// Handle to the worker threads. `Send + Sync`; methods never block on I/O
 /// (registering a container may start a worker thread).
 pub struct Engine {
-    /// The workers started so far; a worker's index is its position.
-    workers: Mutex<Vec<WorkerHandle>>,
+    /// The workers started so far, and whether the engine is shut down.
+    workers: Mutex<Workers>,
     /// What starting one more worker takes.
     spawner: WorkerSpawner,
     assignments: Arc<Mutex<Assignments>>,
@@ -327,6 +328,13 @@ pub struct Engine {
     /// Why that backend runs (forced, or what the probe found).
     backend_reason: String,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The workers an `Engine` started (a worker's index is its position), and
+/// whether it was shut down (then none starts any more).
+struct Workers {
+    started: Vec<WorkerHandle>,
+    shut_down: bool,
 }
 
 /// The `Engine`'s side of one worker.
@@ -405,7 +413,10 @@ impl Engine {
         let worker_count = config.workers.max(1);
         let assignments = Arc::new(Mutex::new(Assignments::new(worker_count)));
         Ok(Engine {
-            workers: Mutex::new(Vec::with_capacity(worker_count)),
+            workers: Mutex::new(Workers {
+                started: Vec::with_capacity(worker_count),
+                shut_down: false,
+            }),
             spawner: WorkerSpawner {
                 backend,
                 pipe_sizer,
@@ -427,7 +438,7 @@ impl Engine {
 
     /// How many worker threads run now.
     pub fn started_workers(&self) -> usize {
-        self.lock_workers().len()
+        self.lock_workers().started.len()
     }
 
     /// Name of the backend actually running ("io_uring" or "epoll").
@@ -452,8 +463,8 @@ impl Engine {
             // Held across the start of a new worker, so that two
             // registrations never start the same one.
             let mut workers = self.lock_workers();
-            let worker = self.lock_assignments().assign(key, workers.len())?;
-            if worker == workers.len() {
+            let worker = self.lock_assignments().assign(key, workers.started.len())?;
+            if worker == workers.started.len() {
                 if let Err(err) = self.start_worker(worker, &mut workers) {
                     self.lock_assignments().release(key, worker);
                     return Err(err);
@@ -520,7 +531,7 @@ impl Engine {
             Some(worker) => worker,
             None => {
                 let mut workers = self.lock_workers();
-                if workers.is_empty() {
+                if workers.started.is_empty() {
                     self.start_worker(0, &mut workers)?;
                 }
                 0
@@ -578,7 +589,13 @@ impl Engine {
     /// Stops the workers after they flushed every log writer; attach clients
     /// are closed (without a done packet). Idempotent.
     pub fn shutdown(&self) {
-        let started = self.lock_workers().clone();
+        let started = {
+            // Set under the lock that starting a worker holds: no worker
+            // starts after this, so `threads` below holds every one.
+            let mut workers = self.lock_workers();
+            workers.shut_down = true;
+            workers.started.clone()
+        };
         for handle in &started {
             // A worker that is already gone needs no stopping.
             let _ = handle.deliver(Command::Shutdown);
@@ -622,19 +639,18 @@ impl Engine {
 
     /// The handle of worker `worker`, if it was started.
     fn handle(&self, worker: usize) -> Option<WorkerHandle> {
-        self.lock_workers().get(worker).cloned()
+        self.lock_workers().started.get(worker).cloned()
     }
 
     /// Starts worker `index` (the next one) and adds it to `workers`.
-    fn start_worker(
-        &self,
-        index: usize,
-        workers: &mut Vec<WorkerHandle>,
-    ) -> Result<(), EngineError> {
-        debug_assert_eq!(index, workers.len());
+    fn start_worker(&self, index: usize, workers: &mut Workers) -> Result<(), EngineError> {
+        debug_assert_eq!(index, workers.started.len());
+        if workers.shut_down {
+            return Err(EngineError::WorkerGone(index));
+        }
         let (handle, thread) = self.spawner.spawn(index)?;
         tracing::debug!(worker = index, "engine worker started");
-        workers.push(handle);
+        workers.started.push(handle);
         self.threads
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -642,7 +658,7 @@ impl Engine {
         Ok(())
     }
 
-    fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<WorkerHandle>> {
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, Workers> {
         // Only ever appended to: consistent even if a holder panicked.
         self.workers
             .lock()

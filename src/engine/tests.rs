@@ -1194,3 +1194,15 @@ fn all_workers_running_share_the_load_beyond_the_threshold() {
     }
     assert_eq!(assignments.load, vec![CONTAINERS_PER_WORKER * 2]);
 }
+
+#[test]
+fn no_worker_starts_after_shutdown() {
+    let (engine, _events) = start(BackendChoice::Epoll, 2);
+    engine.shutdown();
+    let refused = engine.register(without_sources(1));
+    assert!(
+        matches!(refused, Err(EngineError::WorkerGone(0))),
+        "{refused:?}"
+    );
+    assert_eq!(engine.started_workers(), 0);
+}

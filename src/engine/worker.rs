@@ -288,8 +288,6 @@ pub struct Worker<B: Backend> {
     /// When the last chunk larger than [`LIGHT_CHUNK`] was routed, since the
     /// buffers were last given back (`None`: none since).
     heavy_output_at: Option<Instant>,
-    /// When the last batch with output was routed.
-    last_output_batch: Option<Instant>,
 }
 
 /// A read at least this large means a busy stream: the worker then reads
@@ -364,7 +362,6 @@ impl<B: Backend> Worker<B> {
             },
             batch_window: Duration::ZERO,
             heavy_output_at: None,
-            last_output_batch: None,
         }
     }
 
@@ -397,6 +394,7 @@ impl<B: Backend> Worker<B> {
             let routing = &mut self.routing;
             routing.batch += 1;
             let mut load = BatchLoad::default();
+            let wait_started = Instant::now();
             let waited = self.backend.wait(timeout, &mut |event| match event {
                 BackendEvent::Wake => {
                     load.urgent = true;
@@ -442,21 +440,16 @@ impl<B: Backend> Worker<B> {
             if load.heavy {
                 self.heavy_output_at = Some(Instant::now());
             }
-            if load.data {
-                // Output that comes in bursts more than a window apart (a
-                // pod's one container logging now and then) gains nothing
-                // from a pause: its burst usually came in one piece. Only a
-                // batch that followed the previous one within a window shows
-                // output worth accumulating (many containers, or a steady
-                // stream of small writes).
-                let now = Instant::now();
-                let frequent = self
-                    .last_output_batch
-                    .is_some_and(|last| now.duration_since(last) < self.batch_window);
-                self.last_output_batch = Some(now);
-                if frequent && load.may_coalesce() && waited_ok {
-                    self.pause_for_batch();
-                }
+            // Output that comes in bursts more than a window apart (a pod's
+            // one container logging now and then) gains nothing from a
+            // pause: the burst usually came in one piece, and a pause would
+            // add a wake-up to each. A wait that ended within a window (the
+            // pipes held output again right after the last batch or pause:
+            // many containers, or a steady stream of small writes) shows
+            // output worth letting accumulate.
+            let frequent = wait_started.elapsed() < self.batch_window;
+            if frequent && load.may_coalesce() && waited_ok {
+                self.pause_for_batch();
             }
             if !self.apply_deferred_commands() {
                 break;

@@ -253,15 +253,21 @@ pub fn return_free_heap() {
 
 /// Hands the whole pages inside `buffer` back to the kernel: they read as
 /// zeros afterwards and cost no memory until written again. For a large
-/// read buffer that a burst made resident and that is idle now.
-pub fn discard_pages(buffer: &mut [u8]) {
-    // SAFETY: the range is `buffer`, which we borrow mutably; zero bytes
-    // are valid `u8`s.
+/// read buffer that a burst made resident and that is idle now. Only for
+/// memory from the global allocator that nothing but its owner touches:
+/// never for buffers registered with io_uring (the kernel would keep
+/// writing into the pages it pinned, which the process then no longer
+/// sees) or mapped from a file.
+pub fn discard_pages(buffer: &mut Box<[u8]>) {
+    // SAFETY: the range is `buffer`'s allocation (private anonymous memory
+    // from the global allocator), which we borrow mutably; zero bytes are
+    // valid `u8`s.
     unsafe { discard_range(buffer.as_mut_ptr(), buffer.len()) }
 }
 
 /// Hands the whole pages of `buffer`'s unused capacity back to the kernel
-/// (see [`discard_pages`]); its contents and its allocation are kept.
+/// (see [`discard_pages`], whose restrictions apply); its contents and its
+/// allocation are kept.
 pub fn discard_spare_capacity(buffer: &mut Vec<u8>) {
     let spare = buffer.spare_capacity_mut();
     // SAFETY: the range is the vector's spare capacity, which we borrow
@@ -306,8 +312,8 @@ mod tests {
         let page = page_size();
         let mut buffer = vec![7u8; page * 4].into_boxed_slice();
         // An unaligned window: only the whole pages inside it go.
-        let window = &mut buffer[page / 2..page * 3 + page / 2];
-        discard_pages(window);
+        // SAFETY: inside `buffer`, which this test owns.
+        unsafe { discard_range(buffer.as_mut_ptr().add(page / 2), page * 3) };
         let start = buffer.as_ptr() as usize;
         for (index, &byte) in buffer.iter().enumerate() {
             let address = start + index;
