@@ -29,10 +29,11 @@ fn main() {
         ringmon::role::Role::ConmonRs => {}
     }
     let cli = Cli::parse();
-    if let Some(ringmon::cli::Command::Ctl(ctl)) = cli.command {
-        // Reached only when role detection did not see `ctl` first; parsed
-        // the same way.
-        std::process::exit(ringmon::ctl::run(ctl));
+    if let Some(ringmon::cli::Command::Ctl(_)) = cli.command {
+        // Role detection only takes `ctl` as the first argument: after a
+        // server flag, ctl's own flags (exec's `-i`) would read as conmon's.
+        eprintln!("Error: `ctl` must be the first argument: ringmon ctl [OPTIONS] COMMAND");
+        std::process::exit(2);
     }
     if let Some(ringmon::cli::Command::Pause(pause)) = &cli.command {
         // Tiny on purpose: no flag checks, no daemonizing, no tokio runtime,

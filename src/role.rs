@@ -201,6 +201,9 @@ mod tests {
     /// its subcommands, so no command line conmon-rs accepts contains one.
     #[test]
     fn markers_are_no_conmon_rs_flag() {
+        // `ctl`'s subcommands are left out: their flags (exec's `-i`) may be
+        // markers, which is why `ctl` is only taken as the first argument,
+        // before any marker is looked at (main refuses it elsewhere).
         let cmd = crate::cli::Cli::command();
         let mut known: Vec<String> = Vec::new();
         for c in std::iter::once(&cmd).chain(cmd.get_subcommands()) {

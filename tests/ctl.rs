@@ -579,6 +579,18 @@ fn help_man_pages_and_completions() {
         !help.stdout.contains("pause"),
         "internal subcommand shown: {help:?}"
     );
+    // `ctl` after a server flag is refused with a hint, never taken for
+    // a conmon command line because of exec's `-i`.
+    let mut cmd = Command::new(binary());
+    cmd.args(["--log-level", "debug", "ctl", "ps"]);
+    let misplaced = run_timed(cmd, None);
+    assert_eq!(misplaced.code, 2, "{misplaced:?}");
+    assert!(
+        misplaced
+            .stderr
+            .contains("`ctl` must be the first argument"),
+        "{misplaced:?}"
+    );
     let mut cmd = Command::new(binary());
     cmd.args(["ctl", "--help"]);
     let help = run_timed(cmd, None);

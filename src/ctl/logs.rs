@@ -14,6 +14,9 @@ use super::{log_file, CtlError, Server};
 
 /// How often `-f` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Most bytes read from the log at once: a log has no size limit unless
+/// the container was given one, and ctl's memory must not follow it.
+const READ_CHUNK: u64 = 1024 * 1024;
 /// How often `-f` asks the server whether the container still runs.
 const STATE_POLL: Duration = Duration::from_millis(500);
 
@@ -33,6 +36,8 @@ struct Reader {
     offset: u64,
     /// The start of a line whose end was not written yet.
     pending: Vec<u8>,
+    /// The last read reached the end of the file.
+    caught_up: bool,
 }
 
 impl Reader {
@@ -49,6 +54,7 @@ impl Reader {
             inode,
             offset: 0,
             pending: Vec::new(),
+            caught_up: false,
         })
     }
 
@@ -80,17 +86,31 @@ impl Reader {
         self.drain()
     }
 
+    /// Hands every complete line up to the end of the file to `each`, a
+    /// chunk at a time.
+    fn read_to_end(&mut self, mut each: impl FnMut(&[Vec<u8>])) -> Result<(), CtlError> {
+        loop {
+            each(&self.new_lines()?);
+            if self.caught_up {
+                return Ok(());
+            }
+        }
+    }
+
     fn drain(&mut self) -> Result<Vec<Vec<u8>>, CtlError> {
         let mut data = std::mem::take(&mut self.pending);
         let start = data.len();
-        self.file
+        (&mut self.file)
+            .take(READ_CHUNK)
             .read_to_end(&mut data)
             .map_err(|source| CtlError::File {
                 what: "read log",
                 path: self.path.clone(),
                 source,
             })?;
-        self.offset += (data.len() - start) as u64;
+        let read = (data.len() - start) as u64;
+        self.offset += read;
+        self.caught_up = read < READ_CHUNK;
         let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         self.pending = data.split_off(complete);
         Ok(data
@@ -106,6 +126,8 @@ struct Printer {
     kind: LogFileKind,
     since: Option<i64>,
     closed: bool,
+    /// Lines still to skip before printing (`--tail`).
+    skip: usize,
 }
 
 impl Printer {
@@ -124,7 +146,14 @@ impl Printer {
 
     fn lines(&mut self, lines: &[Vec<u8>]) {
         for line in lines {
-            match parse_line(self.kind, line) {
+            let parsed = parse_line(self.kind, line);
+            if self.skip > 0 {
+                if ends_line(&parsed) {
+                    self.skip -= 1;
+                }
+                continue;
+            }
+            match parsed {
                 Ok(r) => self.record(&r),
                 Err(e) => eprintln!("ringmon ctl logs: skipped a line: {e}"),
             }
@@ -140,36 +169,48 @@ fn write_record(out: &mut impl Write, r: &Record<'_>) -> std::io::Result<()> {
     out.flush()
 }
 
-/// The lines among `lines` that make up the last `n` log lines (a line
-/// being the records up to and including one that is not partial).
-fn last_lines(kind: LogFileKind, lines: &[Vec<u8>], n: usize) -> usize {
-    let mut ends = 0;
-    for (i, line) in lines.iter().enumerate().rev() {
-        // A trailing partial record is the last line, still open.
-        let ends_line = i + 1 == lines.len() || parse_line(kind, line).map_or(true, |r| !r.partial);
-        if ends_line {
-            ends += 1;
-            if ends > n {
-                return i + 1;
-            }
+/// Whether a record ends a log line (one that cannot be parsed counts as
+/// a line of its own).
+fn ends_line(parsed: &Result<Record<'_>, impl std::fmt::Display>) -> bool {
+    parsed.as_ref().map_or(true, |r| !r.partial)
+}
+
+/// Log lines in the records `lines`, given that `open` says whether the
+/// record before them left a line open; returns the count and whether the
+/// last record leaves one open (an open last line counts as a line).
+fn count_lines(kind: LogFileKind, lines: &[Vec<u8>], open: bool) -> (usize, bool) {
+    lines.iter().fold((0, open), |(ends, _), line| {
+        if ends_line(&parse_line(kind, line)) {
+            (ends + 1, false)
+        } else {
+            (ends, true)
         }
-    }
-    0
+    })
 }
 
 pub async fn run(server: &Server, id: &str, opts: Options) -> Result<i32, CtlError> {
     let container = server.find(id).await?;
     let (kind, path) =
         log_file(&container).ok_or_else(|| CtlError::NoLogFile(container.id.clone()))?;
-    let mut reader = Reader::open(path)?;
     let mut printer = Printer {
         kind,
         since: opts.since,
         closed: false,
+        skip: 0,
     };
-    let lines = reader.new_lines()?;
-    let from = opts.tail.map_or(0, |n| last_lines(kind, &lines, n));
-    printer.lines(&lines[from..]);
+    if let Some(n) = opts.tail {
+        // Counted in a first pass, so that no more than a chunk of the log
+        // is ever in memory.
+        let (mut total, mut open) = (0, false);
+        Reader::open(path)?.read_to_end(|lines| {
+            let (ends, still_open) = count_lines(kind, lines, open);
+            total += ends;
+            open = still_open;
+        })?;
+        printer.skip = (total + usize::from(open)).saturating_sub(n);
+    }
+    let mut reader = Reader::open(path)?;
+    reader.read_to_end(|lines| printer.lines(lines))?;
     if !opts.follow {
         return Ok(0);
     }
@@ -177,7 +218,7 @@ pub async fn run(server: &Server, id: &str, opts: Options) -> Result<i32, CtlErr
     let mut last_state_check = tokio::time::Instant::now();
     while running && !printer.closed {
         tokio::time::sleep(FOLLOW_POLL).await;
-        printer.lines(&reader.new_lines()?);
+        reader.read_to_end(|lines| printer.lines(lines))?;
         if last_state_check.elapsed() >= STATE_POLL {
             last_state_check = tokio::time::Instant::now();
             let list = server
@@ -190,7 +231,7 @@ pub async fn run(server: &Server, id: &str, opts: Options) -> Result<i32, CtlErr
         }
     }
     // Exited: the server wrote everything before it reported the exit.
-    printer.lines(&reader.new_lines()?);
+    reader.read_to_end(|lines| printer.lines(lines))?;
     Ok(0)
 }
 
@@ -206,14 +247,14 @@ mod tests {
     }
 
     #[test]
-    fn tail_counts_whole_lines() {
+    fn whole_lines_are_counted_across_chunks() {
         let lines = cri(&["stdout F a", "stdout P b", "stdout F c", "stdout F d"]);
-        assert_eq!(last_lines(LogFileKind::Cri, &lines, 1), 3);
-        assert_eq!(last_lines(LogFileKind::Cri, &lines, 2), 1);
-        assert_eq!(last_lines(LogFileKind::Cri, &lines, 3), 0);
-        assert_eq!(last_lines(LogFileKind::Cri, &lines, 10), 0);
-        assert_eq!(last_lines(LogFileKind::Cri, &lines, 0), 4);
+        assert_eq!(count_lines(LogFileKind::Cri, &lines, false), (3, false));
         let open = cri(&["stdout F a", "stdout F b", "stdout P c"]);
-        assert_eq!(last_lines(LogFileKind::Cri, &open, 1), 2);
+        assert_eq!(count_lines(LogFileKind::Cri, &open, false), (2, true));
+        // A line left open by the previous chunk ends in this one.
+        let rest = cri(&["stdout F c2", "stdout F d"]);
+        assert_eq!(count_lines(LogFileKind::Cri, &rest, true), (2, false));
+        assert_eq!(count_lines(LogFileKind::Cri, &[], true), (0, true));
     }
 }

@@ -4,6 +4,7 @@
 //! `crate::client`); it never reaches into the server's state otherwise,
 //! except for reading the log files the server names.
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -266,6 +267,11 @@ fn running_servers() -> Vec<PathBuf> {
         if !named {
             continue;
         }
+        // Anyone can name a process `conmonrs`: only a server run by root
+        // or by the user running ctl is trusted with the terminal.
+        let Some(owner) = trusted_owner(&proc_dir) else {
+            continue;
+        };
         let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
         let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
         let Some(dir) = runtime_dir_of(&cmdline, &environ) else {
@@ -280,12 +286,21 @@ fn running_servers() -> Vec<PathBuf> {
         } else {
             dir
         };
-        if dir.join(SOCKET_NAME).exists() && !dirs.contains(&dir) {
+        let socket_owned = std::fs::symlink_metadata(dir.join(SOCKET_NAME))
+            .is_ok_and(|meta| meta.file_type().is_socket() && meta.uid() == owner);
+        if socket_owned && !dirs.contains(&dir) {
             dirs.push(dir);
         }
     }
     dirs.sort();
     dirs
+}
+
+/// The owner of the process at `proc_dir` if it is root or the user
+/// running ctl (whom ctl may trust with the terminal), else `None`.
+fn trusted_owner(proc_dir: &Path) -> Option<u32> {
+    let owner = std::fs::metadata(proc_dir).ok()?.uid();
+    (owner == 0 || owner == crate::sys::process::effective_uid()).then_some(owner)
 }
 
 /// The runtime dir to use: the one given, else the only running server's.

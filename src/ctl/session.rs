@@ -99,14 +99,16 @@ pub async fn exec(server: &Server, id: &str, opts: ExecOptions) -> Result<i32, C
         cgroup_manager: if opts.systemd_cgroup { 0 } else { 1 },
         ..Default::default()
     };
+    // Everything local that can fail comes before the session exists: a
+    // suspended session left behind holds one of the container's slots.
+    let dir = SocketDir::create()?;
+    let socket = dir.socket();
     let (session_id, _) = server
         .call(
             "createExecSession",
             server.client.create_exec_session(&request),
         )
         .await?;
-    let dir = SocketDir::create()?;
-    let socket = dir.socket();
     // A piped stdin's end closes the process's stdin (`echo x | exec -i`).
     server
         .call(

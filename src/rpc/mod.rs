@@ -469,6 +469,9 @@ pub fn wire_session_state(state: SessionState) -> conmon::ExecSessionState {
 /// Containers a `listContainers` reply holds at most.
 pub const MAX_LISTED_CONTAINERS: usize = 4096;
 
+/// Most bytes of text (ids, paths) one `listContainers` reply carries.
+pub const MAX_LISTED_BYTES: usize = 8 * 1024 * 1024;
+
 /// Milliseconds since the Unix epoch (0 for an earlier time).
 fn unix_millis(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -483,9 +486,28 @@ pub fn list_containers_reply(
     list: &[crate::core::listing::ContainerSummary],
     runtime: &std::path::Path,
 ) {
-    let shown = &list[..list.len().min(MAX_LISTED_CONTAINERS)];
-    r.set_truncated(shown.len() < list.len());
     let runtime = runtime.to_string_lossy();
+    // Entries are bounded in number and, since a container may have many
+    // log drivers with long paths, in bytes too: a reply must stay well
+    // under a client's message limit (Cap'n Proto's default is 64 MiB).
+    let mut budget = MAX_LISTED_BYTES;
+    let fitting = list
+        .iter()
+        .take(MAX_LISTED_CONTAINERS)
+        .take_while(|c| {
+            let size = 128
+                + c.id.len()
+                + runtime.len()
+                + c.logs
+                    .iter()
+                    .map(|(_, path)| 32 + path.as_os_str().len())
+                    .sum::<usize>();
+            budget = budget.saturating_sub(size);
+            budget > 0
+        })
+        .count();
+    let shown = &list[..fitting];
+    r.set_truncated(shown.len() < list.len());
     let mut out = r.init_containers(shown.len() as u32);
     for (i, c) in shown.iter().enumerate() {
         let mut e = out.reborrow().get(i as u32);

@@ -238,6 +238,11 @@ pub fn kill_with_parent_in_child(cmd: &mut std::process::Command) {
     unsafe { cmd.pre_exec(hook) };
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 /// Gives malloc's free pages back to the kernel (glibc's `malloc_trim`):
 /// a monitor's resident memory then follows what it holds, not the
 /// high-water mark of its last burst of allocations (reading a bundle's
