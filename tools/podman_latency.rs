@@ -25,17 +25,17 @@
 //! `--warmups` untimed rounds come first (page cache, podman's first-use
 //! setup). p90 is by nearest rank.
 
+#[path = "sidebyside/interrupt.rs"]
+mod interrupt;
 #[path = "sidebyside/probe.rs"]
 mod probe;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use nix::sys::signal::{SigSet, Signal};
 
 /// The image every store imports.
 const IMAGE: &str = "localhost/ringmon-busybox:latest";
@@ -101,11 +101,7 @@ struct Args {
     keep: bool,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
-}
+use interrupt::interrupted;
 
 /// What one podman call left.
 struct CallOutput {
@@ -367,16 +363,10 @@ struct Row {
 
 fn main() {
     let args = Args::parse();
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().expect("block termination signals");
-    std::thread::spawn(move || {
-        let _ = signals.wait();
-        INTERRUPTED.store(true, Ordering::Relaxed);
-        eprintln!("\ninterrupted: stopping after this podman call");
-    });
+    interrupt::install_watcher(
+        || eprintln!("\ninterrupted: stopping after this podman call"),
+        || std::process::exit(130),
+    );
 
     let ringmon = args
         .ringmon

@@ -85,6 +85,8 @@
 
 #[path = "sidebyside/cri.rs"]
 mod cri;
+#[path = "sidebyside/interrupt.rs"]
+mod interrupt;
 #[path = "sidebyside/monitors.rs"]
 mod monitors;
 #[path = "sidebyside/probe.rs"]
@@ -98,7 +100,6 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -227,61 +228,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(n << shift)
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub use interrupt::interrupted;
 
-/// True once Ctrl-C (or SIGTERM/SIGHUP) arrived: every wait loop stops.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
-}
-
-/// Handlers for the termination signals, installed before any monitor is
-/// started: the first signal asks the run to stop and clean up, a second one
-/// (or a run that does not stop within a minute) cleans up from the watcher
-/// thread and exits.
-///
-/// Handlers, not a blocked mask with `sigwait`: a blocked mask is inherited
-/// by every child the tool spawns (std does not reset it here) and survives
-/// the monitors' daemonisation, so the servers would ignore the SIGTERM that
-/// stops them and be killed only after the grace period. Handlers are reset
-/// to the default by `exec`.
+/// The first termination signal asks the run to stop and clean up; a second
+/// one (or a run that does not stop within a minute) cleans up from the
+/// watcher thread and exits.
 fn install_signal_watcher() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime for the signal watcher");
-    let mut streams = {
-        let _in_runtime = rt.enter();
-        [
-            SignalKind::interrupt(),
-            SignalKind::terminate(),
-            SignalKind::hangup(),
-        ]
-        .map(|kind| signal(kind).expect("install a termination signal handler"))
-    };
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let [int, term, hup] = &mut streams;
-            let mut next_signal = async || {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                    _ = hup.recv() => {}
-                }
-            };
-            next_signal().await;
-            INTERRUPTED.store(true, Ordering::Relaxed);
+    interrupt::install_watcher(
+        || {
             eprintln!("\ninterrupted: removing containers and monitors (again to force)");
             std::thread::spawn(|| {
                 std::thread::sleep(Duration::from_secs(60));
                 monitors::cleanup_all();
                 std::process::exit(130);
             });
-            next_signal().await;
-        });
-        monitors::cleanup_all();
-        std::process::exit(130);
-    });
+        },
+        || {
+            monitors::cleanup_all();
+            std::process::exit(130);
+        },
+    );
 }
 
 type Failure = String;
