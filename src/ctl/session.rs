@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 
 use super::{CtlError, Server};
 use crate::client::CreateExecSessionRequest;
+use crate::engine::attach::{MAX_PACKET_PAYLOAD, PACKET_DONE, PACKET_STDERR};
 use crate::sys;
 
-/// Largest packet the server sends (type byte + 8191 payload bytes).
-const MAX_PACKET: usize = 8192;
+/// Largest packet the server sends: the type byte and its payload.
+const MAX_PACKET: usize = 1 + MAX_PACKET_PAYLOAD;
 /// Stdin is read and sent in chunks of at most this.
 const STDIN_CHUNK: usize = 4096;
 /// Ctrl-p then ctrl-q: detach (as podman and docker).
@@ -281,8 +282,8 @@ fn copy_output(conn: &OwnedFd) {
             Ok(n) => n,
         };
         let written = match buf[0] {
-            0 => return,
-            3 => write_flushed(&mut std::io::stderr().lock(), &buf[1..n]),
+            PACKET_DONE => return,
+            PACKET_STDERR => write_flushed(&mut std::io::stderr().lock(), &buf[1..n]),
             _ => write_flushed(&mut std::io::stdout().lock(), &buf[1..n]),
         };
         if written.is_err() {

@@ -680,23 +680,47 @@ impl Drop for Engine {
     }
 }
 
-/// Reports the outcome of setting up a worker's backend to `spawn_worker`,
-/// then runs the worker on it (unless setup failed or nobody waits).
-fn serve_when_ready<B: backend::Backend>(
-    built: std::io::Result<B>,
-    kind: ResolvedBackend,
-    ready: &mpsc::SyncSender<Result<(), String>>,
-    run: impl FnOnce(B),
-) {
-    match built {
-        Ok(backend) => {
-            if ready.send(Ok(())).is_ok() {
-                run(backend);
+/// What a worker thread starts with, besides its backend.
+struct WorkerParts {
+    index: usize,
+    commands: mpsc::Receiver<Command>,
+    events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
+    assignments: Arc<Mutex<Assignments>>,
+    attach_drops: Arc<AtomicU64>,
+    options: WorkerOptions,
+}
+
+impl WorkerParts {
+    /// Reports the outcome of setting up the backend (`built`, of kind
+    /// `kind`) to the spawner through `ready`, then runs the worker on it
+    /// (unless setup failed or nobody waits).
+    fn serve<B: backend::Backend>(
+        self,
+        built: std::io::Result<B>,
+        kind: ResolvedBackend,
+        ready: &mpsc::SyncSender<Result<(), String>>,
+    ) {
+        let backend = match built {
+            Ok(backend) => backend,
+            Err(err) => {
+                let _ = ready.send(Err(format!("{} setup: {err}", kind.name())));
+                return;
             }
+        };
+        if ready.send(Ok(())).is_err() {
+            return;
         }
-        Err(err) => {
-            let _ = ready.send(Err(format!("{} setup: {err}", kind.name())));
-        }
+        Worker::new(
+            self.index,
+            backend,
+            self.commands,
+            self.events,
+            self.assignments,
+            self.attach_drops,
+        )
+        .with_batch_window(self.options.batch_window)
+        .with_attach_done_packet(self.options.attach_done_packet)
+        .run();
     }
 }
 
@@ -728,12 +752,6 @@ struct WorkerOptions {
 impl WorkerSpawner {
     /// Spawns worker `index`; returns once its backend is set up (or failed).
     fn spawn(&self, index: usize) -> Result<(WorkerHandle, JoinHandle<()>), EngineError> {
-        let backend = self.backend;
-        let pipe_sizer = self.pipe_sizer;
-        let options = self.options;
-        let events = self.events.clone();
-        let assignments = self.assignments.clone();
-        let attach_drops = self.attach_drops.clone();
         // Blocking: the ring reads it like a pipe (a non-blocking eventfd would
         // make the ring read fail with EAGAIN instead of waiting).
         let waker = Arc::new(
@@ -742,33 +760,29 @@ impl WorkerSpawner {
         );
         let (commands_tx, commands_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
-        let worker_waker = waker.clone();
+        let parts = WorkerParts {
+            index,
+            commands: commands_rx,
+            events: self.events.clone(),
+            assignments: self.assignments.clone(),
+            attach_drops: self.attach_drops.clone(),
+            options: self.options,
+        };
+        let (backend, pipe_sizer, worker_waker) = (self.backend, self.pipe_sizer, waker.clone());
         let thread = std::thread::Builder::new()
             .name(format!("ringmon-io-{index}"))
             .spawn(move || {
                 // The ring (or epoll set) is created on the thread that uses it.
                 match backend {
-                    ResolvedBackend::Uring => serve_when_ready(
+                    ResolvedBackend::Uring => parts.serve(
                         uring::UringBackend::new(worker_waker, pipe_sizer),
                         backend,
                         &ready_tx,
-                        |ring| {
-                            Worker::new(index, ring, commands_rx, events, assignments, attach_drops)
-                                .with_batch_window(options.batch_window)
-                                .with_attach_done_packet(options.attach_done_packet)
-                                .run()
-                        },
                     ),
-                    ResolvedBackend::Epoll => serve_when_ready(
+                    ResolvedBackend::Epoll => parts.serve(
                         epoll::EpollBackend::new(worker_waker, pipe_sizer),
                         backend,
                         &ready_tx,
-                        |set| {
-                            Worker::new(index, set, commands_rx, events, assignments, attach_drops)
-                                .with_batch_window(options.batch_window)
-                                .with_attach_done_packet(options.attach_done_packet)
-                                .run()
-                        },
                     ),
                 }
             })
