@@ -650,6 +650,7 @@ async fn create(
         additional_fds: Vec::new(),
         leak_fds: Vec::new(),
         pid_file: config.container_pidfile.clone(),
+        sync_logs: !config.no_sync_log,
     };
     let passthrough_mode = passthrough.is_some();
     let pid = match monitor

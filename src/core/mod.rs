@@ -44,6 +44,8 @@ pub struct CreateContainer {
     pub leak_fds: Vec<u64>,
     /// The runtime's `--pid-file`; `None`: `<bundle>/pidfile`.
     pub pid_file: Option<PathBuf>,
+    /// Sync the log files to disk before writing the exit files.
+    pub sync_logs: bool,
 }
 
 /// Errors of the core layer. The messages are what RPC clients see.

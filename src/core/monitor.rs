@@ -111,7 +111,7 @@ struct State {
     /// execSync calls in progress (at most `MAX_CONCURRENT_EXEC_SYNC`).
     exec_syncs_running: usize,
     /// Waiters for the engine's `Drained` event.
-    drain_waiters: HashMap<ContainerKey, oneshot::Sender<()>>,
+    drain_waiters: HashMap<ContainerKey, oneshot::Sender<DrainedLogs>>,
     /// Exit handlers still running (awaited at shutdown).
     watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Exec sessions by container id (`exec_sessions`).
@@ -178,9 +178,9 @@ impl Monitor {
     async fn dispatch_events(self: Rc<Self>, mut events: mpsc::UnboundedReceiver<EngineEvent>) {
         while let Some(event) = events.recv().await {
             match event {
-                EngineEvent::Drained { key } => {
+                EngineEvent::Drained { key, log_files } => {
                     if let Some(tx) = self.state.borrow_mut().drain_waiters.remove(&key) {
-                        let _ = tx.send(());
+                        let _ = tx.send(log_files);
                     }
                 }
                 EngineEvent::LogError { key, message } => {
@@ -555,6 +555,7 @@ impl Monitor {
             exit_paths: req.exit_paths.clone(),
             oom_exit_paths: req.oom_exit_paths.clone(),
             cleanup_cmd: req.cleanup_cmd.clone(),
+            sync_logs: req.sync_logs,
         };
         let watcher = tokio::task::spawn_local(Rc::clone(self).watch(exit_policy, drained_rx, oom));
         let mut st = self.state.borrow_mut();
@@ -832,7 +833,7 @@ impl Monitor {
     async fn watch(
         self: Rc<Self>,
         policy: ExitPolicy,
-        drained: oneshot::Receiver<()>,
+        drained: oneshot::Receiver<DrainedLogs>,
         oom: Option<OomWatcher>,
     ) {
         let ExitPolicy { id, key, pid, .. } = &policy;
@@ -845,8 +846,15 @@ impl Monitor {
         };
         self.state.borrow_mut().tracked.remove(pid);
         self.engine.expedite(*key);
-        if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
-            warn!(%id, "output still open {DRAIN_GRACE:?} after exit; writing exit files before EOF");
+        let log_files = match tokio::time::timeout(DRAIN_GRACE, drained).await {
+            Ok(files) => files.unwrap_or_default(),
+            Err(_) => {
+                warn!(%id, "output still open {DRAIN_GRACE:?} after exit; writing exit files before EOF");
+                Vec::new()
+            }
+        };
+        if policy.sync_logs {
+            sync_log_files(id, log_files).await;
         }
         let oom_killed = match oom {
             Some(w) => w.finish().await,
@@ -1190,6 +1198,43 @@ struct ExitPolicy {
     exit_paths: Vec<PathBuf>,
     oom_exit_paths: Vec<PathBuf>,
     cleanup_cmd: Vec<String>,
+    /// Sync the drained log files before the exit files are written.
+    sync_logs: bool,
+}
+
+/// Second handles on a drained container's log files (see
+/// `EngineEvent::Drained`).
+type DrainedLogs = Vec<std::fs::File>;
+
+/// How long exit files wait for the log files to reach the disk: a disk
+/// that hangs (a dead NFS server) must not keep the exit code from the
+/// files forever.
+const LOG_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Syncs `files` to disk off the control thread, so that a reader who sees
+/// the exit file after a host crash also finds every line logged before it
+/// (conmon's default; `--no-sync-log` turns it off).
+async fn sync_log_files(id: &str, files: DrainedLogs) {
+    if files.is_empty() {
+        return;
+    }
+    let sync = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .filter_map(|f| f.sync_data().err())
+            .collect::<Vec<_>>()
+    });
+    match tokio::time::timeout(LOG_SYNC_TIMEOUT, sync).await {
+        Ok(Ok(errors)) => {
+            for e in errors {
+                warn!(%id, "sync log file: {e}");
+            }
+        }
+        Ok(Err(e)) => warn!(%id, "sync log files: {e}"),
+        Err(_) => {
+            warn!(%id, "log files not synced within {LOG_SYNC_TIMEOUT:?}; writing exit files anyway")
+        }
+    }
 }
 
 /// Waits until `pid` (our child) exits and reaps it, using a pidfd where the

@@ -258,8 +258,13 @@ fn resolve_backend(choice: BackendChoice) -> (ResolvedBackend, String) {
 pub enum EngineEvent {
     /// Every source of `key` reached EOF and everything read was written to
     /// (and flushed into) every log writer. Sent exactly once per key; the
-    /// worker has dropped the container's state (fds, log files) by then.
-    Drained { key: ContainerKey },
+    /// worker has dropped the container's state by then; `log_files` are
+    /// second handles on its log files, for the control thread to sync
+    /// before it writes exit files (the worker never waits on the disk).
+    Drained {
+        key: ContainerKey,
+        log_files: Vec<std::fs::File>,
+    },
     /// A log writer failed; the stream keeps being drained (never blocks the
     /// container), its output for that writer is discarded, and the writer
     /// is retried every second. Reported once per failure.

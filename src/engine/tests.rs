@@ -174,7 +174,7 @@ fn pipes_are_logged_byte_exact_to_every_writer(backend: BackendChoice) {
     }
 
     match events.blocking_recv().unwrap() {
-        EngineEvent::Drained { key } => assert_eq!(key, 7),
+        EngineEvent::Drained { key, .. } => assert_eq!(key, 7),
         other => panic!("unexpected {other:?}"),
     }
     for name in ["a.log", "b.log"] {
@@ -217,7 +217,7 @@ fn expect_each_drained_once(events: &mut UnboundedReceiver<EngineEvent>, count: 
     let mut drained = std::collections::BTreeSet::new();
     while drained.len() < count {
         match events.blocking_recv().unwrap() {
-            EngineEvent::Drained { key } => assert!(drained.insert(key), "{key} twice"),
+            EngineEvent::Drained { key, .. } => assert!(drained.insert(key), "{key} twice"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -265,7 +265,7 @@ fn container_without_sources_drains_at_once(backend: BackendChoice) {
     engine.register(without_sources(1)).unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 1 }
+        EngineEvent::Drained { key: 1, .. }
     ));
     drop(engine);
 }
@@ -301,7 +301,7 @@ fn failing_writer_is_reported_once_and_others_keep_logging(backend: BackendChoic
     }
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 3 }
+        EngineEvent::Drained { key: 3, .. }
     ));
     let (stdout, _) = parse_cri(&fs::read(dir.path("good.log")).unwrap());
     assert!(stdout == logged(&data));
@@ -336,7 +336,7 @@ fn reopen_logs_rotates_a_live_container_and_ignores_unknown_keys(backend: Backen
     drop(writer);
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 5 }
+        EngineEvent::Drained { key: 5, .. }
     ));
     let (old, _) = parse_cri(&fs::read(dir.path("ctr.log.1")).unwrap());
     let (new, _) = parse_cri(&fs::read(&path).unwrap());
@@ -373,7 +373,7 @@ fn pty_output_is_logged_until_the_slave_closes(backend: BackendChoice) {
     feed(pty.slave, lines, 12).join().unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 11 }
+        EngineEvent::Drained { key: 11, .. }
     ));
     let (stdout, stderr) = parse_cri(&fs::read(dir.path("tty.log")).unwrap());
     assert!(stderr.is_empty());
@@ -408,7 +408,7 @@ fn non_blocking_pipes_work_too(backend: BackendChoice) {
     feed(write_end, data.clone(), 6).join().unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 2 }
+        EngineEvent::Drained { key: 2, .. }
     ));
     let (_, stderr) = parse_cri(&fs::read(dir.path("nb.log")).unwrap());
     assert!(stderr == logged(&data));
@@ -552,7 +552,7 @@ fn attach_clients_and_logs_get_the_same_bytes(backend: BackendChoice) {
     }
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 8 }
+        EngineEvent::Drained { key: 8, .. }
     ));
     for reader in readers {
         let received = reader.join().unwrap();
@@ -606,7 +606,7 @@ fn a_pending_container_keeps_its_clients_until_its_sources_arrive(backend: Backe
     }
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 5 }
+        EngineEvent::Drained { key: 5, .. }
     ));
     assert_complete(&reader.join().unwrap(), &stdout_data, &stderr_data);
     let (stdout, stderr) = parse_cri(&fs::read(dir.path("session.log")).unwrap());
@@ -619,7 +619,7 @@ fn a_pending_container_keeps_its_clients_until_its_sources_arrive(backend: Backe
     engine.add_sources(6, Vec::new()).unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 6 }
+        EngineEvent::Drained { key: 6, .. }
     ));
     assert_complete(&reader.join().unwrap(), b"", b"");
     assert!(
@@ -667,7 +667,7 @@ fn a_stuck_attach_client_is_dropped_without_stalling_anything(backend: BackendCh
     let mut drop_reason = None;
     while !drained || drop_reason.is_none() {
         match events.blocking_recv().unwrap() {
-            EngineEvent::Drained { key: 9 } => drained = true,
+            EngineEvent::Drained { key: 9, .. } => drained = true,
             EngineEvent::AttachClientDropped {
                 key: 9,
                 dropped_total,
@@ -714,7 +714,7 @@ fn a_client_that_cannot_keep_up_before_the_end_lingers_and_gets_everything(backe
     feed(write_end, data.clone(), 42).join().unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 10 }
+        EngineEvent::Drained { key: 10, .. }
     ));
     let received = read_attach(client_end, None);
     assert_complete(&received, b"", &data);
@@ -796,7 +796,7 @@ fn a_connected_client_is_accepted_before_output_is_routed(backend: BackendChoice
                 listener: 7,
                 client,
             } => accepted = Some(client),
-            EngineEvent::Drained { key: 31 } => drained = true,
+            EngineEvent::Drained { key: 31, .. } => drained = true,
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -833,7 +833,7 @@ fn pty_output_is_attached_as_stdout(backend: BackendChoice) {
     feed(pty.slave, lines, 14).join().unwrap();
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 13 }
+        EngineEvent::Drained { key: 13, .. }
     ));
     // Type 3 would land in `stderr` and fail the comparison.
     assert_complete(&reader.join().unwrap(), &expected, b"");
@@ -856,7 +856,7 @@ fn a_client_that_went_away_is_closed_without_counting_a_drop(backend: BackendCho
     feed(write_end, b"hello\n".to_vec(), 16).join().unwrap();
     // A detach is not a policy drop: the only event is the drain.
     match events.blocking_recv().unwrap() {
-        EngineEvent::Drained { key: 15 } => {}
+        EngineEvent::Drained { key: 15, .. } => {}
         other => panic!("unexpected event {other:?}"),
     }
     engine.shutdown();
@@ -911,7 +911,7 @@ fn busy_pipes_grow_and_idle_pipes_do_not(backend: BackendChoice) {
     drop((busy, idle));
     assert!(matches!(
         events.blocking_recv().unwrap(),
-        EngineEvent::Drained { key: 1 }
+        EngineEvent::Drained { key: 1, .. }
     ));
 }
 
@@ -1005,7 +1005,7 @@ fn next_drained(events: &mut UnboundedReceiver<EngineEvent>, within: Duration) -
         .build()
         .unwrap();
     match runtime.block_on(async { tokio::time::timeout(within, events.recv()).await }) {
-        Ok(Some(EngineEvent::Drained { key })) => key,
+        Ok(Some(EngineEvent::Drained { key, .. })) => key,
         Ok(other) => panic!("unexpected {other:?}"),
         Err(_) => panic!("nothing drained within {within:?}: a pause was not cut short"),
     }

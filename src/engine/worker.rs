@@ -841,6 +841,11 @@ impl Routing {
             return;
         };
         self.flush_container(key, &mut container);
+        let log_files = container
+            .logs
+            .iter()
+            .filter_map(|sink| sink.writer.duplicate_file())
+            .collect();
         let now = Instant::now();
         for &id in &container.attach_clients {
             if let Some(client) = self.clients.get_mut(&id) {
@@ -856,7 +861,7 @@ impl Routing {
         if let Ok(mut assignments) = self.assignments.lock() {
             assignments.release(key, self.worker_index);
         }
-        let _ = self.events.send(EngineEvent::Drained { key });
+        let _ = self.events.send(EngineEvent::Drained { key, log_files });
     }
 
     fn flush_container(&self, key: ContainerKey, container: &mut Container) {

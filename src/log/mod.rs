@@ -292,6 +292,15 @@ impl LogWriter {
         result
     }
 
+    /// A second handle on the log file (journald destinations have none),
+    /// so that the file can be synced after the writer is gone.
+    pub fn duplicate_file(&self) -> Option<File> {
+        match &self.destination {
+            Destination::File(log) => log.file.try_clone().ok(),
+            Destination::Journal(_) => None,
+        }
+    }
+
     /// Flushes buffered records to the file.
     pub fn flush(&mut self) -> Result<(), LogError> {
         match &mut self.destination {

@@ -207,6 +207,9 @@ pub fn create_container(
         additional_fds,
         leak_fds,
         pid_file: None,
+        // A kubelet that reads the exit code after a host crash must find the
+        // container's last lines too.
+        sync_logs: true,
     })
 }
 

@@ -51,7 +51,7 @@ struct Prepared {
     pty_stdin: Option<oneshot::Sender<OwnedFd>>,
     /// fd-socket fds that become fd 3, 4, ... of the process.
     fds: Vec<OwnedFd>,
-    drained: oneshot::Receiver<()>,
+    drained: oneshot::Receiver<super::DrainedLogs>,
 }
 
 /// The sessions of one container id.
@@ -87,7 +87,7 @@ struct SessionWatch {
     exit_paths: Vec<PathBuf>,
     cleanup_cmd: Vec<String>,
     cleanup_delay: Duration,
-    drained: oneshot::Receiver<()>,
+    drained: oneshot::Receiver<super::DrainedLogs>,
     status: Rc<watch::Sender<SessionState>>,
 }
 
