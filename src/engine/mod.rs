@@ -528,21 +528,27 @@ impl Engine {
     /// down its write side when done; the caller may keep a descriptor of
     /// the same socket to read the client's stdin.
     pub fn attach(&self, key: ContainerKey, client: OwnedFd) -> Result<(), EngineError> {
-        // A key no worker serves (drained, or never registered) may go to
-        // any worker: it answers with the done packet (worker 0 is started
-        // for it if none runs).
         let served_by = self.lock_assignments().worker_of.get(&key).copied();
-        let worker = match served_by {
-            Some(worker) => worker,
+        match served_by {
+            Some(worker) => self.send(worker, Command::Attach { key, client }),
             None => {
-                let mut workers = self.lock_workers();
-                if workers.started.is_empty() {
-                    self.start_worker(0, &mut workers)?;
-                }
-                0
+                self.answer_unserved_attach(client);
+                Ok(())
             }
-        };
-        self.send(worker, Command::Attach { key, client })
+        }
+    }
+
+    /// Ends an attach client of a key no worker serves (drained, or never
+    /// registered) here instead of in a worker: a server holding no
+    /// container must not start a worker thread, which would then stay, for
+    /// a client that gets no output. The socket was just connected, so its
+    /// buffer takes the one-byte done packet; if not, the client still sees
+    /// the end of the stream.
+    fn answer_unserved_attach(&self, client: OwnedFd) {
+        if self.spawner.options.attach_done_packet {
+            let _ = crate::sys::socket::send_packet(&client, &[attach::PACKET_DONE]);
+        }
+        let _ = crate::sys::socket::shut_down_writing(&client);
     }
 
     /// Gives the worker serving `key` a descriptor of one of its attach

@@ -1206,3 +1206,17 @@ fn no_worker_starts_after_shutdown() {
     );
     assert_eq!(engine.started_workers(), 0);
 }
+
+/// An attach to a key no worker serves (a drained container) is ended at
+/// once with the done packet, and starts no worker on an idle engine.
+#[test]
+fn attach_to_an_unserved_key_ends_at_once_without_a_worker() {
+    let (engine, _events) = start(BackendChoice::Epoll, 2);
+    let (engine_end, client_end) = attach_pair();
+    engine.attach(42, engine_end).unwrap();
+    let received = read_attach(client_end, None);
+    assert_eq!(received.done_packets, 1, "{received:?}");
+    assert!(received.stdout.is_empty() && received.stderr.is_empty());
+    assert_eq!(engine.started_workers(), 0, "no container, no worker");
+    engine.shutdown();
+}
