@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmux::Tmux;
 use common::*;
 
 /// Longest one ctl run (or tmux call) may take.
@@ -389,112 +390,6 @@ fn exec_and_attach_with_pipes() {
     });
 }
 
-/// A tmux server on its own socket: a real terminal for ctl.
-struct Tmux {
-    socket: PathBuf,
-}
-
-impl Tmux {
-    /// A detached 80x24 session running `line`; the pane stays after its
-    /// command exits so its last output can be read.
-    fn start(dir: &Path, line: &str) -> Tmux {
-        let conf = dir.join("tmux.conf");
-        fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
-        let tmux = Tmux {
-            socket: dir.join("tmux.sock"),
-        };
-        tmux.cmd(&[
-            "-f",
-            &conf.display().to_string(),
-            "new-session",
-            "-d",
-            "-s",
-            "main",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            line,
-        ]);
-        tmux
-    }
-
-    fn cmd(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S").arg(&self.socket).args(args);
-        let run = run_timed(cmd, None);
-        assert_eq!(run.code, 0, "tmux {args:?}: {run:?}");
-        run.stdout
-    }
-
-    fn keys(&self, keys: &str) {
-        self.cmd(&["send-keys", "-t", "main:0", keys]);
-    }
-
-    fn type_line(&self, text: &str) {
-        self.cmd(&["send-keys", "-t", "main:0", "-l", text]);
-        self.keys("Enter");
-    }
-
-    fn screen(&self) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", "main:0"])
-    }
-
-    /// Waits until a line of the screen reads exactly `line`.
-    fn wait_line(&self, line: &str) {
-        let deadline = Instant::now() + APPEAR_TIMEOUT;
-        loop {
-            let screen = self.screen();
-            if screen.lines().any(|l| l.trim_end() == line) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{line:?} never appeared; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Resizes the window and waits until the shell inside sees it.
-    fn resize_and_check(&self, cols: u16, rows: u16) {
-        self.cmd(&[
-            "resize-window",
-            "-t",
-            "main:0",
-            "-x",
-            &cols.to_string(),
-            "-y",
-            &rows.to_string(),
-        ]);
-        let want = format!("size={rows} {cols}");
-        let deadline = Instant::now() + APPEAR_TIMEOUT;
-        loop {
-            self.type_line("echo size=$(busybox stty size)");
-            std::thread::sleep(Duration::from_millis(200));
-            let screen = self.screen();
-            if screen.lines().any(|l| l.trim_end() == want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{want:?} never appeared; screen:\n{screen}"
-            );
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
@@ -511,46 +406,48 @@ fn exec_it_and_attach_on_a_terminal() {
             shell_quote(&binary()),
             shell_quote(&host.runtime_dir())
         );
-        let tmux_dir = host.path("tmux");
-        fs::create_dir_all(&tmux_dir).unwrap();
         let tmux = Tmux::start(
-            &tmux_dir,
+            &host.path("tmux-exec"),
             &format!("{ctl} exec -it {id} -- /bin/sh; printf '\\nexec-exit=%s\\n' $?"),
         );
-        tmux.type_line("echo typed-$((6*7))");
-        tmux.wait_line("typed-42");
-        tmux.type_line("echo size=$(busybox stty size)");
-        tmux.wait_line("size=24 80");
-        tmux.resize_and_check(100, 30);
-        tmux.type_line("exit 5");
-        tmux.wait_line("exec-exit=5");
+        tmux.type_line("main:0", "echo typed-$((6*7))");
+        tmux.wait_line("main:0", "typed-42");
+        tmux.type_line("main:0", "echo size=$(busybox stty size)");
+        tmux.wait_line("main:0", "size=24 80");
+        tmux.resize("main:0", 100, 30);
+        tmux.wait_size("main:0", "busybox stty size", 100, 30);
+        tmux.type_line("main:0", "exit 5");
+        tmux.wait_line("main:0", "exec-exit=5");
         drop(tmux);
 
         // attach to a container on a terminal, detach, attach again.
         let term = host.container("term", &["/bin/sh"], true, true, false);
         let tmux = Tmux::start(
-            &tmux_dir,
+            &host.path("tmux-attach"),
             &format!("{ctl} attach {term}; printf '\\nattach-exit=%s\\n' $?"),
         );
         // Attached once the shell answers.
         let deadline = Instant::now() + APPEAR_TIMEOUT;
         loop {
-            tmux.type_line("echo attached-$((2+3))");
+            tmux.type_line("main:0", "echo attached-$((2+3))");
             std::thread::sleep(Duration::from_millis(200));
-            if tmux.screen().lines().any(|l| l.trim_end() == "attached-5") {
+            if tmux
+                .screen("main:0")
+                .lines()
+                .any(|l| l.trim_end() == "attached-5")
+            {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "no answer; screen:\n{}",
-                tmux.screen()
+                tmux.screen("main:0")
             );
         }
-        tmux.resize_and_check(90, 20);
-        tmux.keys("C-p");
-        std::thread::sleep(Duration::from_millis(200));
-        tmux.keys("C-q");
-        tmux.wait_line("attach-exit=0");
+        tmux.resize("main:0", 90, 20);
+        tmux.wait_size("main:0", "busybox stty size", 90, 20);
+        tmux.detach("main:0");
+        tmux.wait_line("main:0", "attach-exit=0");
         drop(tmux);
         let ps = host.ctl(&["ps", "--no-trunc"]);
         assert!(

@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::tmux::Tmux;
 use common::{for_each_runtime, wait_until};
 
 /// The image every store imports (no registry here).
@@ -472,131 +473,6 @@ impl Drop for Podman {
     }
 }
 
-/// A tmux server on its own socket: real ptys for `-it`.
-struct Tmux {
-    socket: PathBuf,
-    io_dir: PathBuf,
-    calls: AtomicU64,
-}
-
-impl Tmux {
-    /// Starts a detached 80x24 session whose first window runs `line`;
-    /// panes stay (dead) after their command exits, so its last output can
-    /// still be read.
-    fn start(podman: &Podman, line: &str) -> Tmux {
-        let dir = podman.path("tmux");
-        fs::create_dir_all(dir.join("io")).unwrap();
-        fs::write(
-            dir.join("tmux.conf"),
-            "set -g remain-on-exit on\nset -g history-limit 2000\n",
-        )
-        .unwrap();
-        let tmux = Tmux {
-            socket: dir.join("socket"),
-            io_dir: dir.join("io"),
-            calls: AtomicU64::new(0),
-        };
-        tmux.cmd(&[
-            "-f",
-            &dir.join("tmux.conf").display().to_string(),
-            "new-session",
-            "-d",
-            "-s",
-            "main",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            line,
-        ]);
-        tmux
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S").arg(&self.socket).args(args);
-        let seq = self.calls.fetch_add(1, Ordering::Relaxed);
-        run_timed(cmd, None, &self.io_dir, seq).ok("tmux")
-    }
-
-    /// Opens window `name` running `line`.
-    fn new_window(&self, name: &str, line: &str) {
-        self.cmd(&["new-window", "-d", "-n", name, line]);
-    }
-
-    /// Types `text` (literally) and Enter into `target`.
-    fn type_line(&self, target: &str, text: &str) {
-        self.cmd(&["send-keys", "-t", target, "-l", text]);
-        self.cmd(&["send-keys", "-t", target, "Enter"]);
-    }
-
-    /// Resizes `target`'s window (podman sees SIGWINCH and writes `ctl`).
-    fn resize(&self, target: &str, cols: u16, rows: u16) {
-        self.cmd(&[
-            "resize-window",
-            "-t",
-            target,
-            "-x",
-            &cols.to_string(),
-            "-y",
-            &rows.to_string(),
-        ]);
-    }
-
-    /// Waits until `stty size` in `target`'s shell prints `size` ("rows
-    /// cols"): the resize travels podman, the monitor and the pty, so the
-    /// shell is asked again until it sees it.
-    fn wait_size(&self, target: &str, size: &str) {
-        let want = format!("size={size}");
-        poll(&format!("{want} in tmux window {target}"), || {
-            self.type_line(target, "echo size=$(stty size)");
-            std::thread::sleep(Duration::from_millis(200));
-            let screen = self.screen(target);
-            screen.lines().any(|l| l.trim_end() == want).then_some(())
-        });
-    }
-
-    /// Types podman's default detach keys, ctrl-p then ctrl-q, as a person
-    /// does: in two reads. (Measured with stock conmon: when both bytes
-    /// arrive in one read, podman 4.3.1 passes them to the container.)
-    fn detach(&self, target: &str) {
-        self.cmd(&["send-keys", "-t", target, "C-p"]);
-        std::thread::sleep(Duration::from_millis(200));
-        self.cmd(&["send-keys", "-t", target, "C-q"]);
-    }
-
-    fn screen(&self, target: &str) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", target]).stdout
-    }
-
-    /// Waits until a line of `target`'s screen reads exactly `line`.
-    fn wait_line(&self, target: &str, line: &str) {
-        let deadline = Instant::now() + APPEAR_TIMEOUT;
-        loop {
-            let screen = self.screen(target);
-            if screen.lines().any(|l| l.trim_end() == line) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{line:?} never appeared in tmux window {target}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// A 64-hex-digit id, as podman prints for `run -d` and `exec -d`.
 fn assert_id(text: &str, what: &str) {
     let id = text.trim_end();
@@ -711,7 +587,10 @@ fn run_it_resize_detach_attach() {
     for_each_runtime(|runtime| {
         let podman = Podman::new(runtime);
         let run = podman.shell_line(&["run", "-it", "--name", "tty", IMAGE, "sh"]);
-        let tmux = Tmux::start(&podman, &format!("{run}; printf '\\nrun-exit=%s\\n' $?"));
+        let tmux = Tmux::start(
+            &podman.path("tmux"),
+            &format!("{run}; printf '\\nrun-exit=%s\\n' $?"),
+        );
 
         // Typed once the shell is up (type-ahead is not what this tests).
         tmux.wait_line("main:0", "/ #");
@@ -720,7 +599,7 @@ fn run_it_resize_detach_attach() {
         tmux.type_line("main:0", "stty size");
         tmux.wait_line("main:0", "24 80");
         tmux.resize("main:0", 100, 30);
-        tmux.wait_size("main:0", "30 100");
+        tmux.wait_size("main:0", "stty size", 100, 30);
 
         // Everything typed so far has been answered before detaching.
         tmux.type_line("main:0", "echo ready-$((1+1))");
@@ -755,14 +634,17 @@ fn exec_it_through_a_pty() {
             .run(&["run", "-d", "--name", "host", IMAGE, "sleep", "600"])
             .ok("podman run -d");
         let exec = podman.shell_line(&["exec", "-it", "host", "sh"]);
-        let tmux = Tmux::start(&podman, &format!("{exec}; printf '\\nexec-exit=%s\\n' $?"));
+        let tmux = Tmux::start(
+            &podman.path("tmux"),
+            &format!("{exec}; printf '\\nexec-exit=%s\\n' $?"),
+        );
         tmux.wait_line("main:0", "/ #");
         tmux.type_line("main:0", "echo in-exec-$((3*3)) $(tty)");
         tmux.wait_line("main:0", "in-exec-9 /dev/pts/0");
         tmux.type_line("main:0", "stty size");
         tmux.wait_line("main:0", "24 80");
         tmux.resize("main:0", 90, 20);
-        tmux.wait_size("main:0", "20 90");
+        tmux.wait_size("main:0", "stty size", 90, 20);
         tmux.type_line("main:0", "exit 3");
         tmux.wait_line("main:0", "exec-exit=3");
         assert_eq!(podman.inspect("host", "{{.State.Status}}"), "running");

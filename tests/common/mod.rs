@@ -12,6 +12,7 @@ pub use ringmon::client::{Client, CreateRequest, LogDriver};
 
 pub mod attach_client;
 pub mod journal;
+pub mod tmux;
 
 /// The server binary under test.
 pub fn binary() -> PathBuf {
