@@ -144,6 +144,54 @@ fn exit_file_is_fsynced_before_rename_and_directory_after() {
     );
 }
 
+/// The trace of every thread of the server while a container exits shows
+/// its log file synced before its exit file is renamed into place: whoever
+/// reads the exit code after a host crash also finds the last lines.
+#[test]
+fn log_file_is_synced_before_the_exit_file_appears() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("log-sync");
+    let trace = dir.path().join("trace");
+    // -f: the sync runs on a blocking-pool thread started later; -y: fds
+    // are shown with their paths.
+    let mut strace = Command::new("strace")
+        .args([
+            "-qq",
+            "-f",
+            "-y",
+            "-e",
+            "trace=fdatasync,fsync,rename,renameat,renameat2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg("-p")
+        .arg(server.pid.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    std::thread::sleep(Duration::from_millis(700));
+    run_true_container(&server, dir.path(), |_| {});
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill").arg(strace.id().to_string()).status();
+    let _ = strace.wait();
+    let text = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let log = dir.path().join("ctr.log").display().to_string();
+    let synced = lines
+        .iter()
+        .position(|l| l.contains("fdatasync(") && l.contains(&format!("<{log}>")))
+        .unwrap_or_else(|| panic!("log file {log} never synced:\n{text}"));
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("\"exit\""))
+        .unwrap_or_else(|| panic!("no rename of the exit file in:\n{text}"));
+    assert!(
+        synced < renamed,
+        "log file synced after the exit file appeared:\n{text}"
+    );
+}
+
 async fn create_error(c: &Client, req: &CreateRequest) -> String {
     let e = c.create_container(req).await.unwrap_err().to_string();
     // The server still answers.
