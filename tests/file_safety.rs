@@ -91,22 +91,13 @@ fn exit_files_never_write_through_symlinks() {
     assert_eq!(mode_of(&dir.path().join("exit")), 0o644);
 }
 
-/// The trace of the server's control thread while a container exits shows
-/// the exit file fsynced before its rename and the directory fsynced after.
-#[test]
-fn exit_file_is_fsynced_before_rename_and_directory_after() {
-    let rt = &runtimes()[0];
-    let server = Server::start(rt);
-    let dir = TempDir::new("exit-sync");
-    let trace = dir.path().join("trace");
-    // The control thread (the one the exit files are written on) is the
-    // daemon's main thread: its tid is the pid.
+/// Runs a `/bin/true` container (see `run_true_container`) while strace,
+/// with `args`, follows the server; returns the trace.
+fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
+    let trace = dir.join("trace");
     let mut strace = Command::new("strace")
-        .args([
-            "-qq",
-            "-e",
-            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
-        ])
+        .arg("-qq")
+        .args(args)
         .arg("-o")
         .arg(&trace)
         .arg("-p")
@@ -116,11 +107,30 @@ fn exit_file_is_fsynced_before_rename_and_directory_after() {
         .expect("strace");
     // Time to attach (it prints nothing until a traced call happens).
     std::thread::sleep(Duration::from_millis(700));
-    run_true_container(&server, dir.path(), |_| {});
+    run_true_container(server, dir, |_| {});
     std::thread::sleep(Duration::from_millis(200));
     let _ = Command::new("kill").arg(strace.id().to_string()).status();
     let _ = strace.wait();
-    let text = fs::read_to_string(&trace).unwrap();
+    fs::read_to_string(&trace).unwrap()
+}
+
+/// The trace of the server's control thread while a container exits shows
+/// the exit file fsynced before its rename and the directory fsynced after.
+#[test]
+fn exit_file_is_fsynced_before_rename_and_directory_after() {
+    let rt = &runtimes()[0];
+    let server = Server::start(rt);
+    let dir = TempDir::new("exit-sync");
+    // The control thread (the one the exit files are written on) is the
+    // daemon's main thread: its tid is the pid.
+    let text = trace_true_container(
+        &server,
+        dir.path(),
+        &[
+            "-e",
+            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+        ],
+    );
     let lines: Vec<&str> = text.lines().collect();
     // The temporary file of `exit`: an open with O_CREAT of `.exit...`.
     let open = lines
@@ -152,30 +162,18 @@ fn log_file_is_synced_before_the_exit_file_appears() {
     let rt = &runtimes()[0];
     let server = Server::start(rt);
     let dir = TempDir::new("log-sync");
-    let trace = dir.path().join("trace");
     // -f: the sync runs on a blocking-pool thread started later; -y: fds
     // are shown with their paths.
-    let mut strace = Command::new("strace")
-        .args([
-            "-qq",
+    let text = trace_true_container(
+        &server,
+        dir.path(),
+        &[
             "-f",
             "-y",
             "-e",
             "trace=fdatasync,fsync,rename,renameat,renameat2",
-        ])
-        .arg("-o")
-        .arg(&trace)
-        .arg("-p")
-        .arg(server.pid.to_string())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace");
-    std::thread::sleep(Duration::from_millis(700));
-    run_true_container(&server, dir.path(), |_| {});
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = Command::new("kill").arg(strace.id().to_string()).status();
-    let _ = strace.wait();
-    let text = fs::read_to_string(&trace).unwrap();
+        ],
+    );
     let lines: Vec<&str> = text.lines().collect();
     let log = dir.path().join("ctr.log").display().to_string();
     let synced = lines
