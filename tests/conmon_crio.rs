@@ -1107,6 +1107,19 @@ impl Ctr {
     /// process group. Waits like Go's `cmd.Wait()` (the process and every
     /// holder of its stdout/stderr), then reads the sync pipe.
     fn exec_sync(&self, args: &[&str], tty: bool, timeout: Option<u32>) -> ExecOutcome {
+        self.exec_sync_interrupted(args, tty, timeout, None)
+    }
+
+    /// [`Ctr::exec_sync`]; with `interrupt_after`, the monitor gets SIGINT
+    /// that long after the start byte (CRI-O interrupts its ExecSync
+    /// monitors when the container stops).
+    fn exec_sync_interrupted(
+        &self,
+        args: &[&str],
+        tty: bool,
+        timeout: Option<u32>,
+        interrupt_after: Option<Duration>,
+    ) -> ExecOutcome {
         let n = ringmon::core::monitor::random_uuid()[..8].to_string();
         let tmp = self.dir.path().join(format!("exec-{n}"));
         fs::create_dir_all(&tmp).unwrap();
@@ -1174,6 +1187,13 @@ impl Ctr {
         let stderr_rx = drain_in_background(started.child.stderr.take().unwrap());
         let t0 = Instant::now();
         started.write_start_byte();
+        if let Some(after) = interrupt_after {
+            let monitor = started.child.id() as i32;
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                let _ = kill(Pid::from_raw(monitor), Signal::SIGINT);
+            });
+        }
         let limit = Duration::from_secs(timeout.unwrap_or(0) as u64) + WAIT;
         let status = wait_child(&mut started.child, limit, "the ExecSync monitor");
         let elapsed = t0.elapsed();
@@ -1685,6 +1705,29 @@ fn exec_sync_timeout() {
         if !gone && !stock_skips("the timed-out exec process survives (conmon-cli-crio.md §4.2)") {
             panic!("the timed-out `sleep 10` still runs in the container 2 s after the report");
         }
+    });
+}
+
+/// SIGINT to an ExecSync monitor reaches the exec process (through a
+/// pidfd, so never a process that reused its pid): `sleep 600` ends by
+/// SIGINT and the monitor reports it.
+#[test]
+fn exec_sync_monitor_forwards_sigint() {
+    common::for_each_runtime(|rt| {
+        let ctr = running_container(rt);
+        let outcome = ctr.exec_sync_interrupted(
+            &["/bin/sleep", "600"],
+            false,
+            None,
+            Some(Duration::from_secs(1)),
+        );
+        let value = parse_message(&outcome.message);
+        assert_eq!(value["exit_code"], 130, "{}", text(&outcome.message));
+        assert!(
+            outcome.elapsed < Duration::from_secs(10),
+            "the exec ended only after {:?}",
+            outcome.elapsed
+        );
     });
 }
 

@@ -862,8 +862,17 @@ async fn exec(
         }
     }
     info!(%id, session = %session_id, pid, "exec started");
+    // Signals go through a pidfd opened now, while the process is ours and
+    // alive: once it is reaped they fail with ESRCH instead of reaching
+    // whatever process gets the pid next.
+    // (A kernel without pidfds gets the pid itself.)
+    let exec_pidfd = crate::sys::process::pidfd_open(pid);
     let signals = tokio::task::spawn_local(forward_signals(move |sig| {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        let _ = match &exec_pidfd {
+            Ok(pidfd) => crate::sys::namespace::pidfd_send_signal(pidfd, sig),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(_) => crate::sys::namespace::signal_process(pid, sig),
+        };
     }));
     let timeout = config.timeout.filter(|t| !t.is_zero());
     let status = monitor.exec_session_status(&id, &session_id, true);

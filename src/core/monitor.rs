@@ -293,8 +293,8 @@ impl Monitor {
     /// SIGINT it gets).
     pub fn signal_container(&self, id: &str, signal: Signal) -> Result<(), CoreError> {
         let pid = self.lookup(id, |c| c.pid)?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .map_err(|e| CoreError::io(format!("signal container pid {pid}"), e.into()))
+        sys::namespace::signal_process(pid, signal)
+            .map_err(|e| CoreError::io(format!("signal container pid {pid}"), e))
     }
 
     /// [`Monitor::create_container`] with `fds` (the caller's own, not
