@@ -26,8 +26,8 @@
 //! `LogDriver`, `TextTextMapEntry` and the enums), each reading the field's
 //! slot of the detected layout. The one translation in `rpc` reads through the
 //! view, so both generations are validated and translated by the same code.
-//! Legacy `metadataOld` (JSON tracing metadata) is never read: like `metadata`
-//! it only carries trace propagation, which ringmon does not export.
+//! Legacy `metadataOld` (JSON tracing metadata) is read only for the trace
+//! context (`trace_parent`), when the `metadata` map has none.
 //!
 //! The `VersionResponse` needs no view: a legacy client reads the v1 shape
 //! with its extra `metadata` pointer (slot 8) out of bounds, i.e. null.
@@ -247,6 +247,34 @@ view! {
         get_metadata -> TextMap<'a>;
     }
 }
+
+/// `trace_parent` for the views whose legacy layout has `metadataOld` as
+/// `Data` (JSON tracing metadata).
+macro_rules! trace_parent {
+    ($($view:ident),*) => {$(
+        impl<'a> $view<'a> {
+            /// The client's trace context: the `metadata` map, else the
+            /// legacy JSON in `metadataOld` (see [`super::trace_parent`]).
+            pub fn trace_parent(self) -> Option<crate::otel::SpanContext> {
+                let json = match self {
+                    Self::V1(_) => None,
+                    Self::Legacy(r) => r.get_metadata_old().ok(),
+                };
+                super::trace_parent(self.get_metadata(), json)
+            }
+        }
+    )*};
+}
+
+trace_parent!(
+    VersionRequest,
+    CreateContainerRequest,
+    ExecSyncContainerRequest,
+    AttachRequest,
+    ReopenLogRequest,
+    SetWindowSizeRequest,
+    CreateNamespacesRequest
+);
 
 #[cfg(test)]
 mod tests {
