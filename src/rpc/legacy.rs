@@ -427,6 +427,43 @@ mod tests {
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
     }
 
+    /// The trace context of a legacy request: from its metadata map, and
+    /// from the JSON in metadataOld when the map has none; a v1 request's
+    /// from its map.
+    #[test]
+    fn legacy_trace_parent_from_map_or_json() {
+        let want = crate::otel::parse_traceparent(TRACE[0].1);
+        assert!(want.is_some());
+        let msg = legacy_create(false);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::Legacy);
+        assert_eq!(view.trace_parent(), want);
+
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<legacy::create_container_request::Builder<'_>>();
+        r.set_id("abc");
+        r.set_metadata_old(TRACE_JSON);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::Legacy);
+        assert_eq!(view.trace_parent(), want);
+
+        // Malformed JSON: no parent, no error.
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<legacy::create_container_request::Builder<'_>>();
+        r.set_metadata_old(b"{\"traceparent\": 12");
+        assert_eq!(
+            CreateContainerRequest::detect(as_v1(&msg)).trace_parent(),
+            None
+        );
+
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<conmon::create_container_request::Builder<'_>>();
+        fill_map(r.reborrow().init_metadata(1), TRACE);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::V1);
+        assert_eq!(view.trace_parent(), want);
+    }
+
     /// What a v1-only server makes of the same bytes: the trace map as the
     /// environment and the env list as fd slots (spec §2.7).
     #[test]
