@@ -14,8 +14,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,5 +326,151 @@ func TestTracingCollectorAway(t *testing.T) {
 				t.Errorf("no dropped-spans warning in the server log")
 			}
 		})
+	}
+}
+
+// jaegerTrace is the part of Jaeger's query API answer
+// (GET /api/traces/{id}) the test reads.
+type jaegerTrace struct {
+	Data []struct {
+		Spans []struct {
+			SpanID        string `json:"spanID"`
+			OperationName string `json:"operationName"`
+			ProcessID     string `json:"processID"`
+			References    []struct {
+				RefType string `json:"refType"`
+				SpanID  string `json:"spanID"`
+			} `json:"references"`
+			Tags []struct {
+				Key   string `json:"key"`
+				Value any    `json:"value"`
+			} `json:"tags"`
+		} `json:"spans"`
+		Processes map[string]struct {
+			ServiceName string `json:"serviceName"`
+		} `json:"processes"`
+	} `json:"data"`
+}
+
+// With RINGMON_JAEGER naming a Jaeger (v2, all-in-one by default: OTLP/gRPC
+// on 127.0.0.1:4317, query API on 16686) binary, the same trace must be
+// found through Jaeger's own query API, as an operator would look for it.
+func TestTracingSeenInJaeger(t *testing.T) {
+	bin := os.Getenv("RINGMON_JAEGER")
+	if bin == "" {
+		t.Skip("RINGMON_JAEGER (a jaeger binary) not set")
+	}
+
+	jaegerLog, err := os.Create(t.TempDir() + "/jaeger.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	jaeger := exec.Command(bin)
+	jaeger.Stdout = jaegerLog
+	jaeger.Stderr = jaegerLog
+
+	if err := jaeger.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+
+	t.Cleanup(func() {
+		_ = jaeger.Process.Kill()
+		_ = jaeger.Wait()
+		_ = jaegerLog.Close()
+
+		if t.Failed() {
+			data, _ := os.ReadFile(jaegerLog.Name())
+			t.Logf("jaeger log:\n%s", data)
+		}
+	})
+
+	const api = "http://127.0.0.1:16686/api/traces/" + clientTraceID
+
+	if !waitFor(60*time.Second, func() bool {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:4317", time.Second)
+		if err != nil {
+			return false
+		}
+
+		_ = conn.Close()
+
+		resp, err := http.Get("http://127.0.0.1:16686/api/services")
+		if err != nil {
+			return false
+		}
+
+		resp.Body.Close()
+
+		return resp.StatusCode == http.StatusOK
+	}) {
+		t.Fatal("jaeger did not start listening on 4317 and 16686")
+	}
+
+	e := newEnv(t)
+	prev := e.configure
+	e.configure = func(cfg *client.ConmonServerConfig) {
+		if prev != nil {
+			prev(cfg)
+		}
+
+		cfg.Tracing = &client.Tracing{Enabled: true, Endpoint: "http://127.0.0.1:4317"}
+	}
+
+	cl := e.startServer()
+	ctx := tracedContext(t)
+
+	c := e.newContainer(false, "/busybox", "true")
+	if _, err := cl.CreateContainer(ctx, c.createConfig(false)); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+
+	var last string
+
+	found := waitFor(30*time.Second, func() bool {
+		resp, err := http.Get(api)
+		if err != nil {
+			last = err.Error()
+
+			return false
+		}
+
+		defer resp.Body.Close()
+
+		var tr jaegerTrace
+		if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil || len(tr.Data) == 0 {
+			last = fmt.Sprintf("status %d, %v", resp.StatusCode, err)
+
+			return false
+		}
+
+		var createID string
+
+		for _, s := range tr.Data[0].Spans {
+			tags := map[string]any{}
+			for _, tag := range s.Tags {
+				tags[tag.Key] = tag.Value
+			}
+
+			if s.OperationName == "create_container" && len(s.References) == 1 &&
+				s.References[0].SpanID == clientSpanID && tags["container.id"] == c.id &&
+				tr.Data[0].Processes[s.ProcessID].ServiceName == "conmonrs" {
+				createID = s.SpanID
+			}
+		}
+
+		for _, s := range tr.Data[0].Spans {
+			if s.OperationName == "runtime create" && createID != "" &&
+				len(s.References) == 1 && s.References[0].SpanID == createID {
+				return true
+			}
+		}
+
+		last = fmt.Sprintf("%d spans, create_container %q", len(tr.Data[0].Spans), createID)
+
+		return false
+	})
+	if !found {
+		t.Fatalf("trace %s not in jaeger as expected: %s", clientTraceID, last)
 	}
 }
