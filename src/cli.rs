@@ -118,11 +118,13 @@ pub struct Cli {
     #[arg(long, env = "CONMON_SKIP_FORK")]
     pub skip_fork: bool,
 
-    /// Accepted for compatibility; ringmon exports no OpenTelemetry traces.
+    /// Export OpenTelemetry spans (one per RPC, children for runtime calls
+    /// and exit handling) over OTLP/gRPC to --tracing-endpoint.
     #[arg(short = 'e', long, env = "CONMON_ENABLE_TRACING")]
     pub enable_tracing: bool,
 
-    /// Accepted for compatibility (OTLP endpoint).
+    /// The OTLP/gRPC receiver spans go to: http://HOST:PORT or HOST:PORT
+    /// (no TLS).
     #[arg(
         short = 't',
         long,
@@ -281,6 +283,8 @@ pub struct ServerConfig {
     pub busy_pipe_size: Option<usize>,
     pub batch_window: std::time::Duration,
     pub runtime_timeout: std::time::Duration,
+    /// `--tracing-endpoint` when `--enable-tracing` is given.
+    pub tracing_endpoint: Option<String>,
 }
 
 /// Default of `--runtime-timeout`.
@@ -336,6 +340,7 @@ impl Cli {
             busy_pipe_size: self.busy_pipe_size,
             batch_window: std::time::Duration::from_millis(self.engine_batch_window_ms),
             runtime_timeout: std::time::Duration::from_secs(self.runtime_timeout),
+            tracing_endpoint: self.enable_tracing.then(|| self.tracing_endpoint.clone()),
         })
     }
 }

@@ -152,6 +152,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Arc::clone(&engine),
             events_rx,
         );
+        // Tracing: the exporter task exists only with --enable-tracing.
+        if let Some(endpoint) = &config.tracing_endpoint {
+            match ringmon::otel::parse_endpoint(endpoint) {
+                Ok(endpoint) => ringmon::otel::start(endpoint),
+                // The server still runs: tracing must not cost containers.
+                Err(e) => warn!("tracing disabled: {e}"),
+            }
+        }
         let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
         let serving = tokio::task::spawn_local(ringmon::control::serve(listener, server));
         // What parsing the flags and setting up left free goes back now: a
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         info!("shutting down");
         monitor.shutdown().await;
         serving.abort();
+        ringmon::otel::shutdown(TRACE_FLUSH_TIMEOUT).await;
         if let Err(e) = std::fs::remove_file(&socket_path) {
             warn!("remove {}: {e}", socket_path.display());
         }
@@ -171,6 +180,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// How long shutdown waits for the last spans to be exported.
+const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn wait_for_termination() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};

@@ -118,18 +118,31 @@ pub fn init(driver: ServerLogDriver, level: LogLevel) {
         LogLevel::Error => tracing::level_filters::LevelFilter::ERROR,
         LogLevel::Off => tracing::level_filters::LevelFilter::OFF,
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The HTTP/2 crate of the span exporter logs every frame at debug and
+    // trace: at most its info lines go to the server's log.
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(filter)
+        .with_target("h2", filter.min(tracing::level_filters::LevelFilter::INFO));
     let builder = tracing_subscriber::fmt()
         .with_max_level(filter)
         .with_ansi(false)
         .with_line_number(true);
     let _ = match driver {
         ServerLogDriver::None => return,
-        ServerLogDriver::Stdout => builder.with_writer(io::stdout).try_init(),
+        ServerLogDriver::Stdout => builder
+            .with_writer(io::stdout)
+            .finish()
+            .with(targets)
+            .try_init(),
         ServerLogDriver::Systemd => builder
             .without_time()
             .with_writer(MakeJournalWriter(Mutex::new(JournalWriter::new(
                 Path::new(JOURNAL_SOCKET),
             ))))
+            .finish()
+            .with(targets)
             .try_init(),
     };
 }

@@ -10,7 +10,9 @@
 # the Go client compatibility suites
 # once per OCI runtime: tests/go (the upstream conmon-rs Go client v1.0.1)
 # and tests/go-legacy (the pre-1.0 client v0.7.3, legacy wire layout, the
-# same cases through symlinked test files). The integration tests and the Go
+# same cases through symlinked test files; both include the tracing export
+# check against an OTLP/gRPC receiver built from grpc-go and the official OTLP
+# protobuf module, fetched by `go mod download`). The integration tests and the Go
 # suites run once per engine backend (io_uring, epoll); the unit tests cover
 # both backends in one run.
 #

@@ -39,6 +39,7 @@ use crate::engine::{
     ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource, MAX_ATTACH_CLIENTS,
 };
 use crate::log::{LogWriter, StreamKind};
+use crate::otel;
 use crate::sys;
 
 mod exec_sessions;
@@ -556,6 +557,7 @@ impl Monitor {
             oom_exit_paths: req.oom_exit_paths.clone(),
             cleanup_cmd: req.cleanup_cmd.clone(),
             sync_logs: req.sync_logs,
+            trace: otel::current(),
         };
         let watcher = tokio::task::spawn_local(Rc::clone(self).watch(exit_policy, drained_rx, oom));
         let mut st = self.state.borrow_mut();
@@ -621,7 +623,28 @@ impl Monitor {
     /// The runtime gets `self.runtime.timeout`: past it, it is killed and the
     /// call fails with [`CoreError::RuntimeTimedOut`]. A cancelled call kills
     /// it too, so no runtime outlives the request that started it.
+    ///
+    /// Traced as a child span of the request (named after the subcommand).
     async fn run_runtime(&self, run: RuntimeRun<'_>) -> Result<(Option<OwnedFd>, u32), CoreError> {
+        let mut span = otel::Span::child(otel::runtime_span_name(run.args), otel::SpanKind::Client);
+        if span.is_recording() {
+            span.set(
+                "process.executable.path",
+                self.runtime.path.to_string_lossy().into_owned(),
+            );
+        }
+        let result = self.run_runtime_untraced(run).await;
+        match &result {
+            Ok((_, pid)) => span.set("process.pid", *pid),
+            Err(e) => span.fail(e),
+        }
+        result
+    }
+
+    async fn run_runtime_untraced(
+        &self,
+        run: RuntimeRun<'_>,
+    ) -> Result<(Option<OwnedFd>, u32), CoreError> {
         let mut cmd = Command::new(&self.runtime.path);
         cmd.args(run.args)
             .envs(run.env.iter().map(|(k, v)| (k, v)))
@@ -844,6 +867,16 @@ impl Monitor {
                 -1
             }
         };
+        let mut span = match policy.trace {
+            Some(parent) => {
+                otel::Span::start("container_exit", otel::SpanKind::Internal, Some(parent))
+            }
+            None => otel::Span::none(),
+        };
+        if span.is_recording() {
+            span.set_container_id(id);
+            span.set("process.pid", *pid);
+        }
         self.state.borrow_mut().tracked.remove(pid);
         self.engine.expedite(*key);
         let log_files = match tokio::time::timeout(DRAIN_GRACE, drained).await {
@@ -874,6 +907,8 @@ impl Monitor {
         for (path, e) in write_exit_files(&policy.exit_paths, code) {
             warn!(%id, "write exit file {}: {e}", path.display());
         }
+        span.set("process.exit.code", code);
+        span.set("oom_killed", oom_killed);
         info!(%id, pid, code, oom_killed, "container exited");
         if let Some((prog, args)) = policy.cleanup_cmd.split_first() {
             let mut cleanup = Command::new(prog);
@@ -1200,6 +1235,9 @@ struct ExitPolicy {
     cleanup_cmd: Vec<String>,
     /// Sync the drained log files before the exit files are written.
     sync_logs: bool,
+    /// The span of the request that created the container: exit handling
+    /// is traced under it.
+    trace: Option<otel::SpanContext>,
 }
 
 /// Second handles on a drained container's log files (see

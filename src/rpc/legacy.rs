@@ -26,8 +26,8 @@
 //! `LogDriver`, `TextTextMapEntry` and the enums), each reading the field's
 //! slot of the detected layout. The one translation in `rpc` reads through the
 //! view, so both generations are validated and translated by the same code.
-//! Legacy `metadataOld` (JSON tracing metadata) is never read: like `metadata`
-//! it only carries trace propagation, which ringmon does not export.
+//! Legacy `metadataOld` (JSON tracing metadata) is read only for the trace
+//! context (`trace_parent`), when the `metadata` map has none.
 //!
 //! The `VersionResponse` needs no view: a legacy client reads the v1 shape
 //! with its extra `metadata` pointer (slot 8) out of bounds, i.e. null.
@@ -248,6 +248,34 @@ view! {
     }
 }
 
+/// `trace_parent` for the views whose legacy layout has `metadataOld` as
+/// `Data` (JSON tracing metadata).
+macro_rules! trace_parent {
+    ($($view:ident),*) => {$(
+        impl<'a> $view<'a> {
+            /// The client's trace context: the `metadata` map, else the
+            /// legacy JSON in `metadataOld` (see [`super::trace_parent`]).
+            pub fn trace_parent(self) -> Option<crate::otel::SpanContext> {
+                let json = match self {
+                    Self::V1(_) => None,
+                    Self::Legacy(r) => r.get_metadata_old().ok(),
+                };
+                super::trace_parent(self.get_metadata(), json)
+            }
+        }
+    )*};
+}
+
+trace_parent!(
+    VersionRequest,
+    CreateContainerRequest,
+    ExecSyncContainerRequest,
+    AttachRequest,
+    ReopenLogRequest,
+    SetWindowSizeRequest,
+    CreateNamespacesRequest
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +425,43 @@ mod tests {
         assert_eq!(got.command_args, ["--no-pivot"]);
         assert_eq!(got.cgroup_manager, CgroupManager::Cgroupfs);
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    }
+
+    /// The trace context of a legacy request: from its metadata map, and
+    /// from the JSON in metadataOld when the map has none; a v1 request's
+    /// from its map.
+    #[test]
+    fn legacy_trace_parent_from_map_or_json() {
+        let want = crate::otel::parse_traceparent(TRACE[0].1);
+        assert!(want.is_some());
+        let msg = legacy_create(false);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::Legacy);
+        assert_eq!(view.trace_parent(), want);
+
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<legacy::create_container_request::Builder<'_>>();
+        r.set_id("abc");
+        r.set_metadata_old(TRACE_JSON);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::Legacy);
+        assert_eq!(view.trace_parent(), want);
+
+        // Malformed JSON: no parent, no error.
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<legacy::create_container_request::Builder<'_>>();
+        r.set_metadata_old(b"{\"traceparent\": 12");
+        assert_eq!(
+            CreateContainerRequest::detect(as_v1(&msg)).trace_parent(),
+            None
+        );
+
+        let mut msg = Builder::new_default();
+        let mut r = msg.init_root::<conmon::create_container_request::Builder<'_>>();
+        fill_map(r.reborrow().init_metadata(1), TRACE);
+        let view = CreateContainerRequest::detect(as_v1(&msg));
+        assert_eq!(view.generation(), Generation::V1);
+        assert_eq!(view.trace_parent(), want);
     }
 
     /// What a v1-only server makes of the same bytes: the trace map as the

@@ -267,6 +267,31 @@ fn slots(
     Ok(list)
 }
 
+/// Metadata entries looked at for the trace context at most (the Go
+/// client sends one to three).
+const MAX_METADATA_ENTRIES: u32 = 64;
+
+/// The client's W3C trace context: the `traceparent` entry of the
+/// `metadata` map, else of the legacy JSON in `metadataOld` (conmon-rs
+/// ≤ 0.8.x clients send both). Malformed or absent: `None`, never an
+/// error (tracing must not fail a request).
+pub fn trace_parent(
+    metadata: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,
+    legacy_json: Option<&[u8]>,
+) -> Option<crate::otel::SpanContext> {
+    let from_map = metadata.ok().and_then(|list| {
+        list.iter()
+            .take(MAX_METADATA_ENTRIES as usize)
+            .find(|e| {
+                e.get_key()
+                    .ok()
+                    .is_some_and(|k| k.as_bytes() == crate::otel::context::TRACEPARENT.as_bytes())
+            })
+            .and_then(|e| crate::otel::parse_traceparent(e.get_value().ok()?.to_str().ok()?))
+    });
+    from_map.or_else(|| crate::otel::traceparent_from_json(legacy_json?))
+}
+
 /// Reads `envVars` (a TextTextMap) as (key, value) pairs in wire order.
 fn env_vars(
     r: capnp::Result<capnp::struct_list::Reader<'_, conmon::text_text_map_entry::Owned>>,

@@ -3,9 +3,10 @@ package conmontest
 // Tracing metadata. With tracing enabled and a span in the call's context,
 // the client puts the W3C trace context into every request's `metadata`;
 // legacy (≤ 0.8.x) clients also put it, JSON-encoded, into `metadataOld`,
-// the field whose pointer slot shifts every later field (spec §2.7). ringmon
-// exports no traces: the metadata must be ignored and must not disturb the
-// other fields of any request.
+// the field whose pointer slot shifts every later field (spec §2.7). The
+// metadata only parents ringmon's spans (tracing_export_test.go): it must not
+// disturb the other fields of any request, and no collector listening must
+// not fail any call.
 //
 // Shared by the v1 module (tests/go) and the legacy one (tests/go-legacy,
 // through a symlink).
@@ -56,8 +57,7 @@ func TestTracingMetadataIgnored(t *testing.T) {
 	prev := e.configure
 	e.configure = func(cfg *client.ConmonServerConfig) {
 		prev(cfg)
-		// No collector listens there; ringmon accepts the flags and exports
-		// nothing.
+		// No collector listens there: export fails, the calls must not.
 		cfg.Tracing = &client.Tracing{Enabled: true, Endpoint: "http://127.0.0.1:4317"}
 	}
 

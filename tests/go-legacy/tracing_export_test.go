@@ -1,0 +1,1 @@
+../go/tracing_export_test.go

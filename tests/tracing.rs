@@ -1,0 +1,156 @@
+//! Tracing export seen from the wire (README "Tracing"): a tiny OTLP/gRPC
+//! receiver made of the `h2` server checks the request ringmon sends (path,
+//! gRPC headers, a length-prefixed message carrying the span and the
+//! resource) and answers as a receiver does. The full check against
+//! grpc-go and the official OTLP protobuf is tests/go/tracing_export_test.go.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// What the receiver saw: connections accepted, and each export's path,
+/// content-type, te and body.
+#[derive(Default)]
+struct Seen {
+    connections: usize,
+    exports: Vec<(String, String, String, Vec<u8>)>,
+}
+
+/// Starts the receiver on its own thread; returns its address.
+fn start_receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                shared.lock().unwrap().connections += 1;
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let header = |n: &str| {
+                            request
+                                .headers()
+                                .get(n)
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default()
+                        };
+                        let path = request.uri().path().to_string();
+                        let (ct, te) = (header("content-type"), header("te"));
+                        let mut body = request.into_body();
+                        let mut bytes = Vec::new();
+                        while let Some(chunk) = body.data().await {
+                            let chunk = chunk.unwrap();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            bytes.extend_from_slice(&chunk);
+                        }
+                        shared.lock().unwrap().exports.push((path, ct, te, bytes));
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut stream = respond.send_response(response, false).unwrap();
+                        // An empty ExportTraceServiceResponse.
+                        stream
+                            .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                            .unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        stream.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn version_call(server: &Server) {
+    run_local(async {
+        server.client().await.version(false).await.expect("version");
+    });
+}
+
+#[test]
+fn spans_reach_an_otlp_grpc_receiver_only_once_there_are_spans() {
+    let (addr, seen) = start_receiver();
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    // Idle: no connection is opened before the first span.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(seen.lock().unwrap().connections, 0);
+
+    version_call(&server);
+    assert!(
+        wait_until(Duration::from_secs(10), || !seen
+            .lock()
+            .unwrap()
+            .exports
+            .is_empty()),
+        "no export within 10 s"
+    );
+    let seen = seen.lock().unwrap();
+    let (path, content_type, te, body) = &seen.exports[0];
+    assert_eq!(
+        path,
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    );
+    assert_eq!(content_type, "application/grpc");
+    assert_eq!(te, "trailers");
+    // One uncompressed gRPC message, its length as announced.
+    assert_eq!(body[0], 0);
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(body.len(), 5 + len);
+    assert!(contains(body, b"version"), "no version span");
+    assert!(contains(body, b"conmonrs"), "no service.name");
+    assert!(contains(body, b"service.name"));
+}
+
+#[test]
+fn an_unusable_endpoint_leaves_the_server_serving_without_tracing() {
+    let runtime = runtimes().remove(0);
+    let dir = TempDir::new("tracing-log");
+    let log = dir.path().join("server.log");
+    let server = Server::start_logging_to(
+        &runtime,
+        &[
+            "--enable-tracing",
+            "--tracing-endpoint",
+            "https://collector.example:4317",
+        ],
+        &log,
+    );
+    server.wait_ready();
+    version_call(&server);
+    let text = std::fs::read_to_string(Path::new(&log)).unwrap();
+    assert!(
+        text.contains("tracing disabled")
+            && text.contains("https://collector.example:4317")
+            && text.contains("TLS"),
+        "{text}"
+    );
+}
