@@ -35,6 +35,11 @@ impl ConmonServer {
             pid: std::process::id(),
         }
     }
+
+    /// The streaming server (the metrics count its sessions).
+    pub fn streams(&self) -> Rc<crate::stream::StreamServer> {
+        Rc::clone(&self.streams)
+    }
 }
 
 /// Renders an error and its sources joined by ": " (outer context first).
