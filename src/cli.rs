@@ -167,6 +167,14 @@ pub struct Cli {
           default_value_t = DEFAULT_RUNTIME_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub runtime_timeout: u64,
+
+    /// Also serve the Prometheus metrics (`GET /metrics`, always served on
+    /// `metrics.sock` in the runtime dir) over TCP on ADDR:PORT, e.g.
+    /// 127.0.0.1:9464. Unauthenticated: whoever reaches the address reads
+    /// every container id and counter, so give a loopback address unless
+    /// the network is trusted.
+    #[arg(long, env = "RINGMON_METRICS_ADDRESS", value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Subcommands. No top-level flag validation applies to them.
@@ -281,6 +289,8 @@ pub struct ServerConfig {
     pub busy_pipe_size: Option<usize>,
     pub batch_window: std::time::Duration,
     pub runtime_timeout: std::time::Duration,
+    /// `--metrics-address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Default of `--runtime-timeout`.
@@ -336,6 +346,7 @@ impl Cli {
             busy_pipe_size: self.busy_pipe_size,
             batch_window: std::time::Duration::from_millis(self.engine_batch_window_ms),
             runtime_timeout: std::time::Duration::from_secs(self.runtime_timeout),
+            metrics_address: self.metrics_address,
         })
     }
 }
