@@ -180,7 +180,7 @@ pub struct Cli {
 /// Subcommands. No top-level flag validation applies to them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Look at a running server: ps, logs, exec, attach, version
+    /// Look at a running server: ps, logs, exec, attach, stats, version
     /// (`ringmon ctl --help`).
     Ctl(crate::ctl::CtlArgs),
     /// Unshare namespaces, pin them with bind mounts and sleep until

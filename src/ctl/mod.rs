@@ -1,8 +1,9 @@
 //! `ringmon ctl`: a command line for a person looking at a running server
 //! through its socket (`conmon.sock`): `version`, `ps`, `logs`, `exec`,
-//! `attach`. A client of the RPC interface like any other (through
+//! `attach`, `stats`. A client of the RPC interface like any other (through
 //! `crate::client`); it never reaches into the server's state otherwise,
-//! except for reading the log files the server names.
+//! except for reading the log files the server names and scraping its
+//! `metrics.sock` (`stats`, and `ps`'s LOGGED column).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
