@@ -385,3 +385,41 @@ fn ctl_stats_and_ps_show_the_counters() {
         assert!(row.contains(" 3.8KiB "), "{text}");
     });
 }
+
+#[test]
+fn a_running_container_shows_its_attach_client() {
+    for_each_runtime(|rt| {
+        // Declared first, dropped last: the server writes the exit file
+        // into it when it shuts down.
+        let dir = TempDir::new("metrics-live");
+        let server = Server::start(rt);
+        let id = start_sleeping_container(&server, dir.path());
+        let path = dir.path().join("attach");
+        run_local(async {
+            server
+                .client()
+                .await
+                .attach_container(&id, &path, "", false)
+                .await
+                .unwrap();
+        });
+        let _conn = common::attach_client::AttachConn::connect(&path, "client");
+        let series = format!("ringmon_container_attach_clients{{container_id=\"{id}\"}}");
+        let mut text = String::new();
+        let attached = wait_until(WAIT, || {
+            text = scrape(&server);
+            sample(&text, &series).as_deref() == Some("1")
+        });
+        assert!(attached, "no attach client counted: {text}");
+        assert_eq!(sample(&text, "ringmon_containers").as_deref(), Some("1"));
+        let exit = format!("ringmon_container_exit_code{{container_id=\"{id}\"}}");
+        assert_eq!(
+            sample(&text, &exit),
+            None,
+            "a running container has no exit code"
+        );
+        let pipe =
+            format!("ringmon_container_pipe_size_bytes{{container_id=\"{id}\",stream=\"stderr\"}}");
+        assert!(sample(&text, &pipe).is_some(), "{text}");
+    });
+}
