@@ -62,23 +62,32 @@ impl ContainerCounters {
     }
 }
 
-/// Newlines in `bytes`. Counted in blocks of 255 bytes into a `u8`, which
-/// the compiler turns into 16-byte vector compares and adds (one lane per
-/// byte, no widening until the block's end): a plain `filter().count()`
-/// widens every byte to a 64-bit lane and measurably slowed the worker
-/// (about a third more CPU on 64-byte lines); `memchr` per newline costs a
-/// call per short log line.
+/// Bytes per block of [`count_newlines`]: at most 255 (the count of a
+/// block is a `u8`) and a multiple of 16 (whole vector steps, no scalar
+/// tail per block).
+const NEWLINE_BLOCK: usize = 240;
+
+/// Newlines in `bytes`. Counted per block of a fixed size into a `u8`,
+/// which the compiler turns into 16-byte vector compares and adds with one
+/// lane per byte; a plain `filter().count()` widens every byte to a 64-bit
+/// lane and made the worker's CPU a third higher on 64-byte lines, and
+/// `memchr` per newline costs a call per short log line. Measured with
+/// callgrind: about 0.5 instructions per byte, against about 3.6 for the
+/// rest of the worker's work on a byte of 64-byte lines.
 #[inline]
 pub fn count_newlines(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(255)
-        .map(|block| {
-            block
+    let mut blocks = bytes.chunks_exact(NEWLINE_BLOCK);
+    let mut total = 0u64;
+    for block in &mut blocks {
+        if let Ok(block) = <&[u8; NEWLINE_BLOCK]>::try_from(block) {
+            let count = block
                 .iter()
-                .fold(0u8, |count, &byte| count + u8::from(byte == b'\n'))
-        })
-        .map(u64::from)
-        .sum()
+                .fold(0u8, |count, &byte| count + u8::from(byte == b'\n'));
+            total += u64::from(count);
+        }
+    }
+    let rest = blocks.remainder();
+    total + rest.iter().filter(|&&byte| byte == b'\n').count() as u64
 }
 
 /// Per engine worker: written by that worker.
