@@ -169,12 +169,20 @@ pub struct Cli {
           default_value_t = DEFAULT_RUNTIME_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub runtime_timeout: u64,
+
+    /// Also serve the Prometheus metrics (`GET /metrics`, always served on
+    /// `metrics.sock` in the runtime dir) over TCP on ADDR:PORT, e.g.
+    /// 127.0.0.1:9464. Unauthenticated: whoever reaches the address reads
+    /// every container id and counter, so give a loopback address unless
+    /// the network is trusted.
+    #[arg(long, env = "RINGMON_METRICS_ADDRESS", value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Subcommands. No top-level flag validation applies to them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Look at a running server: ps, logs, exec, attach, version
+    /// Look at a running server: ps, logs, exec, attach, stats, version
     /// (`ringmon ctl --help`).
     Ctl(crate::ctl::CtlArgs),
     /// Unshare namespaces, pin them with bind mounts and sleep until
@@ -285,6 +293,8 @@ pub struct ServerConfig {
     pub runtime_timeout: std::time::Duration,
     /// `--tracing-endpoint` when `--enable-tracing` is given.
     pub tracing_endpoint: Option<String>,
+    /// `--metrics-address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Default of `--runtime-timeout`.
@@ -341,6 +351,7 @@ impl Cli {
             batch_window: std::time::Duration::from_millis(self.engine_batch_window_ms),
             runtime_timeout: std::time::Duration::from_secs(self.runtime_timeout),
             tracing_endpoint: self.enable_tracing.then(|| self.tracing_endpoint.clone()),
+            metrics_address: self.metrics_address,
         })
     }
 }

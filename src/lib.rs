@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod engine;
 pub mod fixture;
 pub mod log;
+pub mod metrics;
 pub mod otel;
 pub mod role;
 pub mod rpc;

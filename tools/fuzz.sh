@@ -69,11 +69,13 @@ fi
 TRIPLE="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 BIN="$ROOT/fuzz/target/$TRIPLE/release"
 
-# Longest input per target: the request head parser needs room past its
-# 16 KiB limit; everything else is fine with libFuzzer's default.
+# Longest input per target: the request head parsers need room past their
+# limits (16 KiB streaming, 8 KiB metrics); everything else is fine with
+# libFuzzer's default.
 max_len() {
     case "$1" in
         http_head) echo 20000 ;;
+        metrics_request) echo 10000 ;;
         *) echo 4096 ;;
     esac
 }

@@ -14,8 +14,9 @@ LOG="${RINGMON_DEPS_LOG:-/tmp/ringmon-install-deps.log}"
 
 # Debian packages: OCI runtimes, static busybox for test rootfs images, the
 # capnp compiler (build.rs), the C conmon (reference), podman 4.3.1 and tmux
-# (tests/podman.rs drives the real podman, `-it` through tmux's ptys), and
-# basic tooling.
+# (tests/podman.rs drives the real podman, `-it` through tmux's ptys),
+# prometheus and its promtool (tests/metrics.rs runs its own prometheus
+# scraping ringmon), and basic tooling.
 PACKAGES=(
     runc
     crun
@@ -24,6 +25,7 @@ PACKAGES=(
     conmon
     podman
     tmux
+    prometheus
     iproute2
     procps
     ca-certificates
@@ -78,6 +80,16 @@ else
     say "packages: all ${#PACKAGES[@]} already installed"
 fi
 
+# Debian's prometheus package enables and starts a system service (under
+# systemd; in a container policy-rc.d usually keeps it from starting). The
+# tests run their own prometheus, with their own config, data dir and port:
+# a system one would only keep running and scraping after CI is done.
+if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]] &&
+    systemctl is-enabled --quiet prometheus 2>/dev/null; then
+    say "disabling the prometheus system service (the tests run their own)"
+    systemctl disable --now prometheus >>"$LOG" 2>&1 || true
+fi
+
 # ---------------------------------------------------------------------------
 # 2. Required binaries
 # ---------------------------------------------------------------------------
@@ -91,7 +103,7 @@ need_bin() {
 }
 
 problems=()
-for tool in runc crun capnp conmon podman tmux busybox ps ip; do
+for tool in runc crun capnp conmon podman tmux prometheus promtool busybox ps ip; do
     if ! need_bin "$tool" >/dev/null; then
         problems+=("'$tool' not found after package installation")
     fi

@@ -36,6 +36,11 @@ impl ConmonServer {
             pid: std::process::id(),
         }
     }
+
+    /// The streaming server (the metrics count its sessions).
+    pub fn streams(&self) -> Rc<crate::stream::StreamServer> {
+        Rc::clone(&self.streams)
+    }
 }
 
 /// The server span of one RPC method, under the client's trace context.

@@ -6,7 +6,10 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use crate::engine::counters::ContainerCounters;
 
 use crate::log::LogFormat;
 
@@ -14,7 +17,7 @@ use crate::log::LogFormat;
 pub const MAX_EXITED_KEPT: usize = 256;
 
 /// A container as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ContainerSummary {
     pub id: String,
     pub pid: u32,
@@ -24,6 +27,9 @@ pub struct ContainerSummary {
     pub exit: Option<ContainerExit>,
     /// The log drivers it writes to (journald has an empty path).
     pub logs: Vec<(LogFormat, PathBuf)>,
+    /// What the engine counted for it (kept after its exit: the final
+    /// values, for the metrics).
+    pub counters: Arc<ContainerCounters>,
 }
 
 /// How and when a listed container ended.
@@ -76,6 +82,7 @@ mod tests {
                 at: SystemTime::UNIX_EPOCH,
             }),
             logs: Vec::new(),
+            counters: Default::default(),
         }
     }
 

@@ -68,6 +68,7 @@ fn summary(id: &str, child: &Child, exit_code: Option<i32>) -> ContainerSummary 
             at: std::time::SystemTime::now(),
         }),
         logs: child.logs.clone(),
+        counters: child.counters.clone(),
     }
 }
 
@@ -92,6 +93,8 @@ struct Child {
     created: std::time::SystemTime,
     /// Its log drivers (listing).
     logs: Vec<(crate::log::LogFormat, PathBuf)>,
+    /// What the engine counts for it (metrics).
+    counters: Arc<crate::engine::counters::ContainerCounters>,
 }
 
 #[derive(Default)]
@@ -517,7 +520,11 @@ impl Monitor {
             .borrow_mut()
             .drain_waiters
             .insert(key, drained_tx);
-        if let Err(e) = self.engine.register(Registration { key, sources, logs }) {
+        let counters = Arc::new(crate::engine::counters::ContainerCounters::default());
+        if let Err(e) = self
+            .engine
+            .register_counted(Registration { key, sources, logs }, counters.clone())
+        {
             self.state.borrow_mut().drain_waiters.remove(&key);
             sys::process::kill_tree(pid, Signal::SIGKILL);
             return Err(e.into());
@@ -541,6 +548,7 @@ impl Monitor {
                 _leaked: fds.leaked,
                 forced_exit_code: None,
                 created: std::time::SystemTime::now(),
+                counters,
                 logs: req
                     .logs
                     .iter()
@@ -1026,6 +1034,21 @@ impl Monitor {
         );
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+
+    /// Exec sessions that have not ended (metrics).
+    pub fn open_exec_sessions(&self) -> usize {
+        self.state
+            .borrow()
+            .sessions
+            .values()
+            .map(exec_sessions::ContainerSessions::open_count)
+            .sum()
+    }
+
+    /// The engine the monitor feeds (metrics read its workers' counters).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     fn lookup<T>(&self, id: &str, f: impl FnOnce(&Child) -> T) -> Result<T, CoreError> {

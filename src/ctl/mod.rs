@@ -1,8 +1,9 @@
 //! `ringmon ctl`: a command line for a person looking at a running server
 //! through its socket (`conmon.sock`): `version`, `ps`, `logs`, `exec`,
-//! `attach`. A client of the RPC interface like any other (through
+//! `attach`, `stats`. A client of the RPC interface like any other (through
 //! `crate::client`); it never reaches into the server's state otherwise,
-//! except for reading the log files the server names.
+//! except for reading the log files the server names and scraping its
+//! `metrics.sock` (`stats`, and `ps`'s LOGGED column).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::client::{Client, ClientError};
 pub mod log_lines;
 mod logs;
 mod session;
+pub mod stats;
 
 /// The server socket's file name in its runtime dir.
 pub const SOCKET_NAME: &str = "conmon.sock";
@@ -49,6 +51,7 @@ Examples:
   ringmon ctl logs -f --since 10m --tail 20 3f2a
   ringmon ctl exec -it 3f2a -- /bin/sh
   ringmon ctl attach 3f2a          (ctrl-p ctrl-q detaches)
+  ringmon ctl stats                (the metrics of metrics.sock, for people)
 
 A container may be named by a unique prefix of its id.";
 
@@ -102,6 +105,14 @@ pub enum CtlCommand {
     Attach {
         /// Container id (or a unique prefix).
         id: String,
+    },
+    /// Show the server's metrics (from its metrics.sock): per container the
+    /// output logged, discards, log errors and attach clients; then the
+    /// process and each engine worker.
+    Stats {
+        /// Show whole container ids (default: the first 12 characters).
+        #[arg(long)]
+        no_trunc: bool,
     },
 }
 
@@ -365,6 +376,14 @@ pub fn run(args: CtlArgs) -> i32 {
 
 async fn dispatch(args: CtlArgs) -> Result<i32, CtlError> {
     let dir = choose_runtime_dir(args.runtime_dir)?;
+    if let CtlCommand::Stats { no_trunc } = args.command {
+        let text = stats::scrape(&dir).await?;
+        print!(
+            "{}",
+            stats::stats_text(&stats::parse_samples(&text), no_trunc)
+        );
+        return Ok(0);
+    }
     let server = Server::connect(&dir).await?;
     match args.command {
         CtlCommand::Version => {
@@ -376,7 +395,16 @@ async fn dispatch(args: CtlArgs) -> Result<i32, CtlError> {
             let list = server
                 .call("listContainers", server.client.list_containers())
                 .await?;
-            print!("{}", ps_table(&list.containers, now_millis(), no_trunc));
+            // The engine's counters when the server serves them (an older
+            // one does not: then the log file's size).
+            let logged = match stats::scrape(&dir).await {
+                Ok(text) => stats::logged_bytes(&stats::parse_samples(&text)),
+                Err(_) => Default::default(),
+            };
+            print!(
+                "{}",
+                ps_table(&list.containers, &logged, now_millis(), no_trunc)
+            );
             if list.truncated {
                 eprintln!("(the server left out some containers: its reply is bounded)");
             }
@@ -423,6 +451,7 @@ async fn dispatch(args: CtlArgs) -> Result<i32, CtlError> {
             .await
         }
         CtlCommand::Attach { id } => session::attach(&server, &id).await,
+        CtlCommand::Stats { .. } => unreachable!("answered before connecting"),
     }
 }
 
@@ -484,7 +513,14 @@ fn log_file(c: &crate::client::ContainerInfo) -> Option<(log_lines::LogFileKind,
 
 /// The `ps` table. LOGGED is the size of the log file now (what the
 /// container wrote that the log kept; rotation and max size cut it).
-pub fn ps_table(list: &[crate::client::ContainerInfo], now_millis: i64, no_trunc: bool) -> String {
+/// `logged`: output bytes per container id as the engine counted them
+/// (metrics); a container not in it shows its log file's size.
+pub fn ps_table(
+    list: &[crate::client::ContainerInfo],
+    logged: &std::collections::BTreeMap<String, u64>,
+    now_millis: i64,
+    no_trunc: bool,
+) -> String {
     let mut rows = vec![[
         "CONTAINER ID".to_string(),
         "PID".into(),
@@ -513,7 +549,7 @@ pub fn ps_table(list: &[crate::client::ContainerInfo], now_millis: i64, no_trunc
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| c.runtime.clone());
-        let (logged, log) = match log_file(c) {
+        let (file_size, log) = match log_file(c) {
             Some((_, path)) => (
                 std::fs::metadata(path)
                     .map(|m| human_bytes(m.len()))
@@ -523,6 +559,7 @@ pub fn ps_table(list: &[crate::client::ContainerInfo], now_millis: i64, no_trunc
             None if c.logs.is_empty() => ("-".into(), "-".into()),
             None => ("-".into(), "journald".into()),
         };
+        let logged = logged.get(&c.id).map_or(file_size, |&n| human_bytes(n));
         rows.push([
             id,
             c.pid.to_string(),
@@ -609,6 +646,7 @@ mod tests {
     fn the_table_shows_state_age_and_journald() {
         let table = ps_table(
             &[info("0123456789abcdef", true), info("x", false)],
+            &[("x".to_string(), 1536)].into_iter().collect(),
             121_000,
             false,
         );
@@ -624,6 +662,7 @@ mod tests {
             "{table}"
         );
         assert!(lines[2].contains("exited (3) 1m ago"), "{table}");
+        assert!(lines[2].contains(" 1.5KiB "), "{table}");
         assert_eq!(human_bytes(1536), "1.5KiB");
         assert_eq!(human_age(59_999), "59s");
     }

@@ -54,6 +54,9 @@ pub enum BackendEvent<'a> {
     /// Watching the sink for writability failed; no `Writable` will follow
     /// for that request. The sink stays registered until `remove_sink`.
     SinkFailed { sink: SinkId, error: io::Error },
+    /// The source's pipe was grown to `capacity` bytes (at most once per
+    /// source; reported for the pipe size metric).
+    PipeResized { source: SourceId, capacity: usize },
 }
 
 /// A readiness/completion loop over a worker's sources and sinks.

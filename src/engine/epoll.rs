@@ -124,7 +124,12 @@ impl EpollBackend {
                         // A full read: the producer outruns us; give it room.
                         source.grown = true;
                         if source.kind == SourceKind::Pipe {
-                            self.pipe_sizer.grow(source.fd.as_fd());
+                            if let Some(capacity) = self.pipe_sizer.grow(source.fd.as_fd()) {
+                                on_event(BackendEvent::PipeResized {
+                                    source: SourceId(index),
+                                    capacity,
+                                });
+                            }
                         }
                     }
                     on_event(BackendEvent::Data {

@@ -120,6 +120,7 @@ use crate::log::{LogWriter, StreamKind};
 pub mod attach;
 pub use attach::MAX_ATTACH_CLIENTS;
 pub mod backend;
+pub mod counters;
 mod epoll;
 pub mod pipe_size;
 mod uring;
@@ -128,6 +129,7 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+use counters::{ContainerCounters, WorkerCounters};
 use worker::{Command, Worker};
 
 /// Payload bytes an attach client may have queued before it is dropped (see
@@ -348,6 +350,21 @@ struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     /// Written to after queueing a command; the worker's backend reads it.
     waker: Arc<EventFd>,
+    /// What the worker counts (read by `Engine::worker_stats`).
+    counters: Arc<WorkerCounters>,
+}
+
+/// One worker as the metrics see it ([`Engine::worker_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub index: usize,
+    /// "io_uring" or "epoll".
+    pub backend: &'static str,
+    pub wakeups: u64,
+    pub batches: u64,
+    /// CPU time of the worker's thread (`None` if it could not be read:
+    /// the thread is gone).
+    pub cpu: Option<Duration>,
 }
 
 /// Which worker serves which container, and how many each serves. Shared
@@ -459,7 +476,46 @@ impl Engine {
 
     /// Hands a container's sources and log writers to a worker.
     pub fn register(&self, registration: Registration) -> Result<(), EngineError> {
-        self.assign_and_send(registration.key, Command::Register(registration))
+        self.register_counted(registration, Arc::default())
+    }
+
+    /// [`Engine::register`], with the counters the worker keeps for the
+    /// container (read by the metrics while it works).
+    pub fn register_counted(
+        &self,
+        registration: Registration,
+        counters: Arc<ContainerCounters>,
+    ) -> Result<(), EngineError> {
+        self.assign_and_send(registration.key, Command::Register(registration, counters))
+    }
+
+    /// What each started worker counted so far, in worker order, with the
+    /// CPU time its thread used (read through the thread's CPU clock: the
+    /// worker does nothing for it).
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        let counters: Vec<Arc<WorkerCounters>> = self
+            .lock_workers()
+            .started
+            .iter()
+            .map(|handle| handle.counters.clone())
+            .collect();
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counters
+            .iter()
+            .enumerate()
+            .map(|(index, counters)| WorkerStats {
+                index,
+                backend: self.backend_name,
+                wakeups: counters.wakeups.load(std::sync::atomic::Ordering::Relaxed),
+                batches: counters.batches.load(std::sync::atomic::Ordering::Relaxed),
+                cpu: threads
+                    .get(index)
+                    .and_then(|thread| crate::sys::stats::thread_cpu_time(thread).ok()),
+            })
+            .collect()
     }
 
     /// Assigns `key` to a worker and sends it `command` (a registration).
@@ -498,7 +554,7 @@ impl Engine {
             sources: Vec::new(),
             logs,
         };
-        self.assign_and_send(key, Command::RegisterPending(registration))
+        self.assign_and_send(key, Command::RegisterPending(registration, Arc::default()))
     }
 
     /// Gives a container registered with [`Engine::register_pending`] its
@@ -698,6 +754,7 @@ struct WorkerParts {
     events: tokio::sync::mpsc::UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
     attach_drops: Arc<AtomicU64>,
+    counters: Arc<WorkerCounters>,
     options: WorkerOptions,
 }
 
@@ -729,6 +786,7 @@ impl WorkerParts {
             self.assignments,
             self.attach_drops,
         )
+        .with_counters(self.counters)
         .with_batch_window(self.options.batch_window)
         .with_attach_done_packet(self.options.attach_done_packet)
         .run();
@@ -770,6 +828,7 @@ impl WorkerSpawner {
                 .map_err(|errno| EngineError::Setup(format!("worker {index}: eventfd: {errno}")))?,
         );
         let (commands_tx, commands_rx) = mpsc::channel();
+        let counters = Arc::new(WorkerCounters::default());
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
         let parts = WorkerParts {
             index,
@@ -777,6 +836,7 @@ impl WorkerSpawner {
             events: self.events.clone(),
             assignments: self.assignments.clone(),
             attach_drops: self.attach_drops.clone(),
+            counters: counters.clone(),
             options: self.options,
         };
         let (backend, pipe_sizer, worker_waker) = (self.backend, self.pipe_sizer, waker.clone());
@@ -806,6 +866,7 @@ impl WorkerSpawner {
                 WorkerHandle {
                     commands: commands_tx,
                     waker,
+                    counters,
                 },
                 thread,
             )),

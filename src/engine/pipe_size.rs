@@ -47,15 +47,23 @@ impl PipeSizer {
 
     /// Grows the pipe `fd` to the busy capacity unless it is that big
     /// already. Failure is harmless (the pipe keeps working) and only logged.
-    pub fn grow(&self, fd: BorrowedFd<'_>) {
+    /// Returns the capacity it grew the pipe to, if it did (for the pipe
+    /// size metric).
+    pub fn grow(&self, fd: BorrowedFd<'_>) -> Option<usize> {
         if self.target == 0 {
-            return;
+            return None;
         }
         match crate::sys::fd::pipe_capacity(fd) {
-            Ok(capacity) if capacity >= self.target => {}
+            Ok(capacity) if capacity >= self.target => None,
             _ => match crate::sys::fd::set_pipe_capacity(fd, self.target) {
-                Ok(capacity) => tracing::debug!(capacity, "grew a busy container pipe"),
-                Err(err) => tracing::debug!("growing a busy container pipe: {err}"),
+                Ok(capacity) => {
+                    tracing::debug!(capacity, "grew a busy container pipe");
+                    Some(capacity)
+                }
+                Err(err) => {
+                    tracing::debug!("growing a busy container pipe: {err}");
+                    None
+                }
             },
         }
     }

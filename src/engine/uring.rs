@@ -236,7 +236,7 @@ impl UringBackend {
             (ReadMode::RingRead, Ok(0)) => self.close(slot, None, on_event),
             (ReadMode::RingRead, Ok(len)) => {
                 if len as usize >= FULL_DEFAULT_PIPE {
-                    self.grow_once(slot);
+                    self.grow_once(slot, on_event);
                 }
                 on_event(BackendEvent::Data {
                     source: source_id,
@@ -331,12 +331,17 @@ impl UringBackend {
 
     /// A read filled the whole buffer: the producer outruns the worker, so
     /// grow its pipe (once per source; see `PipeSizer`).
-    fn grow_once(&mut self, slot: SlotId) {
+    fn grow_once(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
         if let Some(SlotUser::Source(source)) = &mut self.slot_users[slot.index()] {
             if !source.grown {
                 source.grown = true;
                 if source.kind == SourceKind::Pipe {
-                    self.pipe_sizer.grow(source.fd.as_fd());
+                    if let Some(capacity) = self.pipe_sizer.grow(source.fd.as_fd()) {
+                        on_event(BackendEvent::PipeResized {
+                            source: SourceId(slot.index() as u32),
+                            capacity,
+                        });
+                    }
                 }
             }
         }
@@ -354,7 +359,7 @@ impl UringBackend {
                 Ok(0) => return self.close(slot, None, on_event),
                 Ok(len) => {
                     if len >= FULL_DEFAULT_PIPE {
-                        self.grow_once(slot);
+                        self.grow_once(slot, on_event);
                     }
                     on_event(BackendEvent::Data {
                         source: source_id,

@@ -27,6 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::attach::{PacketQueue, MAX_ATTACH_CLIENTS, PACKET_STDERR, PACKET_STDOUT};
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
+use super::counters::{bump, ContainerCounters, WorkerCounters};
 use super::{
     Assignments, AttachListenerId, ContainerKey, EngineEvent, Registration, SourceKind,
     StreamSource, ATTACH_LINGER_TIMEOUT, ATTACH_QUEUE_LIMIT,
@@ -39,11 +40,11 @@ const MAX_CONSECUTIVE_WAIT_FAILURES: u32 = 1000;
 
 /// What the `Engine` handle asks a worker to do.
 pub enum Command {
-    Register(Registration),
+    Register(Registration, Arc<ContainerCounters>),
     /// Register a container whose sources come later ([`Command::AddSources`]):
     /// until then it holds one pending source, so it is not drained and its
     /// attach clients stay connected (an exec session created suspended).
-    RegisterPending(Registration),
+    RegisterPending(Registration, Arc<ContainerCounters>),
     /// The sources of a container registered pending (none if the process
     /// never started: the container then drains).
     AddSources {
@@ -113,20 +114,28 @@ impl LogSink {
 
     /// Runs `write` (which carries `bytes` of container output) unless the
     /// writer is failing and not due for a retry.
+    /// Discarded bytes and failed writes are counted in `counters`.
     fn attempt(
         &mut self,
         bytes: usize,
+        counters: &ContainerCounters,
         write: impl FnOnce(&mut LogWriter) -> Result<(), LogError>,
     ) -> LogAttempt {
         if let Some(failure) = &mut self.failure {
             let now = Instant::now();
             if now.duration_since(failure.last_attempt) < LOG_RETRY_INTERVAL {
                 failure.dropped += bytes as u64;
+                bump(&counters.discarded_bytes, bytes as u64);
                 return LogAttempt::Skipped;
             }
             failure.last_attempt = now;
         }
-        match (write(&mut self.writer), &mut self.failure) {
+        let written = write(&mut self.writer);
+        if written.is_err() {
+            bump(&counters.log_write_errors, 1);
+            bump(&counters.discarded_bytes, bytes as u64);
+        }
+        match (written, &mut self.failure) {
             (Ok(()), None) => LogAttempt::Done,
             (Ok(()), Some(failure)) => {
                 let dropped = failure.dropped;
@@ -151,6 +160,8 @@ impl LogSink {
 struct Container {
     /// Sources that have not reached EOF yet.
     open_sources: usize,
+    /// What the metrics read about it.
+    counters: Arc<ContainerCounters>,
     logs: Vec<LogSink>,
     attach_clients: Vec<ClientId>,
     /// Attach listeners whose pending connections are accepted before each
@@ -217,6 +228,8 @@ enum ClientSocket {
 
 struct AttachClient {
     key: ContainerKey,
+    /// Its container's counters (it may outlive the container: lingering).
+    counters: Option<Arc<ContainerCounters>>,
     socket: ClientSocket,
     queue: PacketQueue,
     /// A writability notification is armed: sending before it fires would
@@ -283,6 +296,8 @@ pub struct Worker<B: Backend> {
     // operations are cancelled before anything else goes.
     backend: B,
     routing: Routing,
+    /// What the metrics read about this worker.
+    counters: Arc<WorkerCounters>,
     /// See `EngineConfig::batch_window`.
     batch_window: Duration,
     /// When the last chunk larger than [`LIGHT_CHUNK`] was routed, since the
@@ -360,9 +375,16 @@ impl<B: Backend> Worker<B> {
                 assignments,
                 attach_done_packet: true,
             },
+            counters: Arc::default(),
             batch_window: Duration::ZERO,
             heavy_output_at: None,
         }
+    }
+
+    /// Counts into `counters` (read by `Engine::worker_stats`).
+    pub fn with_counters(mut self, counters: Arc<WorkerCounters>) -> Worker<B> {
+        self.counters = counters;
+        self
     }
 
     /// Whether attach clients get the done packet at the end of output
@@ -418,7 +440,14 @@ impl<B: Backend> Worker<B> {
                     load.urgent = true;
                     routing.on_sink_failed(sink, error);
                 }
+                BackendEvent::PipeResized { source, capacity } => {
+                    routing.on_pipe_resized(source, capacity);
+                }
             });
+            bump(&self.counters.wakeups, 1);
+            if load.data {
+                bump(&self.counters.batches, 1);
+            }
             let waited_ok = waited.is_ok();
             match waited {
                 Ok(()) => consecutive_failures = 0,
@@ -506,8 +535,12 @@ impl<B: Backend> Worker<B> {
         self.routing.take_commands();
         while let Some(command) = self.routing.deferred.pop_front() {
             match command {
-                Command::Register(registration) => self.register(registration, false),
-                Command::RegisterPending(registration) => self.register(registration, true),
+                Command::Register(registration, counters) => {
+                    self.register(registration, counters, false)
+                }
+                Command::RegisterPending(registration, counters) => {
+                    self.register(registration, counters, true)
+                }
                 Command::AddSources { key, sources } => {
                     if let Some(container) = self.routing.containers.get_mut(&key) {
                         // The pending source is released below.
@@ -530,12 +563,18 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Starts serving a container; `pending`: its sources come later.
-    fn register(&mut self, registration: Registration, pending: bool) {
+    fn register(
+        &mut self,
+        registration: Registration,
+        counters: Arc<ContainerCounters>,
+        pending: bool,
+    ) {
         let Registration { key, sources, logs } = registration;
         self.routing.containers.insert(
             key,
             Container {
                 open_sources: usize::from(pending),
+                counters,
                 logs: logs.into_iter().map(LogSink::new).collect(),
                 attach_clients: Vec::new(),
                 attach_listeners: Vec::new(),
@@ -556,6 +595,17 @@ impl<B: Backend> Worker<B> {
                 (SourceKind::Pty, _) | (SourceKind::Pipe, StreamKind::Stdout) => PACKET_STDOUT,
                 (SourceKind::Pipe, StreamKind::Stderr) => PACKET_STDERR,
             };
+            let capacity = match source.kind {
+                SourceKind::Pipe => crate::sys::fd::pipe_capacity(source.fd.as_fd()).ok(),
+                SourceKind::Pty => None,
+            };
+            if let (Some(capacity), Some(container)) = (capacity, routing.containers.get(&key)) {
+                container
+                    .counters
+                    .stream(source.stream)
+                    .pipe_size
+                    .store(capacity as u64, Ordering::Relaxed);
+            }
             match self.backend.add_source(source.fd, source.kind) {
                 Ok(id) => {
                     routing.sources.insert(
@@ -618,7 +668,7 @@ impl Routing {
         self.deferred
             .iter()
             .any(|command| {
-                matches!(command, Command::Register(r) | Command::RegisterPending(r) if r.key == key)
+                matches!(command, Command::Register(r, _) | Command::RegisterPending(r, _) if r.key == key)
             })
     }
 
@@ -651,6 +701,7 @@ impl Routing {
         }
         let mut attach_client = AttachClient {
             key,
+            counters: self.containers.get(&key).map(|c| c.counters.clone()),
             socket: ClientSocket::Held(client),
             queue: PacketQueue::default(),
             awaiting_writable: false,
@@ -660,7 +711,13 @@ impl Routing {
             scheduled: false,
         };
         match self.containers.get_mut(&key) {
-            Some(container) => container.attach_clients.push(id),
+            Some(container) => {
+                container.attach_clients.push(id);
+                container
+                    .counters
+                    .attach_clients
+                    .store(container.attach_clients.len() as u64, Ordering::Relaxed);
+            }
             None => {
                 if self.attach_done_packet {
                     attach_client.queue.push_done();
@@ -694,6 +751,10 @@ impl Routing {
             }
             !hung_up
         });
+        container
+            .counters
+            .attach_clients
+            .store(container.attach_clients.len() as u64, Ordering::Relaxed);
     }
 
     /// Keeps `listener` with `key` (dropped at once if `key` is not here).
@@ -759,10 +820,12 @@ impl Routing {
             return;
         };
         container.note_output(route.stream, self.batch);
+        container.counters.note_chunk(route.stream, bytes);
         self.timestamps.refresh();
         let timestamps = &self.timestamps;
+        let counters = &container.counters;
         for sink in &mut container.logs {
-            let attempt = sink.attempt(bytes.len(), |writer| {
+            let attempt = sink.attempt(bytes.len(), counters, |writer| {
                 writer
                     .write_chunk(route.stream, bytes, timestamps)
                     .and_then(|()| writer.flush())
@@ -796,12 +859,28 @@ impl Routing {
             container.open_sources -= 1;
             self.timestamps.refresh();
             let timestamps = &self.timestamps;
+            let counters = &container.counters;
             for sink in &mut container.logs {
-                let attempt = sink.attempt(0, |writer| writer.end_stream(route.stream, timestamps));
+                let attempt = sink.attempt(0, counters, |writer| {
+                    writer.end_stream(route.stream, timestamps)
+                });
                 report_log_attempt(&self.events, route.key, attempt);
             }
         }
         self.finish_if_drained(route.key);
+    }
+
+    fn on_pipe_resized(&mut self, source: SourceId, capacity: usize) {
+        let Some(route) = self.sources.get(&source) else {
+            return;
+        };
+        if let Some(container) = self.containers.get(&route.key) {
+            container
+                .counters
+                .stream(route.stream)
+                .pipe_size
+                .store(capacity as u64, Ordering::Relaxed);
+        }
     }
 
     fn on_writable(&mut self, sink: SinkId) {
@@ -846,6 +925,11 @@ impl Routing {
             .iter()
             .filter_map(|sink| sink.writer.duplicate_file())
             .collect();
+        // Its clients linger at most; none is attached to a live container.
+        container
+            .counters
+            .attach_clients
+            .store(0, Ordering::Relaxed);
         let now = Instant::now();
         for &id in &container.attach_clients {
             if let Some(client) = self.clients.get_mut(&id) {
@@ -865,11 +949,12 @@ impl Routing {
     }
 
     fn flush_container(&self, key: ContainerKey, container: &mut Container) {
+        let counters = &container.counters;
         for sink in &mut container.logs {
             if sink.failure.is_some() {
                 continue;
             }
-            let attempt = sink.attempt(0, LogWriter::flush);
+            let attempt = sink.attempt(0, counters, LogWriter::flush);
             report_log_attempt(&self.events, key, attempt);
         }
     }
@@ -1049,6 +1134,9 @@ impl Routing {
             return;
         };
         let key = client.key;
+        if let Some(counters) = &client.counters {
+            bump(&counters.attach_drops, 1);
+        }
         self.release_client(id, client, Release::HangUp, backend);
         let dropped_total = self.attach_drops.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = self.events.send(EngineEvent::AttachClientDropped {
@@ -1074,6 +1162,10 @@ impl Routing {
     ) {
         if let Some(container) = self.containers.get_mut(&client.key) {
             container.attach_clients.retain(|&other| other != id);
+            container
+                .counters
+                .attach_clients
+                .store(container.attach_clients.len() as u64, Ordering::Relaxed);
         }
         match client.socket {
             ClientSocket::Held(fd) => how.apply(fd.as_fd()),

@@ -245,6 +245,11 @@ impl StreamServer {
         })
     }
 
+    /// Upgraded streaming sessions (exec, attach, port-forward) open now.
+    pub fn live_sessions(&self) -> usize {
+        self.websocket_sessions.get()
+    }
+
     /// serveExecContainer: the container must be monitored.
     pub async fn serve_exec(self: &Rc<Self>, req: ExecRequest) -> Result<String, StreamError> {
         if !self.monitor.has_child(&req.id) {

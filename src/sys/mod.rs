@@ -10,6 +10,7 @@ pub mod random;
 pub mod reactor;
 pub mod seccomp;
 pub mod socket;
+pub mod stats;
 pub mod time;
 pub mod tty;
 pub mod uring;

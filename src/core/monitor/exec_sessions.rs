@@ -62,6 +62,11 @@ pub(super) struct ContainerSessions {
 }
 
 impl ContainerSessions {
+    /// Sessions that have not ended.
+    pub(super) fn open_count(&self) -> usize {
+        self.by_id.values().filter(|s| s.ended.is_none()).count()
+    }
+
     /// Forgets the oldest ended sessions beyond [`ENDED_SESSIONS_KEPT`].
     fn evict_ended(&mut self) {
         let ended = self.by_id.values().filter(|s| s.ended.is_some()).count();

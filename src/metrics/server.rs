@@ -1,0 +1,143 @@
+//! Serves `GET /metrics` on the control thread's runtime (no thread of its
+//! own): on `metrics.sock` in the runtime dir, and on `--metrics-address`
+//! if the operator asked for it. Bounds: at most
+//! [`MAX_SCRAPE_CONNECTIONS`] connections at a time (one more is closed at
+//! once), each one answered or closed within [`CONNECTION_TIMEOUT`], its
+//! request head at most [`super::http::MAX_REQUEST_HEAD`].
+
+use std::cell::Cell;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{debug, warn};
+
+use super::{http, render, Sources};
+
+/// Scrape connections served at a time (over both listeners). A scraper
+/// makes one per scrape; a few operators with curl on top are far below.
+pub const MAX_SCRAPE_CONNECTIONS: usize = 8;
+
+/// How long a connection may take from accept to the end of the response
+/// (a client that sends its head slowly, or reads the response slowly).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The listeners' shared state.
+pub struct MetricsServer {
+    sources: Sources,
+    connections: Cell<usize>,
+}
+
+impl MetricsServer {
+    pub fn new(sources: Sources) -> Rc<MetricsServer> {
+        Rc::new(MetricsServer {
+            sources,
+            connections: Cell::new(0),
+        })
+    }
+
+    /// Serves `metrics.sock` forever; a peer that is neither root nor the
+    /// server's user is closed at once (as on conmon.sock). Must run inside
+    /// a `LocalSet`.
+    pub async fn serve_unix(self: Rc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if crate::sys::socket::peer_allowed(stream.as_fd(), super::SOCKET_NAME) {
+                        self.spawn_connection(stream);
+                    }
+                }
+                Err(err) => {
+                    warn!("accept on {}: {err}", super::SOCKET_NAME);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves the `--metrics-address` listener forever (unauthenticated:
+    /// whoever can reach the address can read the metrics).
+    pub async fn serve_tcp(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => self.spawn_connection(stream),
+                Err(err) => {
+                    warn!("accept on the metrics address: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_connection<S>(self: &Rc<Self>, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        if self.connections.get() >= MAX_SCRAPE_CONNECTIONS {
+            debug!("metrics connection refused: {MAX_SCRAPE_CONNECTIONS} are served already");
+            return;
+        }
+        self.connections.set(self.connections.get() + 1);
+        let server = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            match tokio::time::timeout(CONNECTION_TIMEOUT, server.answer(stream)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!("metrics connection: {err}"),
+                Err(_) => debug!(
+                    "metrics connection closed after {} s",
+                    CONNECTION_TIMEOUT.as_secs()
+                ),
+            }
+            server.connections.set(server.connections.get() - 1);
+        });
+    }
+
+    /// Reads one request head and answers it.
+    async fn answer<S>(&self, mut stream: S) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut head = Vec::with_capacity(512);
+        let mut chunk = [0u8; 1024];
+        let answer = loop {
+            // `parse_request` answers once the head is complete or too long,
+            // so `head` stays within MAX_REQUEST_HEAD plus one chunk.
+            if let Some((answer, _)) = http::parse_request(&head) {
+                break answer;
+            }
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&chunk[..read]);
+        };
+        let response = http::respond(answer, || render(&self.sources.snapshot()));
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    }
+}
+
+/// Binds `metrics.sock` at `path`, mode 0600: the metrics name every
+/// container the server runs, which is for its owner (and root) only, and
+/// nobody else has any business connecting. A stale socket file left by a
+/// server that died is replaced; anything else at that path is refused.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let listener = crate::sys::socket::bind_stream(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
