@@ -64,6 +64,9 @@ pub struct ProcessSample {
     pub containers: u64,
     pub exec_sessions: u64,
     pub streaming_sessions: u64,
+    /// Trace spans dropped (queue full, collector away); `None` without
+    /// `--enable-tracing`.
+    pub trace_spans_dropped: Option<u64>,
 }
 
 /// Where a scrape reads from; lives on the control thread.
@@ -108,6 +111,7 @@ impl Sources {
                 containers: running as u64,
                 exec_sessions: self.monitor.open_exec_sessions() as u64,
                 streaming_sessions: self.streams.live_sessions() as u64,
+                trace_spans_dropped: crate::otel::enabled().then(crate::otel::dropped_spans),
             },
         }
     }

@@ -173,6 +173,16 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(&mut out, name, &[], v);
         }
     }
+    if let Some(dropped) = process.trace_spans_dropped {
+        let name = "ringmon_trace_spans_dropped_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Trace spans not exported: the export queue was full or the collector failed.",
+        );
+        sample(&mut out, name, &[], dropped);
+    }
     out
 }
 
@@ -294,6 +304,7 @@ mod tests {
                 containers: 1,
                 exec_sessions: 0,
                 streaming_sessions: 2,
+                trace_spans_dropped: None,
             },
         };
         let expected = r#"# HELP ringmon_container_log_bytes_total Bytes of container output read from the stream and handed to its log writers.
