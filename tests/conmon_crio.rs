@@ -1191,6 +1191,10 @@ impl Ctr {
             let monitor = started.child.id() as i32;
             std::thread::spawn(move || {
                 std::thread::sleep(after);
+                // Only once the monitor catches SIGINT, which it does from
+                // when the exec process runs: before, the default action
+                // would end the monitor itself.
+                wait_until(WAIT, || catches_sigint(monitor));
                 let _ = kill(Pid::from_raw(monitor), Signal::SIGINT);
             });
         }
@@ -1225,6 +1229,17 @@ impl Ctr {
             log,
         }
     }
+}
+
+/// Whether process `pid` has a handler for SIGINT (bit 2 of SigCgt).
+fn catches_sigint(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
 }
 
 /// A running `sleep 600` container to exec into.

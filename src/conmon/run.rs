@@ -862,10 +862,11 @@ async fn exec(
         }
     }
     info!(%id, session = %session_id, pid, "exec started");
-    // Signals go through a pidfd opened now, while the process is ours and
-    // alive: once it is reaped they fail with ESRCH instead of reaching
-    // whatever process gets the pid next.
-    // (A kernel without pidfds gets the pid itself.)
+    // Signals go through a pidfd opened now: once the process is reaped
+    // they fail with ESRCH instead of reaching whatever process gets the
+    // pid next. (A process that exited at once may already be reaped here,
+    // and then the open fails with ESRCH; a pid reused within that instant
+    // is not excluded. A kernel without pidfds gets the pid itself.)
     let exec_pidfd = crate::sys::process::pidfd_open(pid);
     let signals = tokio::task::spawn_local(forward_signals(move |sig| {
         let _ = match &exec_pidfd {
