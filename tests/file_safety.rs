@@ -91,6 +91,26 @@ fn exit_files_never_write_through_symlinks() {
     assert_eq!(mode_of(&dir.path().join("exit")), 0o644);
 }
 
+/// Whether the server's main thread (with `all`: every thread) is traced.
+fn traced_threads(pid: u32, all: bool) -> bool {
+    let traced = |status: &str| {
+        fs::read_to_string(status).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .is_some_and(|t| t.trim() != "0")
+        })
+    };
+    if !all {
+        return traced(&format!("/proc/{pid}/status"));
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .all(|task| traced(&format!("{}/status", task.path().display())))
+}
+
 /// Runs a `/bin/true` container (see `run_true_container`) while strace,
 /// with `args`, follows the server; returns the trace.
 fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
@@ -105,8 +125,13 @@ fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("strace");
-    // Time to attach (it prints nothing until a traced call happens).
-    std::thread::sleep(Duration::from_millis(700));
+    // Until strace has attached (to every thread with -f, else to the main
+    // one), it prints nothing: wait for the kernel to show it as the tracer.
+    let follow_threads = args.contains(&"-f");
+    let attached = wait_until(Duration::from_secs(20), || {
+        traced_threads(server.pid, follow_threads)
+    });
+    assert!(attached, "strace did not attach to the server within 20 s");
     run_true_container(server, dir, |_| {});
     std::thread::sleep(Duration::from_millis(200));
     let _ = Command::new("kill").arg(strace.id().to_string()).status();

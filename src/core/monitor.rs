@@ -1275,23 +1275,33 @@ const LOG_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Syncs `files` to disk off the control thread, so that a reader who sees
 /// the exit file after a host crash also finds every line logged before it
 /// (conmon's default; `--no-sync-log` turns it off).
+///
+/// The sync runs on a detached thread of its own, not tokio's blocking
+/// pool: a runtime waits for its pool threads when it is dropped, so one
+/// sync stuck on a hung disk would keep the server (or a conmon-mode
+/// monitor) from ever exiting. A detached thread ends with the process.
 async fn sync_log_files(id: &str, files: DrainedLogs) {
     if files.is_empty() {
         return;
     }
-    let sync = tokio::task::spawn_blocking(move || {
-        files
-            .iter()
-            .filter_map(|f| f.sync_data().err())
-            .collect::<Vec<_>>()
-    });
-    match tokio::time::timeout(LOG_SYNC_TIMEOUT, sync).await {
+    let (done, synced) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("ringmon-sync".into())
+        .spawn(move || {
+            let errors: Vec<io::Error> = files.iter().filter_map(|f| f.sync_data().err()).collect();
+            let _ = done.send(errors);
+        });
+    if let Err(e) = spawned {
+        warn!(%id, "sync log files: cannot start a thread: {e}");
+        return;
+    }
+    match tokio::time::timeout(LOG_SYNC_TIMEOUT, synced).await {
         Ok(Ok(errors)) => {
             for e in errors {
                 warn!(%id, "sync log file: {e}");
             }
         }
-        Ok(Err(e)) => warn!(%id, "sync log files: {e}"),
+        Ok(Err(_)) => warn!(%id, "sync log files: the sync thread ended without a result"),
         Err(_) => {
             warn!(%id, "log files not synced within {LOG_SYNC_TIMEOUT:?}; writing exit files anyway")
         }
