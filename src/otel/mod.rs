@@ -145,13 +145,23 @@ impl Span {
     /// A new span named `name` under `parent` (a new trace without one);
     /// nothing when tracing is off.
     pub fn start(name: &'static str, kind: SpanKind, parent: Option<SpanContext>) -> Self {
+        let mut span = Span::unparented(name, kind);
+        span.set_parent(parent, false);
+        span
+    }
+
+    /// A span whose parent [`Span::set_parent`] sets next, before anyone
+    /// sees it (the server span of a request, whose parent is read from the
+    /// request): no trace id is drawn that the parent would replace.
+    /// Nothing when tracing is off.
+    pub fn unparented(name: &'static str, kind: SpanKind) -> Self {
         if !enabled() {
             return Span(None);
         }
         let Some(span_id) = random_id::<8>() else {
             return Span(None);
         };
-        let mut span = Span(Some(Box::new(SpanData {
+        Span(Some(Box::new(SpanData {
             name,
             trace_id: [0; 16],
             span_id,
@@ -162,9 +172,7 @@ impl Span {
             end_unix_nanos: 0,
             attributes: Vec::new(),
             error: None,
-        })));
-        span.set_parent(parent, false);
-        span
+        })))
     }
 
     /// A child of the current task's span (see [`scope`]); nothing outside
@@ -176,8 +184,8 @@ impl Span {
         }
     }
 
-    /// Re-parents a span nobody has seen yet: under `parent` (remote: from
-    /// a client) or, without one, as the root of a new trace.
+    /// Parents a span nobody has seen yet: under `parent` (remote: from a
+    /// client) or, without one, as the root of a new trace.
     pub fn set_parent(&mut self, parent: Option<SpanContext>, remote: bool) {
         let Some(d) = &mut self.0 else { return };
         match parent {
@@ -194,6 +202,14 @@ impl Span {
                 }
                 None => self.0 = None,
             },
+        }
+    }
+
+    /// Makes an [`Span::unparented`] span whose parent was never set (the
+    /// request could not be read) the root of a new trace.
+    pub fn ensure_parented(&mut self) {
+        if self.0.as_ref().is_some_and(|d| d.trace_id == [0; 16]) {
+            self.set_parent(None, false);
         }
     }
 
