@@ -185,10 +185,14 @@ impl Span {
     }
 
     /// Parents a span nobody has seen yet: under `parent` (remote: from a
-    /// client) or, without one, as the root of a new trace.
+    /// client) or, without one, as the root of a new trace. A parent whose
+    /// sampled flag is clear means the client's trace is not recorded: the
+    /// span (and so its children and the container's exit span) records
+    /// nothing either.
     pub fn set_parent(&mut self, parent: Option<SpanContext>, remote: bool) {
         let Some(d) = &mut self.0 else { return };
         match parent {
+            Some(p) if p.flags & SAMPLED == 0 => self.0 = None,
             Some(p) => {
                 d.trace_id = p.trace_id;
                 d.parent_span_id = Some(p.span_id);
