@@ -285,6 +285,17 @@ pub async fn scope<T, E: Display>(
     result
 }
 
+/// Runs `fut` in the span context `ctx` (from [`current`]): for work
+/// handed to another task (`spawn_local` does not carry the task-local
+/// over), so that its children still hang under the request. Without a
+/// context, just `fut`.
+pub async fn in_context<F: Future>(ctx: Option<SpanContext>, fut: F) -> F::Output {
+    match ctx {
+        Some(ctx) => CURRENT.scope(ctx, fut).await,
+        None => fut.await,
+    }
+}
+
 /// The name of the span of a runtime invocation, from its argv: the OCI
 /// subcommand (the first known verb; global flags come before it).
 pub fn runtime_span_name<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> &'static str {
