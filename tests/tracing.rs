@@ -280,3 +280,38 @@ fn an_exec_sessions_runtime_exec_is_a_child_of_its_call() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Ids are copied from a request before it is validated: a long one (and
+/// the error quoting it) is cut to 256 bytes in the span.
+#[test]
+fn long_request_values_are_cut_in_the_span() {
+    let (addr, seen) = start_receiver();
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    let id = "x".repeat(5000);
+    run_local(async {
+        let c = server.client().await;
+        let req = ringmon::client::CreateRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        assert!(c.create_container(&req).await.is_err());
+    });
+    let exported = || {
+        let seen = seen.lock().unwrap();
+        seen.exports
+            .iter()
+            .find(|e| contains(&e.3, b"create_container"))
+            .map(|e| e.3.clone())
+    };
+    assert!(wait_until(Duration::from_secs(10), || exported().is_some()));
+    let body = exported().unwrap();
+    assert!(contains(&body, &id.as_bytes()[..256]), "no id in the span");
+    assert!(!contains(&body, &id.as_bytes()[..257]), "id not cut");
+    assert!(body.len() < 4096, "{} bytes", body.len());
+}

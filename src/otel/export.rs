@@ -34,6 +34,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one warning about dropped spans per this period.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// Most bytes of one export request's message: a larger batch is sent in
+/// several requests (receivers refuse messages past 4 MiB by default).
+pub const MAX_EXPORT_BYTES: usize = 1024 * 1024;
+/// Room in [`MAX_EXPORT_BYTES`] for the resource and scope around the spans.
+const ENVELOPE_BYTES: usize = 4096;
 /// Most bytes of an export answer read (it is an almost empty message).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -94,6 +99,10 @@ enum ExportError {
     },
     #[error("export to {endpoint}: answer longer than {MAX_ANSWER_BYTES} bytes")]
     AnswerTooLong { endpoint: String },
+    #[error("export to {endpoint}: a span of {bytes} bytes exceeds the request limit of {MAX_EXPORT_BYTES}")]
+    SpanTooLarge { endpoint: String, bytes: usize },
+    #[error("export to {endpoint}: request of {bytes} bytes does not fit a gRPC frame")]
+    FrameTooLong { endpoint: String, bytes: usize },
 }
 
 /// Starts the exporter task on the current `LocalSet` (the control
@@ -181,9 +190,7 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
                 batch.push(*s);
             }
         }
-        for chunk in batch.chunks(MAX_BATCH) {
-            exporter.export(chunk).await;
-        }
+        exporter.export_round(&batch).await;
         batch.clear();
         batch.shrink_to(MAX_BATCH);
         if let Some(done) = flush {
@@ -193,13 +200,53 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
 }
 
 impl Exporter {
-    async fn export(&mut self, spans: &[SpanData]) {
-        let message = proto::export_request(
+    /// Exports one round's spans in requests of at most [`MAX_BATCH`] spans
+    /// and [`MAX_EXPORT_BYTES`].
+    async fn export_round(&mut self, spans: &[SpanData]) {
+        let budget = MAX_EXPORT_BYTES - ENVELOPE_BYTES;
+        let mut request: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for s in spans {
+            let encoded = proto::span_message(s);
+            // A span's own field header: tag and a length of up to 3 bytes.
+            let len = encoded.len() + 4;
+            if len > budget {
+                let e = ExportError::SpanTooLarge {
+                    endpoint: self.endpoint.authority.clone(),
+                    bytes: encoded.len(),
+                };
+                self.dropped(1, &e);
+                continue;
+            }
+            if request.len() == MAX_BATCH || size + len > budget {
+                self.export(&request).await;
+                request.clear();
+                size = 0;
+            }
+            size += len;
+            request.push(encoded);
+        }
+        if !request.is_empty() {
+            self.export(&request).await;
+        }
+    }
+
+    /// One export request of spans encoded by [`proto::span_message`].
+    async fn export(&mut self, spans: &[Vec<u8>]) {
+        let message = proto::export_request_encoded(
             &self.resource,
             ("ringmon", crate::version::BUILD.version),
             spans,
         );
-        let body = Bytes::from(proto::grpc_frame(&message));
+        let Some(frame) = proto::grpc_frame(&message) else {
+            let e = ExportError::FrameTooLong {
+                endpoint: self.endpoint.authority.clone(),
+                bytes: message.len(),
+            };
+            self.dropped(spans.len() as u64, &e);
+            return;
+        };
+        let body = Bytes::from(frame);
         let result = match self.connection().await {
             Ok(conn) => {
                 let sent = timeout(EXPORT_TIMEOUT, self.send(conn, body)).await;
@@ -218,24 +265,30 @@ impl Exporter {
             Err(e) => {
                 // A new connection next time (the receiver may be back).
                 self.conn = None;
-                DROPPED.fetch_add(spans.len() as u64, Ordering::Relaxed);
-                self.unreported += spans.len() as u64;
-                let now = Instant::now();
-                if self
-                    .last_warning
-                    .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
-                {
-                    warn!(
-                        dropped = self.unreported,
-                        total_dropped = dropped_spans(),
-                        "span export failed, spans dropped: {e}"
-                    );
-                    self.last_warning = Some(now);
-                    self.unreported = 0;
-                } else {
-                    debug!("span export failed: {e}");
-                }
+                self.dropped(spans.len() as u64, &e);
             }
+        }
+    }
+
+    /// Counts `n` spans dropped because of `e`; warns at most once per
+    /// [`WARN_INTERVAL`].
+    fn dropped(&mut self, n: u64, e: &ExportError) {
+        DROPPED.fetch_add(n, Ordering::Relaxed);
+        self.unreported += n;
+        let now = Instant::now();
+        if self
+            .last_warning
+            .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
+        {
+            warn!(
+                dropped = self.unreported,
+                total_dropped = dropped_spans(),
+                "span export failed, spans dropped: {e}"
+            );
+            self.last_warning = Some(now);
+            self.unreported = 0;
+        } else {
+            debug!("span export failed: {e}");
         }
     }
 

@@ -79,6 +79,23 @@ impl From<bool> for Value {
 /// keeps a loop from growing a span without limit).
 const MAX_ATTRIBUTES: usize = 32;
 
+/// Longest string attribute value or error text kept, in bytes: ids are
+/// copied from requests before they are validated, and error texts may
+/// quote client input.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// `s` cut to at most [`MAX_VALUE_BYTES`], at a char boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_VALUE_BYTES {
+        let mut end = MAX_VALUE_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// A finished (or finishing) span, as exported.
 #[derive(Debug, Clone)]
 pub struct SpanData {
@@ -236,7 +253,11 @@ impl Span {
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(d) = &mut self.0 {
             if d.attributes.len() < MAX_ATTRIBUTES {
-                d.attributes.push((key, value.into()));
+                let value = match value.into() {
+                    Value::Str(s) => Value::Str(bounded(s)),
+                    v => v,
+                };
+                d.attributes.push((key, value));
             }
         }
     }
@@ -254,7 +275,7 @@ impl Span {
     /// Marks the span failed with `err` (status ERROR).
     pub fn fail(&mut self, err: &dyn Display) {
         if let Some(d) = &mut self.0 {
-            d.error = Some(err.to_string());
+            d.error = Some(bounded(err.to_string()));
         }
     }
 }
@@ -329,6 +350,19 @@ mod tests {
         s.set("k", "v");
         assert_eq!(s.context(), None);
         assert!(Span::child("y", SpanKind::Client).context().is_none());
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_char_boundary() {
+        assert_eq!(bounded("abc".into()), "abc");
+        assert_eq!(bounded("a".repeat(300)).len(), MAX_VALUE_BYTES);
+        // "é" is two bytes: 255 ASCII bytes then "é" would end at 257.
+        let s = format!("{}é", "a".repeat(MAX_VALUE_BYTES - 1));
+        assert_eq!(bounded(s), "a".repeat(MAX_VALUE_BYTES - 1));
+        let s = "é".repeat(200);
+        let cut = bounded(s);
+        assert_eq!(cut.len(), MAX_VALUE_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]
