@@ -23,6 +23,12 @@ struct Seen {
 
 /// Starts the receiver on its own thread; returns its address.
 fn start_receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    start_receiver_closing(false)
+}
+
+/// [`start_receiver`]; with `close_after_answer` each connection is closed
+/// (GOAWAY) once it answered one export, as a restarting collector does.
+fn start_receiver_closing(close_after_answer: bool) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -72,6 +78,9 @@ fn start_receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         stream.send_trailers(trailers).unwrap();
+                        if close_after_answer {
+                            conn.graceful_shutdown();
+                        }
                     }
                 });
             }
@@ -314,4 +323,39 @@ fn long_request_values_are_cut_in_the_span() {
     assert!(contains(&body, &id.as_bytes()[..256]), "no id in the span");
     assert!(!contains(&body, &id.as_bytes()[..257]), "id not cut");
     assert!(body.len() < 4096, "{} bytes", body.len());
+}
+
+/// A collector that closed the cached connection (GOAWAY, restart) since
+/// the last export: the next batch goes out on a new connection instead of
+/// being dropped.
+#[test]
+fn a_connection_the_collector_closed_is_replaced_without_losing_the_batch() {
+    let (addr, seen) = start_receiver_closing(true);
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    version_call(&server);
+    assert!(wait_until(Duration::from_secs(10), || seen
+        .lock()
+        .unwrap()
+        .exports
+        .len()
+        == 1));
+    // Let the GOAWAY reach ringmon before the next batch.
+    std::thread::sleep(Duration::from_millis(300));
+    version_call(&server);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen
+            .lock()
+            .unwrap()
+            .exports
+            .len()
+            == 2),
+        "second batch lost"
+    );
+    assert_eq!(seen.lock().unwrap().connections, 2);
 }

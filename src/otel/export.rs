@@ -154,6 +154,9 @@ struct Exporter {
     endpoint: Endpoint,
     resource: Vec<(&'static str, Value)>,
     conn: Option<h2::client::SendRequest<Bytes>>,
+    /// Connecting failed in this round: its remaining requests are
+    /// dropped rather than each waiting for a connect that will fail too.
+    connect_failed: bool,
     /// Drops not yet reported, and when the last warning was.
     unreported: u64,
     last_warning: Option<Instant>,
@@ -164,6 +167,7 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
         endpoint,
         resource: resource(),
         conn: None,
+        connect_failed: false,
         unreported: 0,
         last_warning: None,
     };
@@ -203,6 +207,7 @@ impl Exporter {
     /// Exports one round's spans in requests of at most [`MAX_BATCH`] spans
     /// and [`MAX_EXPORT_BYTES`].
     async fn export_round(&mut self, spans: &[SpanData]) {
+        self.connect_failed = false;
         let budget = MAX_EXPORT_BYTES - ENVELOPE_BYTES;
         let mut request: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
@@ -233,6 +238,11 @@ impl Exporter {
 
     /// One export request of spans encoded by [`proto::span_message`].
     async fn export(&mut self, spans: &[Vec<u8>]) {
+        if self.connect_failed {
+            DROPPED.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            self.unreported += spans.len() as u64;
+            return;
+        }
         let message = proto::export_request_encoded(
             &self.resource,
             ("ringmon", crate::version::BUILD.version),
@@ -247,18 +257,13 @@ impl Exporter {
             return;
         };
         let body = Bytes::from(frame);
-        let result = match self.connection().await {
-            Ok(conn) => {
-                let sent = timeout(EXPORT_TIMEOUT, self.send(conn, body)).await;
-                sent.unwrap_or_else(|_| {
-                    Err(ExportError::Timeout {
-                        what: "export",
-                        endpoint: self.endpoint.authority.clone(),
-                        after: EXPORT_TIMEOUT,
-                    })
-                })
-            }
-            Err(e) => Err(e),
+        let result = match timeout(EXPORT_TIMEOUT, self.attempt(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(ExportError::Timeout {
+                what: "export",
+                endpoint: self.endpoint.authority.clone(),
+                after: EXPORT_TIMEOUT,
+            }),
         };
         match result {
             Ok(()) => debug!(spans = spans.len(), "exported spans"),
@@ -268,6 +273,25 @@ impl Exporter {
                 self.dropped(spans.len() as u64, &e);
             }
         }
+    }
+
+    /// Sends one export request. A cached connection the receiver has
+    /// closed since (GOAWAY, restart) fails before the request goes out:
+    /// then it is replaced once and the same bytes sent on the new one.
+    async fn attempt(&mut self, body: Bytes) -> Result<(), ExportError> {
+        let reused = self.conn.is_some();
+        let conn = self.connection().await?;
+        let opened = match self.open_stream(conn).await {
+            Ok(opened) => opened,
+            Err(e) if reused => {
+                debug!("cached OTLP connection unusable, reconnecting: {e}");
+                self.conn = None;
+                let conn = self.connection().await?;
+                self.open_stream(conn).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.send(opened, body).await
     }
 
     /// Counts `n` spans dropped because of `e`; warns at most once per
@@ -328,17 +352,18 @@ impl Exporter {
                     endpoint: endpoint.clone(),
                     after: CONNECT_TIMEOUT,
                 })
-            })?;
+            })
+            .inspect_err(|_| self.connect_failed = true)?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
 
-    /// One export call: POST the frame, read the answer and the trailers.
-    async fn send(
+    /// The stream of one export call on `conn`, its headers queued but no
+    /// byte of the body: an error here leaves nothing half-sent.
+    async fn open_stream(
         &self,
         conn: h2::client::SendRequest<Bytes>,
-        body: Bytes,
-    ) -> Result<(), ExportError> {
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), ExportError> {
         let endpoint = &self.endpoint.authority;
         let h2err = |source| ExportError::H2 {
             endpoint: endpoint.clone(),
@@ -354,7 +379,21 @@ impl Exporter {
                 endpoint: endpoint.clone(),
                 status: 0,
             })?;
-        let (answer, mut stream) = conn.send_request(request, false).map_err(h2err)?;
+        conn.send_request(request, false).map_err(h2err)
+    }
+
+    /// One export call on an opened stream: send the frame, read the
+    /// answer and the trailers.
+    async fn send(
+        &self,
+        (answer, mut stream): (h2::client::ResponseFuture, h2::SendStream<Bytes>),
+        body: Bytes,
+    ) -> Result<(), ExportError> {
+        let endpoint = &self.endpoint.authority;
+        let h2err = |source| ExportError::H2 {
+            endpoint: endpoint.clone(),
+            source,
+        };
         stream.send_data(body, true).map_err(h2err)?;
         let answer = answer.await.map_err(h2err)?;
         if answer.status() != http::StatusCode::OK {
