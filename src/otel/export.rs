@@ -53,6 +53,9 @@ enum Message {
 
 static QUEUE: OnceLock<mpsc::Sender<Message>> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Spans dropped because the queue was full, not yet reported by the
+/// exporter task (which warns, rate-limited).
+static QUEUE_FULL_UNREPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether tracing is on (an exporter was started).
 pub fn enabled() -> bool {
@@ -69,6 +72,7 @@ pub(super) fn submit(span: Box<SpanData>) {
     if let Some(q) = QUEUE.get() {
         if q.try_send(Message::Span(span)).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
+            QUEUE_FULL_UNREPORTED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -97,6 +101,10 @@ enum ExportError {
         code: String,
         message: String,
     },
+    #[error("export request to {uri} could not be built: {source}")]
+    Request { uri: String, source: http::Error },
+    #[error("span queue full ({QUEUE_CAPACITY} spans)")]
+    QueueFull,
     #[error("export to {endpoint}: answer longer than {MAX_ANSWER_BYTES} bytes")]
     AnswerTooLong { endpoint: String },
     #[error("export to {endpoint}: a span of {bytes} bytes exceeds the request limit of {MAX_EXPORT_BYTES}")]
@@ -195,6 +203,10 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
             }
         }
         exporter.export_round(&batch).await;
+        let queue_full = QUEUE_FULL_UNREPORTED.swap(0, Ordering::Relaxed);
+        if queue_full > 0 {
+            exporter.report(queue_full, &ExportError::QueueFull);
+        }
         batch.clear();
         batch.shrink_to(MAX_BATCH);
         if let Some(done) = flush {
@@ -298,6 +310,12 @@ impl Exporter {
     /// [`WARN_INTERVAL`].
     fn dropped(&mut self, n: u64, e: &ExportError) {
         DROPPED.fetch_add(n, Ordering::Relaxed);
+        self.report(n, e);
+    }
+
+    /// Reports `n` dropped spans (already counted in [`DROPPED`]), at most
+    /// one warning per [`WARN_INTERVAL`].
+    fn report(&mut self, n: u64, e: &ExportError) {
         self.unreported += n;
         let now = Instant::now();
         if self
@@ -307,12 +325,12 @@ impl Exporter {
             warn!(
                 dropped = self.unreported,
                 total_dropped = dropped_spans(),
-                "span export failed, spans dropped: {e}"
+                "spans dropped: {e}"
             );
             self.last_warning = Some(now);
             self.unreported = 0;
         } else {
-            debug!("span export failed: {e}");
+            debug!("spans dropped: {e}");
         }
     }
 
@@ -370,14 +388,15 @@ impl Exporter {
             source,
         };
         let mut conn = conn.ready().await.map_err(h2err)?;
-        let request = http::Request::post(format!("http://{endpoint}{EXPORT_PATH}"))
+        let uri = format!("http://{endpoint}{EXPORT_PATH}");
+        let request = http::Request::post(uri.as_str())
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("user-agent", concat!("ringmon/", env!("CARGO_PKG_VERSION")))
             .body(())
-            .map_err(|_| ExportError::Status {
-                endpoint: endpoint.clone(),
-                status: 0,
+            .map_err(|source| ExportError::Request {
+                uri: uri.clone(),
+                source,
             })?;
         conn.send_request(request, false).map_err(h2err)
     }
