@@ -23,6 +23,12 @@ struct Seen {
 
 /// Starts the receiver on its own thread; returns its address.
 fn start_receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    start_receiver_closing(false)
+}
+
+/// [`start_receiver`]; with `close_after_answer` each connection is closed
+/// (GOAWAY) once it answered one export, as a restarting collector does.
+fn start_receiver_closing(close_after_answer: bool) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -72,6 +78,9 @@ fn start_receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         stream.send_trailers(trailers).unwrap();
+                        if close_after_answer {
+                            conn.graceful_shutdown();
+                        }
                     }
                 });
             }
@@ -153,4 +162,200 @@ fn an_unusable_endpoint_leaves_the_server_serving_without_tracing() {
             && text.contains("TLS"),
         "{text}"
     );
+}
+
+/// A span as decoded from an export body: (trace id, span id, parent span
+/// id, name).
+type DecodedSpan = (Vec<u8>, Vec<u8>, Vec<u8>, String);
+
+/// Reads a protobuf varint at `*at`.
+fn read_varint(b: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[*at];
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            break;
+        }
+    }
+    v
+}
+
+/// The fields of one protobuf message: (field number, bytes) for
+/// length-delimited ones; other wire types are skipped.
+fn len_fields(b: &[u8]) -> Vec<(u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let key = read_varint(b, &mut at);
+        match key & 7 {
+            0 => {
+                read_varint(b, &mut at);
+            }
+            1 => at += 8,
+            5 => at += 4,
+            2 => {
+                let len = read_varint(b, &mut at) as usize;
+                out.push((key >> 3, &b[at..at + len]));
+                at += len;
+            }
+            wire => panic!("wire type {wire}"),
+        }
+    }
+    out
+}
+
+/// The spans of every export the receiver saw (ExportTraceServiceRequest
+/// → ResourceSpans(1) → ScopeSpans(2) → Span(2)).
+fn decoded_spans(seen: &Seen) -> Vec<DecodedSpan> {
+    let field = |fields: &[(u64, &[u8])], n| {
+        fields
+            .iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, v)| v.to_vec())
+            .unwrap_or_default()
+    };
+    let mut spans = Vec::new();
+    for (_, _, _, body) in &seen.exports {
+        for (f, rs) in len_fields(&body[5..]) {
+            assert_eq!(f, 1);
+            for (f, ss) in len_fields(rs) {
+                if f != 2 {
+                    continue;
+                }
+                for (f, span) in len_fields(ss) {
+                    if f != 2 {
+                        continue;
+                    }
+                    let s = len_fields(span);
+                    spans.push((
+                        field(&s, 1),
+                        field(&s, 2),
+                        field(&s, 4),
+                        String::from_utf8(field(&s, 5)).unwrap(),
+                    ));
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// An exec session's runtime runs in a task of its own; its "runtime exec"
+/// span is still a child of the createExecSession call's span.
+#[test]
+fn an_exec_sessions_runtime_exec_is_a_child_of_its_call() {
+    let (addr, seen) = start_receiver();
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    let dir = TempDir::new("tracing-session");
+    let id = start_sleeping_container(&server, dir.path());
+    run_local(async {
+        let c = server.client().await;
+        let req = ringmon::client::CreateExecSessionRequest {
+            id: id.clone(),
+            session_id: "traced".into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+            cgroup_manager: 1,
+            ..Default::default()
+        };
+        c.create_exec_session(&req)
+            .await
+            .expect("createExecSession");
+    });
+    let find = || {
+        let spans = decoded_spans(&seen.lock().unwrap());
+        let call = spans.iter().find(|s| s.3 == "create_exec_session")?.clone();
+        let exec = spans
+            .iter()
+            .find(|s| s.3 == "runtime exec" && s.0 == call.0 && s.2 == call.1)?
+            .clone();
+        Some((call, exec))
+    };
+    let found = wait_until(Duration::from_secs(10), || find().is_some());
+    server.runtime_cmd(&["delete", "-f", &id]);
+    assert!(
+        found,
+        "no runtime exec under create_exec_session: {:?}",
+        decoded_spans(&seen.lock().unwrap())
+            .iter()
+            .map(|s| &s.3)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Ids are copied from a request before it is validated: a long one (and
+/// the error quoting it) is cut to 256 bytes in the span.
+#[test]
+fn long_request_values_are_cut_in_the_span() {
+    let (addr, seen) = start_receiver();
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    let id = "x".repeat(5000);
+    run_local(async {
+        let c = server.client().await;
+        let req = ringmon::client::CreateRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        assert!(c.create_container(&req).await.is_err());
+    });
+    let exported = || {
+        let seen = seen.lock().unwrap();
+        seen.exports
+            .iter()
+            .find(|e| contains(&e.3, b"create_container"))
+            .map(|e| e.3.clone())
+    };
+    assert!(wait_until(Duration::from_secs(10), || exported().is_some()));
+    let body = exported().unwrap();
+    assert!(contains(&body, &id.as_bytes()[..256]), "no id in the span");
+    assert!(!contains(&body, &id.as_bytes()[..257]), "id not cut");
+    assert!(body.len() < 4096, "{} bytes", body.len());
+}
+
+/// A collector that closed the cached connection (GOAWAY, restart) since
+/// the last export: the next batch goes out on a new connection instead of
+/// being dropped.
+#[test]
+fn a_connection_the_collector_closed_is_replaced_without_losing_the_batch() {
+    let (addr, seen) = start_receiver_closing(true);
+    let runtime = runtimes().remove(0);
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with(
+        &runtime,
+        &["--enable-tracing", "--tracing-endpoint", &endpoint],
+    );
+    server.wait_ready();
+    version_call(&server);
+    assert!(wait_until(Duration::from_secs(10), || seen
+        .lock()
+        .unwrap()
+        .exports
+        .len()
+        == 1));
+    // Let the GOAWAY reach ringmon before the next batch.
+    std::thread::sleep(Duration::from_millis(300));
+    version_call(&server);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen
+            .lock()
+            .unwrap()
+            .exports
+            .len()
+            == 2),
+        "second batch lost"
+    );
+    assert_eq!(seen.lock().unwrap().connections, 2);
 }

@@ -54,6 +54,7 @@ fn translate(
             >(legacy::pointer_count(r), view.generation());
             let _ = view.get_verbose();
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
         }
         1 => {
             let r: conmon::create_container_request::Reader<'_> = message.get_root()?;
@@ -63,6 +64,7 @@ fn translate(
                 legacy_schema::create_container_request::Builder<'_>,
             >(legacy::pointer_count(r), view.generation());
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
             if let Ok(c) = checked(rpc::create_container(r)) {
                 check_id(&c.id);
                 assert!(c.bundle.is_absolute());
@@ -87,6 +89,7 @@ fn translate(
                 legacy_schema::exec_sync_container_request::Builder<'_>,
             >(legacy::pointer_count(r), view.generation());
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
             if let Ok(e) = checked(rpc::exec_sync_container(r)) {
                 check_id(&e.id);
                 assert!(!e.command.is_empty());
@@ -101,6 +104,7 @@ fn translate(
                 legacy_schema::attach_request::Builder<'_>,
             >(legacy::pointer_count(r), view.generation());
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
             if let Ok(a) = checked(rpc::attach_container(r)) {
                 check_id(&a.id);
                 check_path(&a.socket_path);
@@ -114,6 +118,7 @@ fn translate(
                 legacy_schema::reopen_log_request::Builder<'_>,
             >(legacy::pointer_count(r), view.generation());
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
             if let Ok(id) = checked(rpc::target_id(view.get_id())) {
                 check_id(&id);
             }
@@ -123,6 +128,7 @@ fn translate(
             // v1 and legacy can both have 3 pointers here (the execSessionId
             // extension): the tie rule decides, so no size check.
             walk_map(legacy::SetWindowSizeRequest::detect(r).get_metadata());
+            check_trace(legacy::SetWindowSizeRequest::detect(r).trace_parent());
             if let Ok(s) = checked(rpc::set_window_size(r)) {
                 check_id(&s.id);
                 assert!(s.width > 0 && s.height > 0);
@@ -136,16 +142,19 @@ fn translate(
                 legacy_schema::create_namespaces_request::Builder<'_>,
             >(legacy::pointer_count(r), view.generation());
             walk_map(view.get_metadata());
+            check_trace(view.trace_parent());
             if let Ok(n) = checked(rpc::create_namespaces(r)) {
                 check_id(&n.pod_id);
                 check_path(&n.base_path);
             }
         }
         7 => {
-            let _: conmon::start_fd_socket_request::Reader<'_> = message.get_root()?;
+            let r: conmon::start_fd_socket_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
         }
         8 => {
             let r: conmon::serve_exec_container_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok(e) = checked(rpc::stream::serve_exec_container(r)) {
                 check_id(&e.id);
                 assert!(!e.command.is_empty());
@@ -153,16 +162,19 @@ fn translate(
         }
         9 => {
             let r: conmon::serve_attach_container_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok(a) = checked(rpc::stream::serve_attach_container(r)) {
                 check_id(&a.id);
             }
         }
         10 => {
             let r: conmon::serve_port_forward_container_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             let _ = checked(rpc::stream::serve_port_forward_container(r));
         }
         11 => {
             let r: conmon::release_namespaces_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok(n) = checked(rpc::release_namespaces(r)) {
                 check_id(&n.pod_id);
                 check_path(&n.base_path);
@@ -170,6 +182,7 @@ fn translate(
         }
         12 => {
             let r: conmon::create_exec_session_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok(s) = checked(rpc::create_exec_session(r)) {
                 check_id(&s.id);
                 check_env(&s.env);
@@ -182,6 +195,7 @@ fn translate(
         }
         13 => {
             let r: conmon::start_exec_session_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok((id, sid)) = checked(rpc::session_target(r.get_id(), r.get_session_id())) {
                 check_id(&id);
                 assert!(!sid.is_empty());
@@ -189,6 +203,7 @@ fn translate(
         }
         _ => {
             let r: conmon::exec_session_status_request::Reader<'_> = message.get_root()?;
+            check_trace(rpc::trace_parent(r.get_metadata(), None));
             if let Ok((id, sid)) = checked(rpc::session_target(r.get_id(), r.get_session_id())) {
                 check_id(&id);
                 assert!(!sid.is_empty());
@@ -197,6 +212,15 @@ fn translate(
         }
     }
     Ok(())
+}
+
+/// A trace context read from a request (the metadata map, or the legacy
+/// JSON) names a real trace and span: the parser refuses all-zero ids.
+fn check_trace(parent: Option<ringmon::otel::SpanContext>) {
+    if let Some(p) = parent {
+        assert_ne!(p.trace_id, [0; 16]);
+        assert_ne!(p.span_id, [0; 8]);
+    }
 }
 
 /// A refusal names its field and value; passes an accepted request on.

@@ -52,11 +52,12 @@ fn rpc_span<P>(
     read: impl FnOnce(&mut Span, &P) -> capnp::Result<()>,
     params: &P,
 ) -> Span {
-    let mut span = Span::start(name, SpanKind::Server, None);
+    let mut span = Span::unparented(name, SpanKind::Server);
     if span.is_recording() {
         if let Err(e) = read(&mut span, params) {
             debug!("{name}: request not readable for tracing: {e}");
         }
+        span.ensure_parented();
     }
     span
 }

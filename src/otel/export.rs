@@ -34,6 +34,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one warning about dropped spans per this period.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// Most bytes of one export request's message: a larger batch is sent in
+/// several requests (receivers refuse messages past 4 MiB by default).
+pub const MAX_EXPORT_BYTES: usize = 1024 * 1024;
+/// Room in [`MAX_EXPORT_BYTES`] for the resource and scope around the spans.
+const ENVELOPE_BYTES: usize = 4096;
 /// Most bytes of an export answer read (it is an almost empty message).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -48,6 +53,9 @@ enum Message {
 
 static QUEUE: OnceLock<mpsc::Sender<Message>> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Spans dropped because the queue was full, not yet reported by the
+/// exporter task (which warns, rate-limited).
+static QUEUE_FULL_UNREPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether tracing is on (an exporter was started).
 pub fn enabled() -> bool {
@@ -64,6 +72,7 @@ pub(super) fn submit(span: Box<SpanData>) {
     if let Some(q) = QUEUE.get() {
         if q.try_send(Message::Span(span)).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
+            QUEUE_FULL_UNREPORTED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -92,8 +101,16 @@ enum ExportError {
         code: String,
         message: String,
     },
+    #[error("export request to {uri} could not be built: {source}")]
+    Request { uri: String, source: http::Error },
+    #[error("span queue full ({QUEUE_CAPACITY} spans)")]
+    QueueFull,
     #[error("export to {endpoint}: answer longer than {MAX_ANSWER_BYTES} bytes")]
     AnswerTooLong { endpoint: String },
+    #[error("export to {endpoint}: a span of {bytes} bytes exceeds the request limit of {MAX_EXPORT_BYTES}")]
+    SpanTooLarge { endpoint: String, bytes: usize },
+    #[error("export to {endpoint}: request of {bytes} bytes does not fit a gRPC frame")]
+    FrameTooLong { endpoint: String, bytes: usize },
 }
 
 /// Starts the exporter task on the current `LocalSet` (the control
@@ -145,6 +162,9 @@ struct Exporter {
     endpoint: Endpoint,
     resource: Vec<(&'static str, Value)>,
     conn: Option<h2::client::SendRequest<Bytes>>,
+    /// Connecting failed in this round: its remaining requests are
+    /// dropped rather than each waiting for a connect that will fail too.
+    connect_failed: bool,
     /// Drops not yet reported, and when the last warning was.
     unreported: u64,
     last_warning: Option<Instant>,
@@ -155,6 +175,7 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
         endpoint,
         resource: resource(),
         conn: None,
+        connect_failed: false,
         unreported: 0,
         last_warning: None,
     };
@@ -181,8 +202,10 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
                 batch.push(*s);
             }
         }
-        for chunk in batch.chunks(MAX_BATCH) {
-            exporter.export(chunk).await;
+        exporter.export_round(&batch).await;
+        let queue_full = QUEUE_FULL_UNREPORTED.swap(0, Ordering::Relaxed);
+        if queue_full > 0 {
+            exporter.report(queue_full, &ExportError::QueueFull);
         }
         batch.clear();
         batch.shrink_to(MAX_BATCH);
@@ -193,49 +216,121 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<Message>) {
 }
 
 impl Exporter {
-    async fn export(&mut self, spans: &[SpanData]) {
-        let message = proto::export_request(
+    /// Exports one round's spans in requests of at most [`MAX_BATCH`] spans
+    /// and [`MAX_EXPORT_BYTES`].
+    async fn export_round(&mut self, spans: &[SpanData]) {
+        self.connect_failed = false;
+        let budget = MAX_EXPORT_BYTES - ENVELOPE_BYTES;
+        let mut request: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for s in spans {
+            let encoded = proto::span_message(s);
+            // A span's own field header: tag and a length of up to 3 bytes.
+            let len = encoded.len() + 4;
+            if len > budget {
+                let e = ExportError::SpanTooLarge {
+                    endpoint: self.endpoint.authority.clone(),
+                    bytes: encoded.len(),
+                };
+                self.dropped(1, &e);
+                continue;
+            }
+            if request.len() == MAX_BATCH || size + len > budget {
+                self.export(&request).await;
+                request.clear();
+                size = 0;
+            }
+            size += len;
+            request.push(encoded);
+        }
+        if !request.is_empty() {
+            self.export(&request).await;
+        }
+    }
+
+    /// One export request of spans encoded by [`proto::span_message`].
+    async fn export(&mut self, spans: &[Vec<u8>]) {
+        if self.connect_failed {
+            DROPPED.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            self.unreported += spans.len() as u64;
+            return;
+        }
+        let message = proto::export_request_encoded(
             &self.resource,
             ("ringmon", crate::version::BUILD.version),
             spans,
         );
-        let body = Bytes::from(proto::grpc_frame(&message));
-        let result = match self.connection().await {
-            Ok(conn) => {
-                let sent = timeout(EXPORT_TIMEOUT, self.send(conn, body)).await;
-                sent.unwrap_or_else(|_| {
-                    Err(ExportError::Timeout {
-                        what: "export",
-                        endpoint: self.endpoint.authority.clone(),
-                        after: EXPORT_TIMEOUT,
-                    })
-                })
-            }
-            Err(e) => Err(e),
+        let Some(frame) = proto::grpc_frame(&message) else {
+            let e = ExportError::FrameTooLong {
+                endpoint: self.endpoint.authority.clone(),
+                bytes: message.len(),
+            };
+            self.dropped(spans.len() as u64, &e);
+            return;
+        };
+        let body = Bytes::from(frame);
+        let result = match timeout(EXPORT_TIMEOUT, self.attempt(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(ExportError::Timeout {
+                what: "export",
+                endpoint: self.endpoint.authority.clone(),
+                after: EXPORT_TIMEOUT,
+            }),
         };
         match result {
             Ok(()) => debug!(spans = spans.len(), "exported spans"),
             Err(e) => {
                 // A new connection next time (the receiver may be back).
                 self.conn = None;
-                DROPPED.fetch_add(spans.len() as u64, Ordering::Relaxed);
-                self.unreported += spans.len() as u64;
-                let now = Instant::now();
-                if self
-                    .last_warning
-                    .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
-                {
-                    warn!(
-                        dropped = self.unreported,
-                        total_dropped = dropped_spans(),
-                        "span export failed, spans dropped: {e}"
-                    );
-                    self.last_warning = Some(now);
-                    self.unreported = 0;
-                } else {
-                    debug!("span export failed: {e}");
-                }
+                self.dropped(spans.len() as u64, &e);
             }
+        }
+    }
+
+    /// Sends one export request. A cached connection the receiver has
+    /// closed since (GOAWAY, restart) fails before the request goes out:
+    /// then it is replaced once and the same bytes sent on the new one.
+    async fn attempt(&mut self, body: Bytes) -> Result<(), ExportError> {
+        let reused = self.conn.is_some();
+        let conn = self.connection().await?;
+        let opened = match self.open_stream(conn).await {
+            Ok(opened) => opened,
+            Err(e) if reused => {
+                debug!("cached OTLP connection unusable, reconnecting: {e}");
+                self.conn = None;
+                let conn = self.connection().await?;
+                self.open_stream(conn).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.send(opened, body).await
+    }
+
+    /// Counts `n` spans dropped because of `e`; warns at most once per
+    /// [`WARN_INTERVAL`].
+    fn dropped(&mut self, n: u64, e: &ExportError) {
+        DROPPED.fetch_add(n, Ordering::Relaxed);
+        self.report(n, e);
+    }
+
+    /// Reports `n` dropped spans (already counted in [`DROPPED`]), at most
+    /// one warning per [`WARN_INTERVAL`].
+    fn report(&mut self, n: u64, e: &ExportError) {
+        self.unreported += n;
+        let now = Instant::now();
+        if self
+            .last_warning
+            .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
+        {
+            warn!(
+                dropped = self.unreported,
+                total_dropped = dropped_spans(),
+                "spans dropped: {e}"
+            );
+            self.last_warning = Some(now);
+            self.unreported = 0;
+        } else {
+            debug!("spans dropped: {e}");
         }
     }
 
@@ -275,15 +370,42 @@ impl Exporter {
                     endpoint: endpoint.clone(),
                     after: CONNECT_TIMEOUT,
                 })
-            })?;
+            })
+            .inspect_err(|_| self.connect_failed = true)?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
 
-    /// One export call: POST the frame, read the answer and the trailers.
-    async fn send(
+    /// The stream of one export call on `conn`, its headers queued but no
+    /// byte of the body: an error here leaves nothing half-sent.
+    async fn open_stream(
         &self,
         conn: h2::client::SendRequest<Bytes>,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), ExportError> {
+        let endpoint = &self.endpoint.authority;
+        let h2err = |source| ExportError::H2 {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let mut conn = conn.ready().await.map_err(h2err)?;
+        let uri = format!("http://{endpoint}{EXPORT_PATH}");
+        let request = http::Request::post(uri.as_str())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("user-agent", concat!("ringmon/", env!("CARGO_PKG_VERSION")))
+            .body(())
+            .map_err(|source| ExportError::Request {
+                uri: uri.clone(),
+                source,
+            })?;
+        conn.send_request(request, false).map_err(h2err)
+    }
+
+    /// One export call on an opened stream: send the frame, read the
+    /// answer and the trailers.
+    async fn send(
+        &self,
+        (answer, mut stream): (h2::client::ResponseFuture, h2::SendStream<Bytes>),
         body: Bytes,
     ) -> Result<(), ExportError> {
         let endpoint = &self.endpoint.authority;
@@ -291,17 +413,6 @@ impl Exporter {
             endpoint: endpoint.clone(),
             source,
         };
-        let mut conn = conn.ready().await.map_err(h2err)?;
-        let request = http::Request::post(format!("http://{endpoint}{EXPORT_PATH}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("user-agent", concat!("ringmon/", env!("CARGO_PKG_VERSION")))
-            .body(())
-            .map_err(|_| ExportError::Status {
-                endpoint: endpoint.clone(),
-                status: 0,
-            })?;
-        let (answer, mut stream) = conn.send_request(request, false).map_err(h2err)?;
         stream.send_data(body, true).map_err(h2err)?;
         let answer = answer.await.map_err(h2err)?;
         if answer.status() != http::StatusCode::OK {

@@ -79,6 +79,23 @@ impl From<bool> for Value {
 /// keeps a loop from growing a span without limit).
 const MAX_ATTRIBUTES: usize = 32;
 
+/// Longest string attribute value or error text kept, in bytes: ids are
+/// copied from requests before they are validated, and error texts may
+/// quote client input.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// `s` cut to at most [`MAX_VALUE_BYTES`], at a char boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_VALUE_BYTES {
+        let mut end = MAX_VALUE_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// A finished (or finishing) span, as exported.
 #[derive(Debug, Clone)]
 pub struct SpanData {
@@ -145,13 +162,23 @@ impl Span {
     /// A new span named `name` under `parent` (a new trace without one);
     /// nothing when tracing is off.
     pub fn start(name: &'static str, kind: SpanKind, parent: Option<SpanContext>) -> Self {
+        let mut span = Span::unparented(name, kind);
+        span.set_parent(parent, false);
+        span
+    }
+
+    /// A span whose parent [`Span::set_parent`] sets next, before anyone
+    /// sees it (the server span of a request, whose parent is read from the
+    /// request): no trace id is drawn that the parent would replace.
+    /// Nothing when tracing is off.
+    pub fn unparented(name: &'static str, kind: SpanKind) -> Self {
         if !enabled() {
             return Span(None);
         }
         let Some(span_id) = random_id::<8>() else {
             return Span(None);
         };
-        let mut span = Span(Some(Box::new(SpanData {
+        Span(Some(Box::new(SpanData {
             name,
             trace_id: [0; 16],
             span_id,
@@ -162,9 +189,7 @@ impl Span {
             end_unix_nanos: 0,
             attributes: Vec::new(),
             error: None,
-        })));
-        span.set_parent(parent, false);
-        span
+        })))
     }
 
     /// A child of the current task's span (see [`scope`]); nothing outside
@@ -176,11 +201,15 @@ impl Span {
         }
     }
 
-    /// Re-parents a span nobody has seen yet: under `parent` (remote: from
-    /// a client) or, without one, as the root of a new trace.
+    /// Parents a span nobody has seen yet: under `parent` (remote: from a
+    /// client) or, without one, as the root of a new trace. A parent whose
+    /// sampled flag is clear means the client's trace is not recorded: the
+    /// span (and so its children and the container's exit span) records
+    /// nothing either.
     pub fn set_parent(&mut self, parent: Option<SpanContext>, remote: bool) {
         let Some(d) = &mut self.0 else { return };
         match parent {
+            Some(p) if p.flags & SAMPLED == 0 => self.0 = None,
             Some(p) => {
                 d.trace_id = p.trace_id;
                 d.parent_span_id = Some(p.span_id);
@@ -194,6 +223,14 @@ impl Span {
                 }
                 None => self.0 = None,
             },
+        }
+    }
+
+    /// Makes an [`Span::unparented`] span whose parent was never set (the
+    /// request could not be read) the root of a new trace.
+    pub fn ensure_parented(&mut self) {
+        if self.0.as_ref().is_some_and(|d| d.trace_id == [0; 16]) {
+            self.set_parent(None, false);
         }
     }
 
@@ -216,7 +253,11 @@ impl Span {
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(d) = &mut self.0 {
             if d.attributes.len() < MAX_ATTRIBUTES {
-                d.attributes.push((key, value.into()));
+                let value = match value.into() {
+                    Value::Str(s) => Value::Str(bounded(s)),
+                    v => v,
+                };
+                d.attributes.push((key, value));
             }
         }
     }
@@ -234,7 +275,7 @@ impl Span {
     /// Marks the span failed with `err` (status ERROR).
     pub fn fail(&mut self, err: &dyn Display) {
         if let Some(d) = &mut self.0 {
-            d.error = Some(err.to_string());
+            d.error = Some(bounded(err.to_string()));
         }
     }
 }
@@ -263,6 +304,17 @@ pub async fn scope<T, E: Display>(
         span.fail(e);
     }
     result
+}
+
+/// Runs `fut` in the span context `ctx` (from [`current`]): for work
+/// handed to another task (`spawn_local` does not carry the task-local
+/// over), so that its children still hang under the request. Without a
+/// context, just `fut`.
+pub async fn in_context<F: Future>(ctx: Option<SpanContext>, fut: F) -> F::Output {
+    match ctx {
+        Some(ctx) => CURRENT.scope(ctx, fut).await,
+        None => fut.await,
+    }
 }
 
 /// The name of the span of a runtime invocation, from its argv: the OCI
@@ -298,6 +350,19 @@ mod tests {
         s.set("k", "v");
         assert_eq!(s.context(), None);
         assert!(Span::child("y", SpanKind::Client).context().is_none());
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_char_boundary() {
+        assert_eq!(bounded("abc".into()), "abc");
+        assert_eq!(bounded("a".repeat(300)).len(), MAX_VALUE_BYTES);
+        // "é" is two bytes: 255 ASCII bytes then "é" would end at 257.
+        let s = format!("{}é", "a".repeat(MAX_VALUE_BYTES - 1));
+        assert_eq!(bounded(s), "a".repeat(MAX_VALUE_BYTES - 1));
+        let s = "é".repeat(200);
+        let cut = bounded(s);
+        assert_eq!(cut.len(), MAX_VALUE_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]

@@ -94,6 +94,15 @@ fn span(out: &mut Vec<u8>, s: &SpanData) {
     out.extend_from_slice(&s.flags.to_le_bytes());
 }
 
+/// One span's `trace.v1.Span` message, to be placed in a request by
+/// [`export_request_encoded`] (encoded apart so that the exporter knows a
+/// batch's size before building it).
+pub fn span_message(s: &SpanData) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    span(&mut out, s);
+    out
+}
+
 /// Encodes `ExportTraceServiceRequest { resource_spans = 1 }` holding one
 /// `ResourceSpans { resource = 1; scope_spans = 2 }` with one
 /// `ScopeSpans { scope = 1; spans = 2 }`.
@@ -102,7 +111,18 @@ pub fn export_request(
     scope: (&str, &str),
     spans: &[SpanData],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + spans.len() * 160);
+    let encoded: Vec<Vec<u8>> = spans.iter().map(span_message).collect();
+    export_request_encoded(resource, scope, &encoded)
+}
+
+/// [`export_request`] of spans already encoded by [`span_message`].
+pub fn export_request_encoded(
+    resource: &[(&str, Value)],
+    scope: (&str, &str),
+    spans: &[Vec<u8>],
+) -> Vec<u8> {
+    let size: usize = spans.iter().map(|s| s.len() + 8).sum();
+    let mut out = Vec::with_capacity(256 + size);
     message_field(&mut out, 1, |rs| {
         message_field(rs, 1, |r| {
             for (k, v) in resource {
@@ -116,20 +136,22 @@ pub fn export_request(
                 bytes_field(sc, 2, scope.1.as_bytes());
             });
             for s in spans {
-                message_field(ss, 2, |o| span(o, s));
+                bytes_field(ss, 2, s);
             }
         });
     });
     out
 }
 
-/// A gRPC message frame: uncompressed flag, big-endian length, message.
-pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+/// A gRPC message frame: uncompressed flag, big-endian length, message;
+/// `None` for a message longer than the 32-bit length can say.
+pub fn grpc_frame(message: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(message.len()).ok()?;
     let mut out = Vec::with_capacity(5 + message.len());
     out.push(0);
-    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(message);
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -165,6 +187,6 @@ mod tests {
 
     #[test]
     fn frame() {
-        assert_eq!(grpc_frame(b"ab"), [0, 0, 0, 0, 2, b'a', b'b']);
+        assert_eq!(grpc_frame(b"ab").unwrap(), [0, 0, 0, 0, 2, b'a', b'b']);
     }
 }

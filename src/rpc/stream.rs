@@ -22,6 +22,7 @@ pub fn serve_exec_container(
         stdout: r.get_stdout(),
         stderr: r.get_stderr(),
         cgroup_manager: cgroup_manager(r.get_cgroup_manager())?,
+        trace: None,
     })
 }
 

@@ -68,6 +68,10 @@ pub struct ExecRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub cgroup_manager: CgroupManager,
+    /// The span of the serveExecContainer call (set by `serve_exec`): the
+    /// exec runs later, on the client's connection, and its runtime
+    /// invocation is a child of that call.
+    pub trace: Option<crate::otel::SpanContext>,
 }
 
 /// A validated `serveAttachContainer` request.
@@ -251,7 +255,7 @@ impl StreamServer {
     }
 
     /// serveExecContainer: the container must be monitored.
-    pub async fn serve_exec(self: &Rc<Self>, req: ExecRequest) -> Result<String, StreamError> {
+    pub async fn serve_exec(self: &Rc<Self>, mut req: ExecRequest) -> Result<String, StreamError> {
         if !self.monitor.has_child(&req.id) {
             return Err(StreamError::ChildNotAvailable(req.id));
         }
@@ -261,6 +265,7 @@ impl StreamServer {
                 reason: "must not be empty",
             });
         }
+        req.trace = crate::otel::current();
         self.add(Session::Exec(req)).await
     }
 

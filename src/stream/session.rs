@@ -243,15 +243,18 @@ async fn pump(fd: OwnedFd, kind: ExecStream, channel: Option<u8>, out: Out) {
 /// A client that leaves early does not stop the process.
 pub(super) async fn exec(monitor: Rc<Monitor>, req: ExecRequest, ws: Ws, framing: Framing) {
     let (out, mut stream, writer) = start(ws);
-    let started = monitor
-        .exec_streaming(
+    // Under the serveExecContainer call's span: its runtime exec child.
+    let started = crate::otel::in_context(
+        req.trace,
+        monitor.exec_streaming(
             &req.id,
             &req.command,
             req.tty,
             req.stdin,
             req.cgroup_manager,
-        )
-        .await;
+        ),
+    )
+    .await;
     let (process, io) = match started {
         Ok(s) => s,
         Err(e) => {

@@ -249,6 +249,72 @@ func TestTracingExportsSpansToOTLPReceiver(t *testing.T) {
 	}
 }
 
+// A client whose trace is not sampled (traceparent flags 00) decided that the
+// trace is not recorded: ringmon follows it and exports no span of that trace,
+// neither the request's nor its runtime children nor the container's exit.
+func TestTracingUnsampledParentExportsNothing(t *testing.T) {
+	const unsampledTraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+	recv := startReceiver(t)
+	e := newEnv(t)
+
+	prev := e.configure
+	e.configure = func(cfg *client.ConmonServerConfig) {
+		if prev != nil {
+			prev(cfg)
+		}
+
+		cfg.Tracing = &client.Tracing{Enabled: true, Endpoint: "http://" + recv.addr}
+	}
+
+	cl := e.startServer()
+	ctx := spanContext(t, unsampledTraceID, 0)
+
+	c := e.newContainer(false, "/busybox", "sleep", "600")
+	if _, err := cl.CreateContainer(ctx, c.createConfig(false)); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+
+	if _, err := e.runtime("start", c.id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+
+	res, err := cl.ExecSyncContainer(ctx, &client.ExecSyncConfig{
+		ID: c.id, Command: []string{"/busybox", "true"}, Timeout: 20,
+	})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("ExecSyncContainer: %+v, %v; want exit 0", res, err)
+	}
+
+	if _, err := e.runtime("kill", c.id, "KILL"); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+
+	waitForFile(t, c.exitPath, 20*time.Second)
+	// The exit span (were there one) ends right after the exit file is
+	// written; give it time to be queued before the sampled call below.
+	time.Sleep(500 * time.Millisecond)
+
+	// Spans leave in the order they end: once a later sampled call's span
+	// arrived, any span of the unsampled trace would have arrived too.
+	if _, err := cl.Version(tracedContext(t), &client.VersionConfig{}); err != nil {
+		t.Fatalf("Version: %v", err)
+	}
+
+	recv.waitSpan(t, "version under the sampled client span", func(s *tracepb.Span) bool {
+		return s.GetName() == "version" && hexID(s.GetTraceId()) == clientTraceID
+	})
+
+	recv.mu.Lock()
+	defer recv.mu.Unlock()
+
+	for _, s := range recv.spans {
+		if hexID(s.GetTraceId()) == unsampledTraceID {
+			t.Errorf("span %s of the unsampled trace exported", s.GetName())
+		}
+	}
+}
+
 // A collector that accepts connections and never answers, and one that is
 // not there: every RPC still answers, correctly, and the server reports the
 // dropped spans in its log.

@@ -29,11 +29,19 @@ import (
 func tracedContext(t *testing.T) context.Context {
 	t.Helper()
 
+	return spanContext(t, "0af7651916cd43dd8448eb211c80319c", trace.FlagsSampled)
+}
+
+// spanContext returns an RPC context carrying the remote span b7ad6b7169203331
+// of trace traceHex with flags, written as W3C trace context (see tracedContext).
+func spanContext(t *testing.T, traceHex string, flags trace.TraceFlags) context.Context {
+	t.Helper()
+
 	prev := otel.GetTextMapPropagator()
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 	t.Cleanup(func() { otel.SetTextMapPropagator(prev) })
 
-	traceID, err := trace.TraceIDFromHex("0af7651916cd43dd8448eb211c80319c")
+	traceID, err := trace.TraceIDFromHex(traceHex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +52,7 @@ func tracedContext(t *testing.T) context.Context {
 	}
 
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled, Remote: true,
+		TraceID: traceID, SpanID: spanID, TraceFlags: flags, Remote: true,
 	})
 
 	return trace.ContextWithRemoteSpanContext(rpcContext(t), sc)

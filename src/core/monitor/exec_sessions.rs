@@ -269,13 +269,17 @@ impl Monitor {
             (session.key, prepared, Rc::clone(&session.status))
         };
         // A task of its own: a cancelled call must not abandon a runtime
-        // half-way with the session stuck.
-        let run = tokio::task::spawn_local(Rc::clone(self).run_session(
-            id.to_string(),
-            session_id.to_string(),
-            key,
-            prepared,
-            status,
+        // half-way with the session stuck. It runs in the request's span
+        // (the task-local does not follow into a new task).
+        let run = tokio::task::spawn_local(otel::in_context(
+            otel::current(),
+            Rc::clone(self).run_session(
+                id.to_string(),
+                session_id.to_string(),
+                key,
+                prepared,
+                status,
+            ),
         ));
         match run.await {
             Ok(result) => result,
