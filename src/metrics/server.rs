@@ -4,17 +4,64 @@
 //! [`MAX_SCRAPE_CONNECTIONS`] connections at a time (one more is closed at
 //! once), each one answered or closed within [`CONNECTION_TIMEOUT`], its
 //! request head at most [`super::http::MAX_REQUEST_HEAD`].
+//!
+//! A listener that cannot be set up is not fatal: [`start`] warns and the
+//! server runs without it. The metrics must never cost the containers their
+//! monitor, and after the fork nobody would see the error anyway (the
+//! parent already exited 0 and the client already expects `conmon.sock`).
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tracing::{debug, warn};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
-use super::{http, render, Sources};
+use super::{http, render, MetricsError, Sources};
+
+/// Serves the metrics on `metrics.sock` at `path` and, if asked, on
+/// `address` (port 0: a free port, logged); returns the listeners' tasks.
+/// A listener that cannot be set up is warned about (naming its path or
+/// address and the error) and left out. Must run inside a `LocalSet`.
+pub async fn start(
+    path: &Path,
+    address: Option<SocketAddr>,
+    sources: Sources,
+) -> Vec<JoinHandle<()>> {
+    let metrics = MetricsServer::new(sources);
+    let mut tasks = Vec::new();
+    match bind_unix(path) {
+        Ok(unix) => tasks.push(tokio::task::spawn_local(
+            Rc::clone(&metrics).serve_unix(unix),
+        )),
+        Err(err) => warn!("{err}; metrics are not served on this socket"),
+    }
+    if let Some(address) = address {
+        match bind_tcp(address).await {
+            Ok((tcp, bound)) => {
+                info!("metrics served unauthenticated on http://{bound}/metrics");
+                tasks.push(tokio::task::spawn_local(metrics.serve_tcp(tcp)));
+            }
+            Err(err) => warn!("{err}; metrics are not served over TCP"),
+        }
+    }
+    tasks
+}
+
+async fn bind_tcp(address: SocketAddr) -> Result<(TcpListener, SocketAddr), MetricsError> {
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|source| MetricsError::BindAddress { address, source })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| MetricsError::LocalAddr { address, source })?;
+    Ok((tcp, bound))
+}
 
 /// Scrape connections served at a time (over both listeners). A scraper
 /// makes one per scrape; a few operators with curl on top are far below.
@@ -123,14 +170,21 @@ impl MetricsServer {
 /// container the server runs, which is for its owner (and root) only, and
 /// nobody else has any business connecting. A stale socket file left by a
 /// server that died is replaced; anything else at that path is refused.
-pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+pub fn bind_unix(path: &Path) -> Result<UnixListener, MetricsError> {
+    bind_unix_io(path).map_err(|source| MetricsError::BindSocket {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn bind_unix_io(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
+                "exists and is not a socket",
             ))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
