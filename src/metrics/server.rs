@@ -214,8 +214,32 @@ impl MetricsServer {
         };
         let response = http::respond(answer, || self.body(listener));
         stream.write_all(&response).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        drain(&mut stream).await;
+        Ok(())
     }
+}
+
+/// Longest a connection is drained after its response, and how much.
+const DRAIN_TIME: Duration = Duration::from_millis(200);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and drops what the client sent past the head (a body, a pipelined
+/// request), briefly and bounded, until it closes: closing a socket with
+/// unread bytes makes the kernel send RST, and a client may then lose the
+/// response it has not read yet.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while drained < DRAIN_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => drained += read,
+            }
+        }
+    })
+    .await;
 }
 
 /// Binds `metrics.sock` at `path`, mode 0600: the metrics name every
