@@ -78,13 +78,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let fd_socket_path = config.runtime_dir.join(FD_SOCKET_NAME);
     remove_if_present(&socket_path)?;
     remove_if_present(&fd_socket_path)?;
-    if let Some(address) = config.metrics_address {
-        // Bound again after the fork; tried here so that a taken or
-        // impossible address fails where whoever started us sees it.
-        std::net::TcpListener::bind(address)
-            .with_context(|| format!("--metrics-address {address}: bind"))?;
-    }
-
     if !config.skip_fork {
         // Single-threaded here: nothing has started a thread yet.
         if let ForkResult::Parent { child } = process::fork_single_threaded().context("fork")? {
@@ -168,8 +161,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
         let metrics_path = config.runtime_dir.join(ringmon::metrics::SOCKET_NAME);
-        let metrics =
-            start_metrics(&metrics_path, config.metrics_address, &monitor, &server).await?;
+        let metrics = ringmon::metrics::server::start(
+            &metrics_path,
+            config.metrics_address,
+            ringmon::metrics::Sources {
+                monitor: Rc::clone(&monitor),
+                streams: server.streams(),
+            },
+        )
+        .await;
         let serving = tokio::task::spawn_local(ringmon::control::serve(listener, server));
         // What parsing the flags and setting up left free goes back now: a
         // pod's server may sit idle for days.
@@ -197,36 +197,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// How long shutdown waits for the last spans to be exported.
 const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Serves the metrics on `metrics.sock` at `path` and, if asked, on
-/// `address` (issue 18); returns the listeners' tasks.
-async fn start_metrics(
-    path: &Path,
-    address: Option<std::net::SocketAddr>,
-    monitor: &Rc<Monitor>,
-    server: &ringmon::control::ConmonServer,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    use ringmon::metrics::server::{bind_unix, MetricsServer};
-    let metrics = MetricsServer::new(ringmon::metrics::Sources {
-        monitor: Rc::clone(monitor),
-        streams: server.streams(),
-    });
-    let unix = bind_unix(path).with_context(|| format!("bind {}", path.display()))?;
-    let mut tasks = vec![tokio::task::spawn_local(
-        Rc::clone(&metrics).serve_unix(unix),
-    )];
-    if let Some(address) = address {
-        let tcp = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("--metrics-address {address}: bind"))?;
-        info!(
-            "metrics served unauthenticated on http://{}/metrics",
-            tcp.local_addr()?
-        );
-        tasks.push(tokio::task::spawn_local(metrics.serve_tcp(tcp)));
-    }
-    Ok(tasks)
-}
 
 async fn wait_for_termination() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};

@@ -28,7 +28,9 @@ const STDOUT_LINES: u64 = 1000;
 const STDERR_BYTES: u64 = 8;
 const STDERR_LINES: u64 = 2;
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody listens on now (prometheus needs one given; the
+/// race with another process taking it meanwhile shows as prometheus
+/// exiting, which [`Prometheus::query`] reports at once with its log).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -63,6 +65,30 @@ fn scrape(server: &Server) -> String {
         "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ))
     .to_string()
+}
+
+/// Starts a server with `--metrics-address 127.0.0.1:0` logging to `log`;
+/// returns it and the address its TCP listener bound, read from its log.
+fn start_with_tcp_metrics(rt: &Path, log: &Path) -> (Server, String) {
+    let server = Server::start_logging_to(rt, &["--metrics-address", "127.0.0.1:0"], log);
+    let mut address = None;
+    let logged = wait_until(WAIT, || {
+        address = bound_metrics_address(&std::fs::read_to_string(log).unwrap_or_default());
+        address.is_some()
+    });
+    assert!(
+        logged,
+        "no metrics address logged: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    (server, address.unwrap())
+}
+
+/// The address in the server's "metrics served ... on http://ADDR/metrics".
+fn bound_metrics_address(log: &str) -> Option<String> {
+    let (_, rest) = log.split_once("metrics served unauthenticated on http://")?;
+    let (address, _) = rest.split_once("/metrics")?;
+    Some(address.to_string())
 }
 
 fn runtime_dir(server: &Server) -> PathBuf {
@@ -201,10 +227,12 @@ fn prometheus_available() -> bool {
 }
 
 /// A prometheus server of the test's own (config and data in `dir`),
-/// killed on drop.
+/// killed on drop, and by `timeout` after 120 s should the test die
+/// without dropping it.
 struct Prometheus {
     child: Child,
     port: u16,
+    log: PathBuf,
 }
 
 impl Prometheus {
@@ -220,8 +248,10 @@ impl Prometheus {
         )
         .unwrap();
         let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
+        let log_path = dir.join("prometheus.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("timeout")
+            .args(["-k", "5", "120", "prometheus"])
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -232,11 +262,22 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        Prometheus { child, port }
+        Prometheus {
+            child,
+            port,
+            log: log_path,
+        }
     }
 
-    /// The value of the instant query `query`'s first result, if any.
-    fn query(&self, query: &str) -> Option<String> {
+    /// The value of the instant query `query`'s first result, if any;
+    /// panics with prometheus's log if it exited (e.g. its port was taken).
+    fn query(&mut self, query: &str) -> Option<String> {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "prometheus exited ({status}); its log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
         let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let response = exchange(
@@ -276,10 +317,8 @@ fn counters_equal_the_output_and_prometheus_reads_them() {
         return;
     }
     for_each_runtime(|rt| {
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let server = Server::start_with(rt, &["--metrics-address", &address]);
         let dir = TempDir::new("metrics");
+        let (server, address) = start_with_tcp_metrics(rt, &dir.path().join("server.log"));
         let id = run_known_container(&server, dir.path());
 
         let text = scrape(&server);
@@ -289,7 +328,7 @@ fn counters_equal_the_output_and_prometheus_reads_them() {
         // The same over TCP; other paths and methods are refused, HEAD
         // has the head alone.
         let tcp = || {
-            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let stream = TcpStream::connect(&address).unwrap();
             stream.set_read_timeout(Some(WAIT)).unwrap();
             stream
         };
@@ -298,11 +337,25 @@ fn counters_equal_the_output_and_prometheus_reads_them() {
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"));
         let other = exchange(tcp(), "GET / HTTP/1.1\r\n\r\n");
         assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
-        let post = exchange(tcp(), "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let head_other = exchange(tcp(), "HEAD / HTTP/1.1\r\n\r\n");
+        assert!(head_other.starts_with("HTTP/1.1 404 "), "{head_other}");
+        assert!(
+            head_other.ends_with("\r\n\r\n"),
+            "HEAD has no body: {head_other}"
+        );
+        // A body the server does not want is drained, not answered by a
+        // reset that could lose the response.
+        let post = exchange(
+            tcp(),
+            &format!(
+                "POST /metrics HTTP/1.1\r\nContent-Length: 8192\r\n\r\n{}",
+                "x".repeat(8192)
+            ),
+        );
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         assert!(post.contains("Allow: GET, HEAD\r\n"), "{post}");
 
-        let prometheus = Prometheus::start(dir.path(), &address);
+        let mut prometheus = Prometheus::start(dir.path(), &address);
         let query =
             format!("ringmon_container_log_bytes_total{{container_id=\"{id}\",stream=\"stdout\"}}");
         let mut last = None;
@@ -421,5 +474,46 @@ fn a_running_container_shows_its_attach_client() {
         let pipe =
             format!("ringmon_container_pipe_size_bytes{{container_id=\"{id}\",stream=\"stderr\"}}");
         assert!(sample(&text, &pipe).is_some(), "{text}");
+    });
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_bound_is_a_warning_and_the_server_runs() {
+    for_each_runtime(|rt| {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let dir = TempDir::new("metrics-taken");
+        let log = dir.path().join("server.log");
+        let server = Server::start_logging_to(rt, &["--metrics-address", &address], &log);
+        let warning = format!("--metrics-address {address}: bind: ");
+        let mut text = String::new();
+        let warned = wait_until(WAIT, || {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains(&warning)
+        });
+        assert!(warned, "no warning {warning:?} in the server log: {text}");
+        // The server runs: conmon.sock answers and metrics.sock serves.
+        run_local(async {
+            server.client().await.version(false).await.unwrap();
+        });
+        assert!(sample(&scrape(&server), "ringmon_containers").is_some());
+    });
+}
+
+#[test]
+fn idle_tcp_peers_do_not_lock_out_metrics_sock() {
+    for_each_runtime(|rt| {
+        let dir = TempDir::new("metrics-idle");
+        let (server, address) = start_with_tcp_metrics(rt, &dir.path().join("server.log"));
+        // More idle TCP connections than the TCP budget: the extra ones
+        // are closed, the others sit until the connection timeout.
+        let idle: Vec<TcpStream> = (0..8)
+            .map(|_| TcpStream::connect(&address).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..4 {
+            assert!(sample(&scrape(&server), "ringmon_containers").is_some());
+        }
+        drop(idle);
     });
 }

@@ -88,6 +88,12 @@ if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]] &&
     systemctl is-enabled --quiet prometheus 2>/dev/null; then
     say "disabling the prometheus system service (the tests run their own)"
     systemctl disable --now prometheus >>"$LOG" 2>&1 || true
+elif [[ -x /etc/init.d/prometheus ]]; then
+    # No systemd: the package's sysvinit script may have started it (when no
+    # policy-rc.d kept it from starting); stop it and keep it from booting.
+    say "stopping the prometheus init.d service (the tests run their own)"
+    update-rc.d prometheus disable >>"$LOG" 2>&1 || true
+    service prometheus stop >>"$LOG" 2>&1 || true
 fi
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use ringmon::ctl::stats::{logged_bytes, parse_samples, response_body, stats_text};
 
 fuzz_target!(|data: &[u8]| {
-    let text = match response_body(data) {
+    let text = match response_body(data.to_vec()) {
         Ok(body) => body,
         Err(_) => String::from_utf8_lossy(data).into_owned(),
     };

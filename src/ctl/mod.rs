@@ -396,10 +396,13 @@ async fn dispatch(args: CtlArgs) -> Result<i32, CtlError> {
                 .call("listContainers", server.client.list_containers())
                 .await?;
             // The engine's counters when the server serves them (an older
-            // one does not: then the log file's size).
+            // one does not: then the log file's size, marked and said once).
             let logged = match stats::scrape(&dir).await {
                 Ok(text) => stats::logged_bytes(&stats::parse_samples(&text)),
-                Err(_) => Default::default(),
+                Err(err) => {
+                    eprintln!("(LOGGED marked * is the log file's size: {err})");
+                    Default::default()
+                }
             };
             print!(
                 "{}",
@@ -511,10 +514,10 @@ fn log_file(c: &crate::client::ContainerInfo) -> Option<(log_lines::LogFileKind,
     })
 }
 
-/// The `ps` table. LOGGED is the size of the log file now (what the
-/// container wrote that the log kept; rotation and max size cut it).
-/// `logged`: output bytes per container id as the engine counted them
-/// (metrics); a container not in it shows its log file's size.
+/// The `ps` table. LOGGED is the container's output bytes as the engine
+/// counted them (`logged`, per container id, from the metrics); a container
+/// not in it (metrics.sock did not answer) shows its log file's size now
+/// instead (what the log kept: rotation and max size cut it), marked `*`.
 pub fn ps_table(
     list: &[crate::client::ContainerInfo],
     logged: &std::collections::BTreeMap<String, u64>,
@@ -559,7 +562,11 @@ pub fn ps_table(
             None if c.logs.is_empty() => ("-".into(), "-".into()),
             None => ("-".into(), "journald".into()),
         };
-        let logged = logged.get(&c.id).map_or(file_size, |&n| human_bytes(n));
+        let logged = match logged.get(&c.id) {
+            Some(&n) => human_bytes(n),
+            None if file_size == "-" => file_size,
+            None => format!("{file_size}*"),
+        };
         rows.push([
             id,
             c.pid.to_string(),

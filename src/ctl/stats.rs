@@ -63,22 +63,45 @@ pub async fn scrape(runtime_dir: &Path) -> Result<String, CtlError> {
             })
         }
     };
-    response_body(&response)
+    response_body(response)
         .map_err(|message| CtlError::Io(format!("metrics socket {}: {message}", path.display())))
 }
 
-/// The body of a complete `200` response, else what was wrong.
-pub fn response_body(response: &[u8]) -> Result<String, String> {
+/// The body of a complete `200` response (taken in place, no copy), else
+/// what was wrong. A body shorter than its Content-Length (the server died
+/// mid-response, or [`MAX_SCRAPE_BYTES`] cut it) is refused: its last
+/// samples would be missing or cut, and read as wrong values.
+pub fn response_body(mut response: Vec<u8>) -> Result<String, String> {
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Err("the response has no complete head".into());
     };
     let head = String::from_utf8_lossy(&response[..end]);
-    let status = head.lines().next().unwrap_or_default();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
         return Err(format!("the server answered {status:?}"));
     }
-    String::from_utf8(response[end + 4..].to_vec())
-        .map_err(|_| "the metrics are not UTF-8".to_string())
+    let length = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| {
+            value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("Content-Length {:?} is not a length", value.trim()))
+        })
+        .transpose()?;
+    response.drain(..end + 4);
+    if let Some(length) = length {
+        if response.len() < length {
+            return Err(format!(
+                "short body: {} of its Content-Length {length} bytes",
+                response.len()
+            ));
+        }
+        response.truncate(length);
+    }
+    String::from_utf8(response).map_err(|_| "the metrics are not UTF-8".to_string())
 }
 
 /// Parses the text exposition format's sample lines (comments and lines
@@ -348,9 +371,15 @@ ringmon_containers 1
         );
         assert!(text.contains("Worker 0 (epoll): 7 wake-ups, 5 batches, 0.250 s CPU\n"));
         assert_eq!(
-            response_body(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nbody").unwrap(),
+            response_body(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nbody".to_vec()).unwrap(),
             "body"
         );
-        assert!(response_body(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
+        assert_eq!(
+            response_body(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody".to_vec()).unwrap(),
+            "body"
+        );
+        let short = response_body(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nbody".to_vec());
+        assert!(short.unwrap_err().contains("short body"));
+        assert!(response_body(b"HTTP/1.1 404 Not Found\r\n\r\n".to_vec()).is_err());
     }
 }

@@ -72,8 +72,10 @@ const NEWLINE_BLOCK: usize = 240;
 /// lane per byte; a plain `filter().count()` widens every byte to a 64-bit
 /// lane and made the worker's CPU a third higher on 64-byte lines, and
 /// `memchr` per newline costs a call per short log line. Measured with
-/// callgrind: about 0.5 instructions per byte, against about 3.6 for the
-/// rest of the worker's work on a byte of 64-byte lines.
+/// callgrind on the worker thread, 16 MiB of 64-byte lines: 60.4 M
+/// instructions without metrics, 66.4 M with them, so all of the metrics'
+/// per-byte work (this count and the counter bumps) is about 0.36
+/// instructions per byte, against about 3.6 for the rest of the worker's.
 #[inline]
 pub fn count_newlines(bytes: &[u8]) -> u64 {
     let mut blocks = bytes.chunks_exact(NEWLINE_BLOCK);

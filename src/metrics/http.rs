@@ -27,6 +27,9 @@ pub enum Answer {
     Metrics(Method),
     /// An error status: 400, 404, 405, 431 or 505.
     Error(u16),
+    /// An error status answering a HEAD request: the head alone (its
+    /// Content-Length that of the body left out).
+    HeadError(u16),
 }
 
 /// Parses the start of what a client sent. `Ok(None)`: the head is not
@@ -57,6 +60,7 @@ pub fn parse_request(buf: &[u8]) -> Option<(Answer, usize)> {
                 _ => None,
             };
             match (method, path == METRICS_PATH) {
+                (Some(Method::Head), false) => Answer::HeadError(404),
                 (_, false) => Answer::Error(404),
                 (None, true) => Answer::Error(405),
                 (Some(method), true) => Answer::Metrics(method),
@@ -84,7 +88,7 @@ pub fn respond(answer: Answer, body: impl FnOnce() -> String) -> Vec<u8> {
             }
             response
         }
-        Answer::Error(status) => {
+        Answer::Error(status) | Answer::HeadError(status) => {
             let (reason, message) = match status {
                 404 => ("Not Found", "only /metrics is served"),
                 405 => ("Method Not Allowed", "only GET and HEAD are allowed"),
@@ -99,9 +103,14 @@ pub fn respond(answer: Answer, body: impl FnOnce() -> String) -> Vec<u8> {
             } else {
                 ""
             };
+            let body = if matches!(answer, Answer::HeadError(_)) {
+                String::new()
+            } else {
+                format!("{message}\n")
+            };
             format!(
                 "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                 {allow}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+                 {allow}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 message.len() + 1
             )
             .into_bytes()
@@ -160,6 +169,14 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse_request(&many).unwrap().0, Answer::Error(431));
+        let head = b"HEAD / HTTP/1.1\r\n\r\n";
+        assert_eq!(parse_request(head).unwrap().0, Answer::HeadError(404));
+        let response = String::from_utf8(respond(Answer::HeadError(404), String::new)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(
+            response.ends_with("\r\n\r\n"),
+            "HEAD has no body: {response}"
+        );
         let response = String::from_utf8(respond(Answer::Error(405), String::new)).unwrap();
         assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
         assert!(response.contains("Allow: GET, HEAD\r\n"));

@@ -8,6 +8,8 @@
 //! the monitor's containers on the control thread and reads `/proc/self`.
 //! Rendering ([`render`]) and the request parser ([`http`]) are pure.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::core::Monitor;
@@ -22,6 +24,27 @@ pub use render::render;
 
 /// The file name of the metrics socket in the server's runtime dir.
 pub const SOCKET_NAME: &str = "metrics.sock";
+
+/// Errors of the metrics layer: a listener that could not be set up. None
+/// of them stops the server (it serves without that listener).
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics socket {path}: {source}")]
+    BindSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--metrics-address {address}: bind: {source}")]
+    BindAddress {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--metrics-address {address}: local address of the bound listener: {source}")]
+    LocalAddr {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
 
 /// Everything one scrape reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

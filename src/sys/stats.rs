@@ -8,7 +8,9 @@ use std::time::Duration;
 /// CPU time the thread of `thread` has used so far, read through its
 /// CPU-time clock (`pthread_getcpuclockid` + `clock_gettime`) from whichever
 /// thread asks: the measured thread does nothing for it. Fails once the
-/// thread has exited.
+/// thread has finished: its clock names it by kernel thread id, which
+/// another thread may have taken since, so a reading taken after the
+/// finish could be someone else's CPU time.
 pub fn thread_cpu_time<T>(thread: &std::thread::JoinHandle<T>) -> io::Result<Duration> {
     let pthread = thread.as_pthread_t();
     let mut clock: libc::clockid_t = 0;
@@ -23,11 +25,21 @@ pub fn thread_cpu_time<T>(thread: &std::thread::JoinHandle<T>) -> io::Result<Dur
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a writable timespec on our stack; an invalid clock
-    // (the thread exited meanwhile) is reported as EINVAL, not UB.
+    // SAFETY: `clock_gettime` only writes `now`, a writable timespec on our
+    // stack. Any clock id is memory-safe to pass: one that names no thread
+    // any more fails with EINVAL. That it may name a thread that reused our
+    // thread's id is a wrong value, not unsafety, and is refused below.
     let rc = unsafe { libc::clock_gettime(clock, &mut now) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // Not finished after the reading means it was alive during it (the
+    // flag is set before the kernel thread exits), so the clock was its.
+    if thread.is_finished() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the thread has finished: its CPU clock may name another thread",
+        ));
     }
     Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
@@ -76,10 +88,20 @@ mod tests {
                 std::hint::black_box(spins);
             }
         });
-        std::thread::sleep(Duration::from_millis(50));
-        let used = thread_cpu_time(&thread).unwrap();
-        assert!(used > Duration::from_millis(1), "{used:?}");
+        // A loaded machine may not schedule the spinner at once: poll
+        // until it has used any CPU, with a generous deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut used = thread_cpu_time(&thread).unwrap();
+        while used == Duration::ZERO && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            used = thread_cpu_time(&thread).unwrap();
+        }
+        assert!(used > Duration::ZERO, "{used:?}");
         stop_tx.send(()).unwrap();
+        while !thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(thread_cpu_time(&thread).is_err(), "a finished thread");
         thread.join().unwrap();
         assert!(resident_bytes().unwrap() > 0);
         assert!(open_fds().unwrap() >= 3);
