@@ -14,6 +14,7 @@ pub mod core;
 pub mod ctl;
 pub mod engine;
 pub mod fixture;
+pub mod keeper;
 pub mod log;
 pub mod metrics;
 pub mod otel;
