@@ -120,6 +120,25 @@ pub fn launch_server(binary: &Path, runtime: &Path, run_dir: &Path, runtime_root
         .unwrap_or_else(|e| panic!("{} is not a bare pid: {e}", pidfile.display()))
 }
 
+/// The processes of the server `launch_server` returned: the pid it names
+/// and, when that is a keeper (issue 16), the keeper's worker (its child
+/// named `conmonrs`), which does all the work.
+pub fn server_processes(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+    {
+        let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+        if comm.trim_end() == "conmonrs" {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
 /// A create request with one CRI log and one exit file, cgroupfs manager.
 pub fn cri_request(
     id: &str,

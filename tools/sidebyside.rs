@@ -483,19 +483,30 @@ async fn ringmon_transfer(
     let (log, exit) = (dir.join("ctr.log"), dir.join("exit"));
     server.create(&id, &bundle, &log, &exit).await?;
     let result = async {
-        procfs::reset_peak_rss(server.pid).map_err(|e| format!("clear_refs: {e}"))?;
-        let cpu0 = procfs::cpu_ns(server.pid).ok_or("ringmon is gone")?;
+        let pids = server.process_pids();
+        for pid in &pids {
+            procfs::reset_peak_rss(*pid).map_err(|e| format!("clear_refs: {e}"))?;
+        }
+        let cpu = || -> Result<u64, Failure> {
+            pids.iter()
+                .map(|p| procfs::cpu_ns(*p).ok_or_else(|| Failure::from("ringmon is gone")))
+                .sum()
+        };
+        let cpu0 = cpu()?;
         let started = Instant::now();
         let starter = spawn_start(&server.runtime, &id)?;
         let (from_first, from_start) =
             time_transfer(started, &log, Some(starter), || exit.exists(), || {}).await?;
-        let cpu1 = procfs::cpu_ns(server.pid).ok_or("ringmon is gone")?;
+        let cpu1 = cpu()?;
         let check = cri::check_cri_log(&log, data).map_err(|e| format!("read log: {e}"))?;
         Ok(TransferSample {
             secs_from_first_byte: from_first,
             secs_from_start: from_start,
             cpu_ns: Some(cpu1.saturating_sub(cpu0)),
-            peak_rss_kib: procfs::status_field(server.pid, "VmHWM:"),
+            peak_rss_kib: pids
+                .iter()
+                .map(|p| procfs::status_field(*p, "VmHWM:"))
+                .sum(),
             exact: check.exact,
         })
     }
@@ -884,7 +895,7 @@ impl Fleet {
     /// The monitor processes whose resources are counted.
     fn pids(&self) -> Vec<u32> {
         match self {
-            Fleet::Ringmon(s) => vec![s.pid],
+            Fleet::Ringmon(s) => s.process_pids(),
             Fleet::Conmon(_, pids) => pids.clone(),
             Fleet::Unmonitored(_) => Vec::new(),
         }

@@ -302,6 +302,15 @@ impl RingmonServer {
         }
     }
 
+    /// The server's processes whose resources are counted: the one the
+    /// pidfile names and, when that is a keeper (issue 16), its worker,
+    /// which does all the work.
+    pub fn process_pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid];
+        pids.extend(procfs::children_named(self.pid, "conmonrs"));
+        pids
+    }
+
     /// createContainer with one CRI log and one exit file.
     pub async fn create(
         &self,

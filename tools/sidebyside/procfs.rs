@@ -83,6 +83,27 @@ pub fn rss_pss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field(&text, "Rss:")?, field(&text, "Pss:")?))
 }
 
+/// The direct children of `pid` whose `comm` is `name` (a ringmon keeper's
+/// worker: `conmonrs`), listed from every thread's `children`.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for task in tasks(pid) {
+        let Ok(list) = fs::read_to_string(format!("/proc/{pid}/task/{task}/children")) else {
+            continue;
+        };
+        for child in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// Open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> Option<u64> {
     fs::read_dir(format!("/proc/{pid}/fd"))
