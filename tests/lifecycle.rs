@@ -16,7 +16,7 @@ fn version_and_pidfile() {
         run_local(async {
             let c = server.client().await;
             let v = c.version(false).await.unwrap();
-            assert_eq!(v.process_id, server.pid);
+            assert_eq!(v.process_id, server.worker_pid());
             // The conmon-rs feature level, ringmon's version as build metadata.
             assert_eq!(
                 v.version,
@@ -306,7 +306,7 @@ fn no_zombies_after_many_containers() {
         server.runtime_cmd(&["delete", "-f", &id]);
     }
     let zombies = || -> Vec<String> {
-        fs::read_dir(format!("/proc/{}/task", server.pid))
+        fs::read_dir(format!("/proc/{}/task", server.worker_pid()))
             .unwrap()
             .flatten()
             .map(|t| fs::read_to_string(t.path().join("children")).unwrap_or_default())
