@@ -213,7 +213,10 @@ fn serve(
                 Err(e) => warn!("tracing disabled: {e}"),
             }
         }
-        let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
+        let mut server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
+        if let Some(link) = &link {
+            server = server.reporting_pid(link.keeper_pid());
+        }
         let metrics_path = config.runtime_dir.join(ringmon::metrics::SOCKET_NAME);
         let metrics = ringmon::metrics::server::start(
             &metrics_path,

@@ -176,7 +176,7 @@ fn version_ps_and_errors() {
         assert_eq!(v.code, 0, "{v:?}");
         assert!(
             v.stdout
-                .contains(&format!("Pid:          {}", host.server.worker_pid())),
+                .contains(&format!("Pid:          {}", host.server.pid)),
             "{v:?}"
         );
         assert!(v.stdout.contains(env!("CARGO_PKG_VERSION")), "{v:?}");

@@ -16,7 +16,8 @@ fn version_and_pidfile() {
         run_local(async {
             let c = server.client().await;
             let v = c.version(false).await.unwrap();
-            assert_eq!(v.process_id, server.worker_pid());
+            // The pidfile's process (the keeper), which clients adopt and signal.
+            assert_eq!(v.process_id, server.pid);
             // The conmon-rs feature level, ringmon's version as build metadata.
             assert_eq!(
                 v.version,

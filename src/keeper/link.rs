@@ -67,6 +67,8 @@ pub struct KeeperLink {
     reaped: RefCell<HashMap<u32, Exit>>,
     /// Woken on every report.
     reaped_notify: tokio::sync::Notify,
+    /// The keeper's pid (our parent, the pidfile's process).
+    keeper_pid: u32,
 }
 
 impl KeeperLink {
@@ -112,11 +114,18 @@ impl KeeperLink {
             fd,
             reaped: RefCell::new(HashMap::new()),
             reaped_notify: tokio::sync::Notify::new(),
+            keeper_pid: crate::sys::process::parent_pid(),
         };
         let held = link.read_handover()?;
         socket::set_send_timeout(link.fd.as_fd(), SEND_TIMEOUT)
             .map_err(|e| KeeperError::io("set the keeper link's send timeout", e))?;
         Ok(Some((Rc::new(link), WorkerHandover { listener, held })))
+    }
+
+    /// The keeper's pid: the server's pid as clients know it (the pidfile
+    /// names it; `version` reports it).
+    pub fn keeper_pid(&self) -> u32 {
+        self.keeper_pid
     }
 
     /// Reads Resume packets until HandoverDone.

@@ -384,6 +384,11 @@ pub fn kill_with_parent() -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)
 }
 
+/// The parent's pid.
+pub fn parent_pid() -> u32 {
+    nix::unistd::getppid().as_raw() as u32
+}
+
 /// Starts this binary again (`/proc/self/exe`) with `argv` (argv[0]
 /// first), the environment plus `env`, and `inherit` passed on under the
 /// same numbers (their close-on-exec flag is cleared in the child only; all
