@@ -177,6 +177,13 @@ pub struct Cli {
     /// the network is trusted.
     #[arg(long, env = "RINGMON_METRICS_ADDRESS", value_name = "ADDR:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+
+    /// Run the server as one process, as before: a crash of the server then
+    /// orphans its containers. By default the process the pidfile names is
+    /// a small keeper that holds the containers' descriptors and exit
+    /// statuses and starts a new server process when one dies.
+    #[arg(long, env = "RINGMON_NO_KEEPER")]
+    pub no_keeper: bool,
 }
 
 /// Subcommands. No top-level flag validation applies to them.
@@ -295,6 +302,8 @@ pub struct ServerConfig {
     pub tracing_endpoint: Option<String>,
     /// `--metrics-address`.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Run a keeper process beside the server (not `--no-keeper`).
+    pub keeper: bool,
 }
 
 /// Default of `--runtime-timeout`.
@@ -352,6 +361,7 @@ impl Cli {
             runtime_timeout: std::time::Duration::from_secs(self.runtime_timeout),
             tracing_endpoint: self.enable_tracing.then(|| self.tracing_endpoint.clone()),
             metrics_address: self.metrics_address,
+            keeper: !self.no_keeper,
         })
     }
 }

@@ -16,6 +16,7 @@ use ringmon::core::monitor::FD_SOCKET_NAME;
 use ringmon::core::runtime::RuntimeConfig;
 use ringmon::core::Monitor;
 use ringmon::engine::{BackendChoice, Engine, EngineConfig};
+use ringmon::keeper::{KeeperLink, WorkerHandover};
 use ringmon::sys::process::{self, ForkResult};
 use ringmon::version::BUILD;
 
@@ -55,13 +56,13 @@ fn main() {
         println!("{}", BUILD.json(v == ringmon::cli::VersionVerbosity::Full));
         return;
     }
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli, argv) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let config = cli.validate()?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     match process::set_oom_score_adj(-1000) {
@@ -76,6 +77,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let socket_path = config.runtime_dir.join(SOCKET_NAME);
     let fd_socket_path = config.runtime_dir.join(FD_SOCKET_NAME);
+    // A worker the keeper started: no fork, the keeper's listener.
+    if let Some((link, handover)) = KeeperLink::from_env().context("take over from the keeper")? {
+        ringmon::keeper::start::become_worker().context("set up the server process")?;
+        let worker = Worker {
+            link: Rc::clone(&link),
+            handover,
+        };
+        let result = serve(config, socket_path, fd_socket_path, Some(worker));
+        if result.is_err() {
+            // Not a crash: a new worker would fail the same way.
+            link.stopping();
+        }
+        return result;
+    }
     remove_if_present(&socket_path)?;
     remove_if_present(&fd_socket_path)?;
     if !config.skip_fork {
@@ -89,9 +104,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     process::close_inherited_fds().context("close inherited fds")?;
     process::set_child_subreaper().context("become child subreaper")?;
+    if config.keeper {
+        std::process::exit(ringmon::keeper::start::become_keeper(
+            &config,
+            &socket_path,
+            argv,
+        ));
+    }
     // Clients (and the journald tests) identify the monitor by this name.
-    let _ = process::set_process_name(c"conmonrs");
+    let _ = process::set_process_name(ringmon::keeper::start::WORKER_PROCESS_NAME);
+    serve(config, socket_path, fd_socket_path, None)
+}
 
+/// What a worker the keeper started brings to [`serve`].
+struct Worker {
+    link: Rc<KeeperLink>,
+    handover: WorkerHandover,
+}
+
+/// The server: the control thread's runtime and everything on it, until
+/// SIGTERM or SIGINT.
+fn serve(
+    config: ringmon::cli::ServerConfig,
+    socket_path: std::path::PathBuf,
+    fd_socket_path: std::path::PathBuf,
+    worker: Option<Worker>,
+) -> anyhow::Result<()> {
     ringmon::server_log::init(config.log_driver, config.log_level);
     // Every pipe, log, socket and streaming connection costs a descriptor:
     // take the whole hard limit. Children get the original back
@@ -110,10 +148,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("start control runtime")?;
     let local = tokio::task::LocalSet::new();
+    let (link, inherited) = match worker {
+        Some(Worker { link, handover }) => (Some(link), Some(handover)),
+        None => (None, None),
+    };
+    let (inherited_listener, held) = match inherited {
+        Some(h) => (Some(h.listener), h.held),
+        None => (None, Vec::new()),
+    };
     local.block_on(&runtime, async move {
         let listener = {
-            let std_listener = ringmon::sys::socket::bind_stream(&socket_path)
-                .with_context(|| format!("bind {}", socket_path.display()))?;
+            let std_listener = match inherited_listener {
+                Some(fd) => std::os::unix::net::UnixListener::from(fd),
+                None => ringmon::sys::socket::bind_stream(&socket_path)
+                    .with_context(|| format!("bind {}", socket_path.display()))?,
+            };
             std_listener.set_nonblocking(true)?;
             tokio::net::UnixListener::from_std(std_listener)?
         };
@@ -151,6 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Arc::clone(&engine),
             events_rx,
         );
+        if let Some(link) = &link {
+            monitor.use_keeper(Rc::clone(link));
+            monitor.resume(held);
+            tokio::task::spawn_local(Rc::clone(link).serve());
+        }
         // Tracing: the exporter task exists only with --enable-tracing.
         if let Some(endpoint) = &config.tracing_endpoint {
             match ringmon::otel::parse_endpoint(endpoint) {
@@ -159,7 +213,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => warn!("tracing disabled: {e}"),
             }
         }
-        let server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
+        let mut server = ringmon::control::ConmonServer::new(Rc::clone(&monitor));
+        if let Some(link) = &link {
+            server = server.reporting_pid(link.keeper_pid());
+        }
         let metrics_path = config.runtime_dir.join(ringmon::metrics::SOCKET_NAME);
         let metrics = ringmon::metrics::server::start(
             &metrics_path,
@@ -176,6 +233,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ringmon::sys::process::return_free_heap();
 
         wait_for_termination().await?;
+        if let Some(link) = &link {
+            link.stopping();
+        }
         info!("shutting down");
         monitor.shutdown().await;
         serving.abort();

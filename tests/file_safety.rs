@@ -68,7 +68,9 @@ fn exit_files_never_write_through_symlinks() {
     symlink(&precious, &at_path).unwrap();
     // Symlinks at the temporary names a predictable scheme would use.
     for name in ["exit", "exit2"] {
-        let tmp = dir.path().join(format!(".{name}.{}.tmp", server.pid));
+        let tmp = dir
+            .path()
+            .join(format!(".{name}.{}.tmp", server.worker_pid()));
         symlink(&precious, &tmp).unwrap();
     }
     // A directory reached through a symlink nobody trustworthy made.
@@ -121,15 +123,16 @@ fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
         .arg("-o")
         .arg(&trace)
         .arg("-p")
-        .arg(server.pid.to_string())
+        .arg(server.worker_pid().to_string())
         .stderr(Stdio::null())
         .spawn()
         .expect("strace");
     // Until strace has attached (to every thread with -f, else to the main
     // one), it prints nothing: wait for the kernel to show it as the tracer.
     let follow_threads = args.contains(&"-f");
+    let worker = server.worker_pid();
     let attached = wait_until(Duration::from_secs(20), || {
-        traced_threads(server.pid, follow_threads)
+        traced_threads(worker, follow_threads)
     });
     assert!(attached, "strace did not attach to the server within 20 s");
     run_true_container(server, dir, |_| {});

@@ -16,6 +16,7 @@ fn version_and_pidfile() {
         run_local(async {
             let c = server.client().await;
             let v = c.version(false).await.unwrap();
+            // The pidfile's process (the keeper), which clients adopt and signal.
             assert_eq!(v.process_id, server.pid);
             // The conmon-rs feature level, ringmon's version as build metadata.
             assert_eq!(
@@ -306,7 +307,7 @@ fn no_zombies_after_many_containers() {
         server.runtime_cmd(&["delete", "-f", &id]);
     }
     let zombies = || -> Vec<String> {
-        fs::read_dir(format!("/proc/{}/task", server.pid))
+        fs::read_dir(format!("/proc/{}/task", server.worker_pid()))
             .unwrap()
             .flatten()
             .map(|t| fs::read_to_string(t.path().join("children")).unwrap_or_default())

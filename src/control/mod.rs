@@ -37,6 +37,15 @@ impl ConmonServer {
         }
     }
 
+    /// Reports `pid` as the server's pid instead of our own: a worker
+    /// reports its keeper's, the pidfile's process, which outlives the
+    /// worker (a client that adopted the server by its pid signals that one
+    /// to shut it down).
+    pub fn reporting_pid(mut self, pid: u32) -> Self {
+        self.pid = pid;
+        self
+    }
+
     /// The streaming server (the metrics count its sessions).
     pub fn streams(&self) -> Rc<crate::stream::StreamServer> {
         Rc::clone(&self.streams)

@@ -14,6 +14,7 @@
 pub mod link;
 pub mod proto;
 pub mod run;
+pub mod start;
 
 pub use link::{HeldContainer, KeeperLink, WorkerHandover};
 

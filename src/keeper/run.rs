@@ -1,7 +1,74 @@
 //! The keeper's loop (see the module docs of `crate::keeper`).
+//!
+//! One thread, no runtime: `poll` on the signalfd and the current worker's
+//! link, with a timeout only while a restart is being delayed.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{error, info, warn};
+
+use super::proto::{ToKeeper, ToWorker};
+use super::{
+    KeeperError, LINK_FD_ENV, LISTENER_FD_ENV, MAX_FDS_PER_CONTAINER, MAX_HELD_CONTAINERS,
+    MAX_PACKET_BYTES, MAX_RECORD_BYTES,
+};
+use crate::sys::process::{self, Exit, SignalReader};
+use crate::sys::socket;
+
+/// A worker that keeps dying sooner than this after its start is restarted
+/// with a growing delay.
+const QUICK_DEATH: Duration = Duration::from_secs(10);
+/// The delay after the second quick death in a row; it doubles after each
+/// further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest delay between two starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long one send to a worker may wait for room: the worker reads its
+/// link all the time, so only a wedged worker makes it wait.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one handover send may wait: a new worker reads the handover
+/// right after exec, which may take a while on a loaded machine.
+const HANDOVER_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SIGCHLD: i32 = libc::SIGCHLD;
+const SIGTERM: i32 = libc::SIGTERM;
+const SIGINT: i32 = libc::SIGINT;
+
+/// What the keeper holds for one container.
+struct Held {
+    pid: u32,
+    exit: Option<Exit>,
+    record: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// The running worker.
+struct Worker {
+    pid: u32,
+    /// `None` once the worker closed its end.
+    link: Option<OwnedFd>,
+    started: Instant,
+}
+
+struct Keeper {
+    listener: OwnedFd,
+    argv: Vec<OsString>,
+    held: BTreeMap<u64, Held>,
+    worker: Option<Worker>,
+    /// The worker announced a clean shutdown, or we forwarded SIGTERM or
+    /// SIGINT to it: its exit ends the keeper.
+    stopping: bool,
+    /// Deaths in a row, each sooner than [`QUICK_DEATH`] after the start.
+    quick_deaths: u32,
+    /// When the next worker is due (while no worker runs).
+    restart_at: Option<Instant>,
+    /// One packet's payload, reused.
+    buffer: Vec<u8>,
+}
 
 /// Becomes the keeper: starts a worker (this binary, `worker_argv`, with the
 /// link and `listener` inherited), holds what workers hand it, reaps
@@ -9,6 +76,369 @@ use std::os::fd::OwnedFd;
 /// shutdown, and forwards SIGTERM and SIGINT to the worker. Returns the
 /// process's exit code once a worker shut down cleanly.
 pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
-    let _ = (listener, worker_argv);
-    todo!("helper A")
+    // SIGHUP is taken too (and never acted on): the keeper outlives the
+    // terminal or session that started it, like the server did.
+    let signals = [
+        nix::sys::signal::Signal::SIGCHLD,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ];
+    let mut signals = match SignalReader::new(&signals) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("keeper: signalfd: {e}");
+            return 1;
+        }
+    };
+    let mut keeper = Keeper {
+        listener,
+        argv: worker_argv,
+        held: BTreeMap::new(),
+        worker: None,
+        stopping: false,
+        quick_deaths: 0,
+        restart_at: None,
+        buffer: vec![0; MAX_PACKET_BYTES],
+    };
+    if let Err(e) = keeper.start_worker() {
+        error!("keeper: start the server process: {e}");
+        return 1;
+    }
+    // The flag parsing and set-up before the fork left heap behind; the
+    // keeper lives as long as the pod.
+    process::return_free_heap();
+    loop {
+        if let Some(code) = keeper.turn(&mut signals) {
+            return code;
+        }
+    }
+}
+
+impl Keeper {
+    /// Waits for one round of events and handles them. `Some(code)`: the
+    /// keeper is done.
+    fn turn(&mut self, signals: &mut SignalReader) -> Option<i32> {
+        let timeout = match self.restart_at {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let (signal_ready, link_ready) = {
+            let link = self.worker.as_ref().and_then(|w| w.link.as_ref());
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            if let Some(link) = link {
+                fds.push(PollFd::new(link.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return None,
+                Err(e) => {
+                    error!("keeper: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    return None;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+        };
+        if link_ready {
+            self.read_link();
+        }
+        if signal_ready {
+            loop {
+                match signals.pending() {
+                    Ok(Some(SIGCHLD)) => {
+                        if let Some(code) = self.reap() {
+                            return Some(code);
+                        }
+                    }
+                    Ok(Some(sig @ (SIGTERM | SIGINT))) => {
+                        if let Some(code) = self.terminate(sig) {
+                            return Some(code);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!("keeper: read the signalfd: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if self.worker.is_none() && self.restart_at.is_some_and(|at| Instant::now() >= at) {
+            self.restart_at = None;
+            if let Err(e) = self.start_worker() {
+                error!("keeper: start the server process: {e}");
+                self.schedule_restart(false);
+            }
+        }
+        None
+    }
+
+    /// Starts a worker on a new link and hands it what is held.
+    fn start_worker(&mut self) -> Result<(), KeeperError> {
+        let (ours, theirs) =
+            socket::seqpacket_pair().map_err(|e| KeeperError::io("keeper link socketpair", e))?;
+        let env = [
+            (LINK_FD_ENV, theirs.as_raw_fd().to_string()),
+            (LISTENER_FD_ENV, self.listener.as_raw_fd().to_string()),
+        ];
+        let pid =
+            process::spawn_current_exe(&self.argv, &[theirs.as_fd(), self.listener.as_fd()], &env)
+                .map_err(|e| KeeperError::io("spawn the server process", e))?;
+        drop(theirs);
+        info!(
+            pid,
+            held = self.held.len(),
+            "keeper: started the server process"
+        );
+        self.worker = Some(Worker {
+            pid,
+            link: Some(ours),
+            started: Instant::now(),
+        });
+        if let Err(e) = self.hand_over() {
+            // The worker waits for the handover before it serves: without
+            // it, it would serve without its containers. Start over.
+            error!(
+                pid,
+                "keeper: handover to the server process failed, killing it: {e}"
+            );
+            let _ = process::send_signal(pid, libc::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// Sends every held container, then HandoverDone, to the new worker.
+    fn hand_over(&mut self) -> Result<(), KeeperError> {
+        let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
+            return Err(KeeperError::Closed);
+        };
+        socket::set_send_timeout(link.as_fd(), HANDOVER_SEND_TIMEOUT)
+            .map_err(|e| KeeperError::io("set the link's send timeout", e))?;
+        for (&key, held) in &self.held {
+            let message = ToWorker::Resume {
+                key,
+                pid: held.pid,
+                exit: held.exit,
+                record: held.record.clone(),
+            };
+            let fds: Vec<BorrowedFd<'_>> = held.fds.iter().map(|f| f.as_fd()).collect();
+            socket::send_with_fds_blocking(link.as_fd(), &message.encode(), &fds)
+                .map_err(|e| KeeperError::io(format!("send container {key}"), e))?;
+        }
+        socket::send_with_fds_blocking(link.as_fd(), &ToWorker::HandoverDone.encode(), &[])
+            .map_err(|e| KeeperError::io("send the end of the handover", e))?;
+        socket::set_send_timeout(link.as_fd(), SEND_TIMEOUT)
+            .map_err(|e| KeeperError::io("set the link's send timeout", e))?;
+        Ok(())
+    }
+
+    /// Handles every packet the worker has sent.
+    fn read_link(&mut self) {
+        loop {
+            let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
+                return;
+            };
+            let packet = match socket::recv_with_fds(link, self.buffer.len()) {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => {
+                    // ECONNRESET and the like: the worker is gone; its exit
+                    // comes as SIGCHLD.
+                    warn!("keeper: read the link: {e}");
+                    self.close_link();
+                    return;
+                }
+            };
+            if packet.len == 0 && packet.fds.is_empty() {
+                self.close_link();
+                return;
+            }
+            if packet.len > self.buffer.len() || packet.fds_truncated {
+                warn!(
+                    len = packet.len,
+                    fds_truncated = packet.fds_truncated,
+                    "keeper: ignored a packet over the link's bounds"
+                );
+                continue;
+            }
+            match ToKeeper::decode(&packet.payload) {
+                Ok(message) => self.handle(message, packet.fds),
+                Err(e) => warn!("keeper: ignored a packet: {e}"),
+            }
+        }
+    }
+
+    fn close_link(&mut self) {
+        if let Some(worker) = &mut self.worker {
+            worker.link = None;
+        }
+    }
+
+    /// One message from the worker; `fds` came with it.
+    fn handle(&mut self, message: ToKeeper, fds: Vec<OwnedFd>) {
+        match message {
+            ToKeeper::Hold { key, pid, record } => {
+                if fds.len() > MAX_FDS_PER_CONTAINER || record.len() > MAX_RECORD_BYTES {
+                    warn!(
+                        key,
+                        fds = fds.len(),
+                        record = record.len(),
+                        "keeper: not holding a container over the bounds"
+                    );
+                    return;
+                }
+                if self.held.len() >= MAX_HELD_CONTAINERS && !self.held.contains_key(&key) {
+                    warn!(
+                        key,
+                        limit = MAX_HELD_CONTAINERS,
+                        "keeper: not holding a container: already holding the most"
+                    );
+                    return;
+                }
+                self.held.insert(
+                    key,
+                    Held {
+                        pid,
+                        exit: None,
+                        record,
+                        fds,
+                    },
+                );
+            }
+            ToKeeper::Exited { key, exit } => {
+                if let Some(held) = self.held.get_mut(&key) {
+                    held.exit.get_or_insert(exit);
+                }
+            }
+            ToKeeper::Release { key } => {
+                self.held.remove(&key);
+            }
+            ToKeeper::Stopping => self.stopping = true,
+        }
+    }
+
+    /// Reaps every exited child. `Some(code)`: the worker shut down
+    /// cleanly and the keeper is done.
+    fn reap(&mut self) -> Option<i32> {
+        loop {
+            let (pid, exit) = match process::reap_any() {
+                Ok(Some(reaped)) => reaped,
+                Ok(None) => return None,
+                Err(e) => {
+                    error!("keeper: waitpid: {e}");
+                    return None;
+                }
+            };
+            if self.worker.as_ref().is_some_and(|w| w.pid == pid) {
+                if let Some(code) = self.worker_exited(exit) {
+                    return Some(code);
+                }
+                continue;
+            }
+            let Some(held) = self
+                .held
+                .values_mut()
+                .find(|h| h.pid == pid && h.exit.is_none())
+            else {
+                continue;
+            };
+            held.exit = Some(exit);
+            let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
+                // The next handover carries it.
+                continue;
+            };
+            let message = ToWorker::Reaped { pid, exit };
+            if let Err(e) = socket::send_with_fds_blocking(link.as_fd(), &message.encode(), &[]) {
+                warn!(pid, "keeper: tell the server process about an exit: {e}");
+            }
+        }
+    }
+
+    /// The worker ended. `Some(code)`: so does the keeper.
+    fn worker_exited(&mut self, exit: Exit) -> Option<i32> {
+        let worker = self.worker.take()?;
+        // Packets it sent just before dying (a Stopping, a last Exited).
+        self.worker = Some(worker);
+        self.read_link();
+        let worker = self.worker.take()?;
+        if self.stopping {
+            info!(
+                pid = worker.pid,
+                code = exit.code(),
+                "keeper: the server process stopped"
+            );
+            return Some(exit.code());
+        }
+        warn!(
+            pid = worker.pid,
+            status = ?exit,
+            held = self.held.len(),
+            "keeper: the server process died; starting a new one"
+        );
+        self.schedule_restart(worker.started.elapsed() < QUICK_DEATH);
+        None
+    }
+
+    /// Sets when the next worker starts: at once the first time, then with
+    /// a doubling delay while workers keep dying soon after their start.
+    fn schedule_restart(&mut self, quick: bool) {
+        self.quick_deaths = if quick { self.quick_deaths + 1 } else { 1 };
+        let delay = restart_delay(self.quick_deaths);
+        if !delay.is_zero() {
+            warn!(
+                delay_ms = delay.as_millis() as u64,
+                deaths_in_a_row = self.quick_deaths,
+                "keeper: delaying the next server process"
+            );
+        }
+        self.restart_at = Some(Instant::now() + delay);
+    }
+
+    /// SIGTERM or SIGINT: passed to the worker, whose exit then ends the
+    /// keeper. `Some(0)`: no worker runs; the keeper ends now.
+    fn terminate(&mut self, signal: i32) -> Option<i32> {
+        let Some(worker) = &self.worker else {
+            info!(signal, "keeper: stopping (no server process runs)");
+            return Some(0);
+        };
+        self.stopping = true;
+        if let Err(e) = process::send_signal(worker.pid, signal) {
+            warn!(pid = worker.pid, "keeper: forward signal {signal}: {e}");
+        }
+        None
+    }
+}
+
+/// The delay before the next start after `quick_deaths` deaths in a row
+/// (the first death counts as 1).
+fn restart_delay(quick_deaths: u32) -> Duration {
+    if quick_deaths <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = (quick_deaths - 2).min(16);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_immediate_first_then_double_up_to_the_cap() {
+        let delays: Vec<u64> = (1..=10)
+            .map(|n| restart_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
+        assert_eq!(restart_delay(u32::MAX), MAX_BACKOFF);
+    }
 }

@@ -308,6 +308,148 @@ fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
+/// Signals delivered through a descriptor instead of a handler: they are
+/// blocked for the (single-threaded) process and read one by one with
+/// [`SignalReader::pending`]. Children inherit the blocked mask, so a process
+/// started with [`spawn_current_exe`] unblocks everything before exec.
+pub struct SignalReader {
+    fd: nix::sys::signalfd::SignalFd,
+}
+
+impl SignalReader {
+    /// Blocks `signals` and opens a non-blocking, close-on-exec signalfd
+    /// for them. Must be called while the process has one thread (other
+    /// threads would still take the signals).
+    pub fn new(signals: &[Signal]) -> io::Result<SignalReader> {
+        let mut mask = nix::sys::signal::SigSet::empty();
+        for s in signals {
+            mask.add(*s);
+        }
+        mask.thread_block().map_err(io::Error::from)?;
+        let fd = nix::sys::signalfd::SignalFd::with_flags(
+            &mask,
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        Ok(SignalReader { fd })
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// The next pending signal number; `None` when none is pending.
+    pub fn pending(&mut self) -> io::Result<Option<i32>> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Ok(Some(info.ssi_signo as i32)),
+            Ok(None) => Ok(None),
+            Err(nix::errno::Errno::EINTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reaps any one exited child (`waitpid(-1, WNOHANG|__WALL)`).
+/// `Ok(None)`: no child has exited (or there are no children).
+pub fn reap_any() -> io::Result<Option<(u32, Exit)>> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                return Ok(Some((pid.as_raw() as u32, Exit::Code(code))))
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                return Ok(Some((pid.as_raw() as u32, Exit::Signal(sig as i32))))
+            }
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+            // Stops and continues are not reported without WUNTRACED; a
+            // ptrace event is not an exit: look again.
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends signal number `signal` to `pid`.
+pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let signal = Signal::try_from(signal).map_err(io::Error::from)?;
+    kill(Pid::from_raw(pid as i32), signal).map_err(io::Error::from)
+}
+
+/// Makes this process get SIGKILL when its parent dies
+/// (PR_SET_PDEATHSIG). Kept across exec; set again by a process that must
+/// not outlive its parent, in case it was started some other way.
+pub fn kill_with_parent() -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)
+}
+
+/// The parent's pid.
+pub fn parent_pid() -> u32 {
+    nix::unistd::getppid().as_raw() as u32
+}
+
+/// Starts this binary again (`/proc/self/exe`) with `argv` (argv[0]
+/// first), the environment plus `env`, and `inherit` passed on under the
+/// same numbers (their close-on-exec flag is cleared in the child only; all
+/// our other descriptors stay close-on-exec). In the child every signal is
+/// unblocked (our mask would be inherited) and SIGKILL is its parent-death
+/// signal. Returns the child's pid; the caller reaps it (the returned
+/// process is not waited for on drop).
+pub fn spawn_current_exe(
+    argv: &[std::ffi::OsString],
+    inherit: &[std::os::fd::BorrowedFd<'_>],
+    env: &[(&str, String)],
+) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some((first, rest)) = argv.split_first() {
+        cmd.arg0(first).args(rest);
+    }
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let raw: Vec<RawFd> = inherit.iter().map(|fd| fd.as_raw_fd()).collect();
+    let hook = move || -> io::Result<()> {
+        for fd in &raw {
+            // SAFETY: runs in the forked child before exec (async-signal-
+            // safe calls only): fcntl(F_SETFD) only changes the flags of a
+            // descriptor the parent keeps open for the whole spawn.
+            if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: sigemptyset and sigprocmask only touch the local set and
+        // this thread's mask; both are async-signal-safe.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and takes no
+        // memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls fcntl, sigprocmask and prctl (async-
+    // signal-safe), allocates nothing and takes no lock.
+    unsafe { cmd.pre_exec(hook) };
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+/// Removes `name` from the environment. For the start of a process, while
+/// it has one thread (edition 2021 still allows the call anywhere; the
+/// rule is the C library's: no concurrent getenv).
+pub fn remove_env_var(name: &str) {
+    std::env::remove_var(name);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,6 +287,15 @@ pub const MAX_FDS_PER_PACKET: usize = 253;
 /// non-blocking SOCK_SEQPACKET socket, reading at most `max_payload` bytes.
 /// `Ok(None)`: nothing pending.
 pub fn recv_with_fds(fd: &OwnedFd, max_payload: usize) -> io::Result<Option<PacketWithFds>> {
+    recv_with_fds_flags(fd, max_payload, MsgFlags::MSG_DONTWAIT)
+}
+
+/// [`recv_with_fds`] with `extra` flags (MSG_DONTWAIT or none).
+fn recv_with_fds_flags(
+    fd: &OwnedFd,
+    max_payload: usize,
+    extra: MsgFlags,
+) -> io::Result<Option<PacketWithFds>> {
     let mut payload = vec![0u8; max_payload];
     let mut iov = [io::IoSliceMut::new(&mut payload)];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_PACKET]);
@@ -296,7 +305,7 @@ pub fn recv_with_fds(fd: &OwnedFd, max_payload: usize) -> io::Result<Option<Pack
         Some(&mut cmsg),
         // MSG_TRUNC: report the packet's real length, also when it is longer
         // than the buffer.
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC | extra,
     ) {
         Ok(m) => m,
         Err(nix::errno::Errno::EAGAIN) => return Ok(None),
@@ -368,6 +377,95 @@ pub fn send_packet_blocking(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<()>
         match nix::sys::socket::send(fd.as_raw_fd(), packet, MsgFlags::MSG_NOSIGNAL) {
             Err(nix::errno::Errno::EINTR) => continue,
             r => return r.map(|_| ()).map_err(io::Error::from),
+        }
+    }
+}
+
+/// A connected pair of blocking, close-on-exec SOCK_SEQPACKET sockets (the
+/// keeper link: one packet per message, descriptors beside it).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Bounds how long a blocking send on `fd` waits for room (SO_SNDTIMEO);
+/// a send that times out fails with `TimedOut`.
+pub fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as libc::time_t,
+        timeout.subsec_micros() as libc::suseconds_t,
+    );
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SendTimeout, &tv)
+        .map_err(io::Error::from)
+}
+
+/// Bounds how long a blocking receive on `fd` waits (SO_RCVTIMEO); zero
+/// waits for ever.
+pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as libc::time_t,
+        timeout.subsec_micros() as libc::suseconds_t,
+    );
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(io::Error::from)
+}
+
+/// Sends one packet with `fds` beside it (SCM_RIGHTS: the peer gets
+/// duplicates, ours stay open), waiting for room up to the socket's send
+/// timeout ([`set_send_timeout`]), without raising SIGPIPE; retries after
+/// a signal. A timeout fails with `TimedOut`.
+pub fn send_with_fds_blocking(
+    fd: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(packet)];
+    let rights = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[nix::sys::socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    loop {
+        match nix::sys::socket::sendmsg::<()>(
+            fd.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer read nothing within the send timeout",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one packet and its descriptors from a blocking SOCK_SEQPACKET
+/// socket, waiting up to the socket's receive timeout
+/// ([`set_receive_timeout`]; a timeout fails with `TimedOut`); retries
+/// after a signal. A payload of length 0 with no descriptors: the peer
+/// closed.
+pub fn recv_with_fds_blocking(fd: &OwnedFd, max_payload: usize) -> io::Result<PacketWithFds> {
+    loop {
+        match recv_with_fds_flags(fd, max_payload, MsgFlags::empty()) {
+            Ok(Some(packet)) => return Ok(packet),
+            Ok(None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "nothing arrived within the receive timeout",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }

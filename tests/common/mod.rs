@@ -225,6 +225,13 @@ impl Server {
         );
     }
 
+    /// The server process itself (comm `conmonrs`): the child of the
+    /// keeper the pidfile names (or the pidfile's process with
+    /// `--no-keeper`). Waits up to 5 s for it, e.g. after a restart.
+    pub fn worker_pid(&self) -> u32 {
+        worker_pid_of(self.pid)
+    }
+
     /// Sends SIGINT and waits up to 10 s for the process to go away.
     pub fn shutdown(&self) -> bool {
         let _ = Command::new("kill")
@@ -234,6 +241,33 @@ impl Server {
             !Path::new(&format!("/proc/{}", self.pid)).exists() || is_zombie(self.pid)
         })
     }
+}
+
+/// The server process under the keeper `pid` (the pidfile's), or `pid`
+/// itself with `--no-keeper`; waits up to 5 s for it.
+#[allow(dead_code)]
+pub fn worker_pid_of(pid: u32) -> u32 {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(5), || {
+        found = worker_of(pid);
+        found.is_some()
+    });
+    assert!(ok, "no conmonrs process under the keeper {pid}");
+    found.unwrap()
+}
+
+/// `pid` itself if it is the server (`--no-keeper`), else its child named
+/// `conmonrs` that is not a zombie.
+fn worker_of(pid: u32) -> Option<u32> {
+    let comm = |p: u32| fs::read_to_string(format!("/proc/{p}/comm")).ok();
+    if comm(pid)?.trim_end() == "conmonrs" {
+        return Some(pid);
+    }
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .find(|&c| comm(c).is_some_and(|n| n.trim_end() == "conmonrs") && !is_zombie(c))
 }
 
 fn is_zombie(pid: u32) -> bool {
