@@ -43,6 +43,7 @@ use crate::otel;
 use crate::sys;
 
 mod exec_sessions;
+pub mod held;
 mod resume;
 
 /// How long exit handling waits for a container's output to reach EOF after
