@@ -112,6 +112,10 @@ pub enum CoreError {
         scope: String,
         limit: usize,
     },
+    /// A keeper record (issue 16) that cannot be resumed: `field` is the
+    /// first missing or wrong one.
+    #[error("keeper record field '{field}': {reason}")]
+    BadRecord { field: &'static str, reason: String },
     /// A session call that its state does not allow.
     #[error("exec session '{session}' is {state}")]
     SessionState {

@@ -38,12 +38,16 @@ use super::{CoreError, CreateContainer};
 use crate::engine::{
     ContainerKey, Engine, EngineEvent, Registration, SourceKind, StreamSource, MAX_ATTACH_CLIENTS,
 };
+use crate::keeper::KeeperLink;
 use crate::log::{LogWriter, StreamKind};
 use crate::otel;
 use crate::sys;
 
 mod exec_sessions;
+pub mod held;
 mod resume;
+
+use resume::{ExitSource, HoldCreated};
 
 /// How long exit handling waits for a container's output to reach EOF after
 /// the process exited. Output normally closes at once (the container's pid
@@ -150,6 +154,9 @@ pub struct Monitor {
     /// monitor (conmon mode: each exec session has a monitor process of its
     /// own, and the container is another's).
     exec_in_unmonitored: Cell<bool>,
+    /// The keeper that holds every container created from now on (issue
+    /// 16; see `resume`). `None`: no keeper (conmon mode, `--no-keeper`).
+    keeper: RefCell<Option<Rc<KeeperLink>>>,
 }
 
 impl Monitor {
@@ -173,6 +180,7 @@ impl Monitor {
             namespaces: Default::default(),
             leftovers,
             exec_in_unmonitored: Cell::new(false),
+            keeper: RefCell::new(None),
         });
         tokio::task::spawn_local(Rc::clone(&monitor).dispatch_events(events));
         tokio::task::spawn_local(Rc::clone(&monitor).delete_leftovers(leftovers_rx));
@@ -516,6 +524,16 @@ impl Monitor {
             }
             None => (None, pipe_sources(stdout_r, stderr_r)),
         };
+        let created_at = std::time::SystemTime::now();
+        let exit_source = self.hold_created(HoldCreated {
+            req,
+            key,
+            pid,
+            stdin_once,
+            created: created_at,
+            sources: &sources,
+            stdin: &stdin_target,
+        });
         let (drained_tx, drained_rx) = oneshot::channel();
         self.state
             .borrow_mut()
@@ -548,7 +566,7 @@ impl Monitor {
                 stdin_once,
                 _leaked: fds.leaked,
                 forced_exit_code: None,
-                created: std::time::SystemTime::now(),
+                created: created_at,
                 counters,
                 logs: req
                     .logs
@@ -568,7 +586,12 @@ impl Monitor {
             sync_logs: req.sync_logs,
             trace: otel::current(),
         };
-        let watcher = tokio::task::spawn_local(Rc::clone(self).watch(exit_policy, drained_rx, oom));
+        let watcher = tokio::task::spawn_local(Rc::clone(self).watch(
+            exit_policy,
+            exit_source,
+            drained_rx,
+            oom,
+        ));
         let mut st = self.state.borrow_mut();
         st.watchers.retain(|h| !h.is_finished());
         st.watchers.push(watcher);
@@ -861,15 +884,17 @@ impl Monitor {
 
     /// Waits for the container, drains its output, then writes OOM files,
     /// exit files, starts the cleanup command, and forgets the container, in
-    /// that order.
+    /// that order. A container the keeper holds is released there once its
+    /// exit files are written.
     async fn watch(
         self: Rc<Self>,
         policy: ExitPolicy,
+        exit_source: ExitSource,
         drained: oneshot::Receiver<DrainedLogs>,
         oom: Option<OomWatcher>,
     ) {
         let ExitPolicy { id, key, pid, .. } = &policy;
-        let code = match wait_exit(*pid).await {
+        let code = match exit_source.wait(*key, *pid).await {
             Ok(exit) => exit.code(),
             Err(e) => {
                 warn!(%id, pid, "cannot get exit status: {e}");
@@ -927,6 +952,7 @@ impl Monitor {
                 warn!(%id, "cleanup command '{prog}': {e}");
             }
         }
+        exit_source.release(*key);
         let mut guard = self.state.borrow_mut();
         let st = &mut *guard;
         st.drain_waiters.remove(key);
@@ -1332,6 +1358,40 @@ pub async fn wait_exit(pid: u32) -> io::Result<sys::process::Exit> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         },
     }
+}
+
+/// [`wait_exit`] for a child the keeper holds: the exit is seen without
+/// reaping (the zombie stays), handed to `report`, and only then reaped, so
+/// that it cannot be lost if this process dies in between (the keeper
+/// inherits the zombie and reaps it).
+async fn wait_exit_peeking(
+    pid: u32,
+    report: impl FnOnce(sys::process::Exit),
+) -> io::Result<sys::process::Exit> {
+    let peeked = match sys::process::pidfd_open(pid) {
+        Ok(fd) => {
+            let fd = sys::reactor::async_fd(fd, tokio::io::Interest::READABLE)?;
+            loop {
+                if let Some(exit) = sys::process::peek_exit(pid)? {
+                    break exit;
+                }
+                let mut guard = fd.readable().await?;
+                guard.clear_ready();
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => sys::process::peek_exit(pid)?
+            .ok_or_else(|| {
+                io::Error::other(format!("pid {pid} vanished without an exit status"))
+            })?,
+        Err(_) => loop {
+            if let Some(exit) = sys::process::peek_exit(pid)? {
+                break exit;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        },
+    };
+    report(peeked);
+    Ok(sys::process::try_reap(pid)?.unwrap_or(peeked))
 }
 
 fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), CoreError> {

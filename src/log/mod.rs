@@ -210,6 +210,29 @@ impl LogWriter {
         }
     }
 
+    /// Opens the destination of `spec` again for a container resumed after
+    /// a crash of the worker that logged it (issue 16): a file is appended
+    /// to, not truncated, after its torn last record is cut (see
+    /// [`torn_record_cut`]), and what it holds counts against `max_size`.
+    /// Returns the writer and how many bytes were cut.
+    pub fn open_resumed(spec: &LogSpec) -> Result<(LogWriter, u64), LogError> {
+        if spec.format == LogFormat::Journald {
+            return Ok((LogWriter::open(spec)?, 0));
+        }
+        let open_error = |source| LogError::Open {
+            path: spec.path.clone(),
+            source,
+        };
+        let file = crate::sys::fs::open_log_file_resumed(&spec.path).map_err(open_error)?;
+        let cut = cut_torn_record(&file, &spec.path).map_err(open_error)?;
+        let kept = file.metadata().map_err(open_error)?.len();
+        let mut writer = LogWriter::over_file(spec, file);
+        if let Destination::File(log) = &mut writer.destination {
+            log.written = kept;
+        }
+        Ok((writer, cut))
+    }
+
     /// Gives back the pages of the encoding buffer that a burst made
     /// resident (the buffer is empty between chunks; its allocation stays,
     /// so the next burst does not reallocate).
@@ -474,6 +497,64 @@ impl LogFile {
         }
         Ok(())
     }
+}
+
+/// How much of a log's tail [`cut_torn_record`] reads at a time.
+const TAIL_WINDOW: usize = 64 * 1024;
+
+/// How far back [`cut_torn_record`] looks for a line end. Every record this
+/// module writes is far shorter (one read chunk, escaped); a file with no
+/// line end that far back is not one of ours and is left as it is.
+const TAIL_SCAN_MAX: u64 = 8 * 1024 * 1024;
+
+/// What to do with the tail of a line-based log file (CRI, JSON) so that
+/// it ends with a whole record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailCut {
+    /// It ends with a line end (or is empty): keep it all.
+    Keep,
+    /// Cut the file to this length: just after its last line end.
+    At(u64),
+    /// No line end in this window: look at the bytes before it.
+    LookBefore,
+}
+
+/// Decides the cut for `window`, the file's bytes from offset
+/// `window_start`; `at_end`: the window ends where the file does. A writer
+/// killed in the middle of a write leaves a record without its line end;
+/// readers would glue the next record to it, so it goes.
+pub fn torn_record_cut(window: &[u8], window_start: u64, at_end: bool) -> TailCut {
+    if at_end && matches!(window.last(), None | Some(b'\n')) {
+        return TailCut::Keep;
+    }
+    match memchr::memrchr(b'\n', window) {
+        Some(i) => TailCut::At(window_start + i as u64 + 1),
+        None if window_start == 0 => TailCut::At(0),
+        None => TailCut::LookBefore,
+    }
+}
+
+/// Cuts a torn last record off `file` (see [`torn_record_cut`]); returns
+/// the bytes cut.
+fn cut_torn_record(file: &File, path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut window = Vec::new();
+    while len - end < TAIL_SCAN_MAX {
+        let start = end.saturating_sub(TAIL_WINDOW as u64);
+        window.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut window, start)?;
+        match torn_record_cut(&window, start, end == len) {
+            TailCut::Keep => return Ok(0),
+            TailCut::At(cut) => {
+                crate::sys::fs::truncate_file(file, cut, path)?;
+                return Ok(len - cut);
+            }
+            TailCut::LookBefore => end = start,
+        }
+    }
+    Ok(0)
 }
 
 fn stream_index(stream: StreamKind) -> usize {

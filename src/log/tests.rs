@@ -246,3 +246,44 @@ fn pending_capacity(writer: &LogWriter) -> usize {
         Destination::Journal(_) => 0,
     }
 }
+
+#[test]
+fn torn_record_cut_keeps_whole_records_and_cuts_a_torn_one() {
+    assert_eq!(torn_record_cut(b"", 0, true), TailCut::Keep);
+    assert_eq!(torn_record_cut(b"a\nb\n", 0, true), TailCut::Keep);
+    assert_eq!(torn_record_cut(b"a\nbc", 0, true), TailCut::At(2));
+    assert_eq!(torn_record_cut(b"a\nbc", 100, true), TailCut::At(102));
+    assert_eq!(torn_record_cut(b"abc", 0, true), TailCut::At(0));
+    assert_eq!(torn_record_cut(b"abc", 10, true), TailCut::LookBefore);
+    // An earlier window: its last line end is the cut even if it ends there.
+    assert_eq!(torn_record_cut(b"x\n", 10, false), TailCut::At(12));
+    assert_eq!(torn_record_cut(b"xy", 0, false), TailCut::At(0));
+}
+
+#[test]
+fn open_resumed_cuts_a_torn_record_and_appends() {
+    let dir = TempDir::new("log", "resumed");
+    let path = dir.path("c.log");
+    let whole = "2026-01-01T00:00:00Z stdout F one\n";
+    fs::write(&path, format!("{whole}2026-01-01T00:00:00Z stdout F tw")).unwrap();
+    let spec = spec(LogFormat::Cri, path.clone(), 0);
+    let (mut w, cut) = LogWriter::open_resumed(&spec).unwrap();
+    assert_eq!(cut, 32);
+    w.write_chunk(StreamKind::Stdout, b"three\n", &long_ts())
+        .unwrap();
+    w.flush().unwrap();
+    let content = fs::read_to_string(&path).unwrap();
+    assert!(content.starts_with(whole), "{content}");
+    assert!(
+        content[whole.len()..].ends_with(" stdout F three\n"),
+        "{content}"
+    );
+    assert_eq!(content.lines().count(), 2);
+
+    // A torn record longer than one window, after whole ones.
+    let long = "x".repeat(3 * TAIL_WINDOW);
+    fs::write(&path, format!("{whole}{long}")).unwrap();
+    let (_w, cut) = LogWriter::open_resumed(&spec).unwrap();
+    assert_eq!(cut, long.len() as u64);
+    assert_eq!(fs::read_to_string(&path).unwrap(), whole);
+}

@@ -230,6 +230,24 @@ pub fn open_log_file_appending(path: &Path) -> io::Result<std::fs::File> {
     open_log_file_with(path, OFlag::O_WRONLY | OFlag::O_APPEND)
 }
 
+/// [`open_log_file`] without the truncation, for reading and appending:
+/// a resumed container's log (issue 16), whose tail is read back (and cut,
+/// [`truncate_file`]) before writing goes on at its end.
+pub fn open_log_file_resumed(path: &Path) -> io::Result<std::fs::File> {
+    open_log_file_with(path, OFlag::O_RDWR | OFlag::O_APPEND)
+}
+
+/// Cuts `file` (at `path`, for the error) to `len` bytes.
+pub fn truncate_file(file: &std::fs::File, len: u64, path: &Path) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| {
+        error(
+            io::ErrorKind::InvalidInput,
+            format!("length {len} too large"),
+        )
+    })?;
+    nix::unistd::ftruncate(file, len).map_err(|e| os_error(path, e))
+}
+
 fn open_log_file_with(path: &Path, mode_flags: OFlag) -> io::Result<std::fs::File> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent, None)?;

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgid, Pid};
 
 /// Which side of a fork we are on.
@@ -100,6 +100,22 @@ pub fn try_reap(pid: u32) -> io::Result<Option<Exit>> {
     match waitpid(
         Pid::from_raw(pid as i32),
         Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(Exit::Code(code))),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig as i32))),
+        Ok(_) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Whether `pid` (our child) has exited, without reaping it: the zombie
+/// stays, so that its exit can be reported elsewhere first (the keeper,
+/// issue 16) and a process that inherits it (after our death) can still
+/// reap it. `Ok(None)`: still running.
+pub fn peek_exit(pid: u32) -> io::Result<Option<Exit>> {
+    match waitid(
+        Id::Pid(Pid::from_raw(pid as i32)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL,
     ) {
         Ok(WaitStatus::Exited(_, code)) => Ok(Some(Exit::Code(code))),
         Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig as i32))),
