@@ -8,7 +8,8 @@
 //!
 //! - **next log byte**: once the killed worker is gone (no later write can
 //!   come from it), the log's size is taken; the gap ends when the log grows
-//!   past it (polled every 100 µs), i.e. when the new worker wrote the
+//!   past it (polled every 100 µs; past the smaller size if the new worker
+//!   first cut a torn last record), i.e. when the new worker wrote the
 //!   container's next output.
 //! - **version**: a second thread dials `conmon.sock` and calls `version`
 //!   until one answers (each attempt over a new connection, as CRI-O dials
@@ -157,6 +158,122 @@ fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> std::process::Exit
         .unwrap_or_else(|e| panic!("run {}: {e}", runtime.display()))
 }
 
+/// The gaps of `--kills` kills (kill → next log byte, kill → `version`).
+fn measure(
+    args: &Args,
+    keeper: u32,
+    base: &Path,
+    socket: &Path,
+    root: &Path,
+    id: &str,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let limit = Duration::from_secs(args.timeout_secs);
+    let first_worker = wait_for(limit, Duration::from_millis(1), || worker_of(keeper))
+        .ok_or_else(|| format!("keeper {keeper} started no worker (is this a keeper build?)"))?;
+    version_answer_time(socket, limit).ok_or("the server does not answer version")?;
+
+    let bundle = ringmon::fixture::make_bundle(
+        base,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); /bin/busybox usleep 1000; done",
+        ],
+        false,
+    );
+    let log = base.join("ctr.log");
+    let req = ringmon::fixture::cri_request(id, &bundle, &base.join("exit"), &log);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new()
+        .block_on(&rt, async {
+            Client::connect(socket)
+                .await?
+                .create_container(&req)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| format!("createContainer: {e}"))?;
+    if !runtime_cmd(&args.runtime, root, &["start", id]).success() {
+        return Err(format!("runtime start {id} failed"));
+    }
+    wait_for(limit, Duration::from_millis(1), || {
+        (log_size(&log) > 0).then_some(())
+    })
+    .ok_or("the container does not log")?;
+
+    let (mut log_gaps, mut version_gaps) = (Vec::new(), Vec::new());
+    let mut worker = first_worker;
+    for n in 1..=args.kills {
+        let socket_for_thread = socket.to_path_buf();
+        let (tx, rx) = mpsc::channel();
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(worker as i32), Signal::SIGKILL)
+            .map_err(|e| format!("kill -9 {worker}: {e}"))?;
+        std::thread::spawn(move || {
+            let _ = tx.send(version_answer_time(&socket_for_thread, limit));
+        });
+        wait_for(limit, Duration::from_micros(50), || {
+            gone(worker).then_some(())
+        })
+        .ok_or_else(|| format!("worker {worker} did not die"))?;
+        // The new worker may first cut a torn last record: growth counts
+        // from the smallest size seen.
+        let mut smallest = log_size(&log);
+        let grew = wait_for(limit, Duration::from_micros(100), || {
+            let now = log_size(&log);
+            smallest = smallest.min(now);
+            (now > smallest).then(Instant::now)
+        })
+        .ok_or_else(|| format!("kill {n}: the log did not grow within {limit:?}"))?;
+        let answered = rx
+            .recv()
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("kill {n}: version did not answer within {limit:?}"))?;
+        log_gaps.push(grew - killed_at);
+        version_gaps.push(answered - killed_at);
+        let old = worker;
+        worker = wait_for(limit, Duration::from_millis(1), || {
+            worker_of(keeper).filter(|&w| w != old)
+        })
+        .ok_or_else(|| format!("kill {n}: no new worker"))?;
+        eprintln!(
+            "kill {n:>3}: next log byte {}, version {}",
+            ms(grew - killed_at),
+            ms(answered - killed_at)
+        );
+        std::thread::sleep(Duration::from_millis(args.settle_ms));
+    }
+
+    Ok((log_gaps, version_gaps))
+}
+
+/// Deletes the container, stops the keeper and removes the scratch
+/// directory (also after a failed step: `measure` returns its error).
+struct Cleanup {
+    runtime: PathBuf,
+    root: PathBuf,
+    id: String,
+    keeper: u32,
+    base: PathBuf,
+    limit: Duration,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        runtime_cmd(&self.runtime, &self.root, &["delete", "-f", &self.id]);
+        let _ = kill(Pid::from_raw(self.keeper as i32), Signal::SIGTERM);
+        let keeper = self.keeper;
+        let _ = wait_for(self.limit, Duration::from_millis(5), || {
+            gone(keeper).then_some(())
+        });
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
 fn main() {
     let args = Args::parse();
     assert!(args.kills > 0, "--kills must be at least 1");
@@ -174,92 +291,28 @@ fn main() {
     let socket = run_dir.join("conmon.sock");
 
     let keeper = ringmon::fixture::launch_server(&binary, &args.runtime, &run_dir, &root);
-    let first_worker = wait_for(limit, Duration::from_millis(1), || worker_of(keeper))
-        .unwrap_or_else(|| panic!("keeper {keeper} started no worker (is this a keeper build?)"));
-    version_answer_time(&socket, limit).expect("the server answers version");
-
     let id = format!("keeper-gap-{}", std::process::id());
-    let bundle = ringmon::fixture::make_bundle(
-        &base,
-        &[
-            "/bin/sh",
-            "-c",
-            "i=0; while true; do echo line $i; i=$((i+1)); /bin/busybox usleep 1000; done",
-        ],
-        false,
-    );
-    let log = base.join("ctr.log");
-    let req = ringmon::fixture::cri_request(&id, &bundle, &base.join("exit"), &log);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, async {
-        Client::connect(&socket)
-            .await
-            .expect("connect")
-            .create_container(&req)
-            .await
-            .expect("createContainer");
-    });
-    assert!(
-        runtime_cmd(&args.runtime, &root, &["start", &id]).success(),
-        "runtime start {id}"
-    );
-    wait_for(limit, Duration::from_millis(1), || {
-        (log_size(&log) > 0).then_some(())
-    })
-    .expect("the container logs");
-
-    let (mut log_gaps, mut version_gaps) = (Vec::new(), Vec::new());
-    let mut worker = first_worker;
-    for n in 1..=args.kills {
-        let socket_for_thread = socket.clone();
-        let (tx, rx) = mpsc::channel();
-        let killed_at = Instant::now();
-        kill(Pid::from_raw(worker as i32), Signal::SIGKILL).expect("kill the worker");
-        std::thread::spawn(move || {
-            let _ = tx.send(version_answer_time(&socket_for_thread, limit));
-        });
-        wait_for(limit, Duration::from_micros(50), || {
-            gone(worker).then_some(())
-        })
-        .unwrap_or_else(|| panic!("worker {worker} did not die"));
-        let size = log_size(&log);
-        let grew = wait_for(limit, Duration::from_micros(100), || {
-            (log_size(&log) > size).then(Instant::now)
-        })
-        .unwrap_or_else(|| panic!("kill {n}: the log did not grow within {limit:?}"));
-        let answered = rx
-            .recv()
-            .expect("version thread")
-            .unwrap_or_else(|| panic!("kill {n}: version did not answer within {limit:?}"));
-        log_gaps.push(grew - killed_at);
-        version_gaps.push(answered - killed_at);
-        let old = worker;
-        worker = wait_for(limit, Duration::from_millis(1), || {
-            worker_of(keeper).filter(|&w| w != old)
-        })
-        .unwrap_or_else(|| panic!("kill {n}: no new worker"));
-        eprintln!(
-            "kill {n:>3}: next log byte {}, version {}",
-            ms(grew - killed_at),
-            ms(answered - killed_at)
-        );
-        std::thread::sleep(Duration::from_millis(args.settle_ms));
-    }
-
+    let cleanup = Cleanup {
+        runtime: args.runtime.clone(),
+        root: root.clone(),
+        id: id.clone(),
+        keeper,
+        base: base.clone(),
+        limit,
+    };
+    let measured = measure(&args, keeper, &base, &socket, &root, &id);
     let rss = vm_rss_kib(keeper);
     runtime_cmd(&args.runtime, &root, &["kill", &id, "KILL"]);
     let _ = wait_for(limit, Duration::from_millis(5), || {
         base.join("exit").exists().then_some(())
     });
-    runtime_cmd(&args.runtime, &root, &["delete", "-f", &id]);
-    let _ = kill(Pid::from_raw(keeper as i32), Signal::SIGTERM);
-    let _ = wait_for(limit, Duration::from_millis(5), || {
-        gone(keeper).then_some(())
+    // Before any exit: the release profile aborts on panic, which would
+    // leave the server and the container behind.
+    drop(cleanup);
+    let (mut log_gaps, mut version_gaps) = measured.unwrap_or_else(|e| {
+        eprintln!("ringmon-keeper-gap: {e}");
+        std::process::exit(1)
     });
-    let _ = fs::remove_dir_all(&base);
 
     let (log_median, log_max) = median_max(&mut log_gaps);
     let (version_median, version_max) = median_max(&mut version_gaps);
