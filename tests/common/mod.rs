@@ -270,7 +270,8 @@ fn worker_of(pid: u32) -> Option<u32> {
         .find(|&c| comm(c).is_some_and(|n| n.trim_end() == "conmonrs") && !is_zombie(c))
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// Whether `pid` is a zombie (or gone: a reaped pid has no stat).
+pub fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
             s.rsplit(')')
@@ -278,6 +279,71 @@ fn is_zombie(pid: u32) -> bool {
                 .is_some_and(|r| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// The short process name (`comm`) of `pid`, if it still exists.
+pub fn process_name(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim_end_matches('\n').to_string())
+}
+
+/// The live children of `pid`: from `/proc/<pid>/task/<pid>/children` where
+/// the kernel has it (CONFIG_PROC_CHILDREN), else by the parent field of
+/// every `/proc/<n>/stat`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    if let Ok(list) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return list
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the `(comm)` field: state, then the parent pid.
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+impl Server {
+    /// The keeper's worker: the keeper's (`self.pid`'s) live child named
+    /// `conmonrs`, if there is one now.
+    pub fn worker_pid(&self) -> Option<u32> {
+        children_of(self.pid)
+            .into_iter()
+            .find(|&child| process_name(child).as_deref() == Some("conmonrs") && !is_zombie(child))
+    }
+
+    /// Waits (up to 5 s) for a worker whose pid differs from `old` (the
+    /// keeper started a new one) and returns its pid.
+    pub fn new_worker_pid(&self, old: u32) -> u32 {
+        let mut found = None;
+        let appeared = wait_until(Duration::from_secs(5), || {
+            found = self.worker_pid().filter(|&pid| pid != old);
+            found.is_some()
+        });
+        assert!(
+            appeared,
+            "no new worker under keeper {} within 5 s (old worker {old}, children {:?})",
+            self.pid,
+            children_of(self.pid)
+        );
+        found.unwrap()
+    }
 }
 
 impl Drop for Server {
