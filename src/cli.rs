@@ -182,7 +182,8 @@ pub struct Cli {
     /// orphans its containers. By default the process the pidfile names is
     /// a small keeper that holds the containers' descriptors and exit
     /// statuses and starts a new server process when one dies.
-    #[arg(long, env = "RINGMON_NO_KEEPER")]
+    #[arg(long, env = "RINGMON_NO_KEEPER",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_keeper: bool,
 }
 
@@ -429,6 +430,13 @@ mod tests {
             err.contains("--engine-batch-window-ms") && err.contains("1001"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn no_keeper_is_off_by_default_and_a_flag_without_a_value() {
+        assert!(!Cli::try_parse_from(["ringmon"]).unwrap().no_keeper);
+        let cli = Cli::try_parse_from(["ringmon", "--no-keeper"]).unwrap();
+        assert!(cli.no_keeper);
     }
 
     #[test]
