@@ -74,15 +74,26 @@ pub struct Attach {
 impl Attach {
     /// Starts the stdin writer (if the container has stdin).
     pub fn new(key: ContainerKey, stdin: StdinTarget) -> Attach {
+        Attach::with_stdin_closed(key, stdin, None)
+    }
+
+    /// [`Attach::new`], running `closed` once a stop-after-stdin-EOF client
+    /// closed the container's stdin (so that the keeper closes its copy
+    /// too, issue 16).
+    pub fn with_stdin_closed(
+        key: ContainerKey,
+        stdin: StdinTarget,
+        closed: Option<StdinClosed>,
+    ) -> Attach {
         let stdin = match stdin {
             StdinTarget::None => None,
-            StdinTarget::Pipe(fd) => Some(spawn_stdin_writer(fd, key)),
-            StdinTarget::Pty(fd) => Some(spawn_stdin_writer(fd, key)),
+            StdinTarget::Pipe(fd) => Some(spawn_stdin_writer(fd, key, closed)),
+            StdinTarget::Pty(fd) => Some(spawn_stdin_writer(fd, key, closed)),
             StdinTarget::Later(fd) => {
                 let (tx, rx) = mpsc::channel(STDIN_QUEUE_PACKETS);
                 tokio::task::spawn_local(async move {
                     if let Ok(fd) = fd.await {
-                        write_stdin(fd, rx, key).await;
+                        write_stdin(fd, rx, key, closed).await;
                     }
                 });
                 Some(tx)
@@ -342,13 +353,25 @@ async fn read_client(conn: tokio::io::unix::AsyncFd<OwnedFd>, ctx: ClientContext
     }
 }
 
-fn spawn_stdin_writer(fd: OwnedFd, key: ContainerKey) -> mpsc::Sender<StdinMsg> {
+/// Run when a client's EOF closed a container's stdin.
+pub type StdinClosed = Box<dyn FnOnce()>;
+
+fn spawn_stdin_writer(
+    fd: OwnedFd,
+    key: ContainerKey,
+    closed: Option<StdinClosed>,
+) -> mpsc::Sender<StdinMsg> {
     let (tx, rx) = mpsc::channel(STDIN_QUEUE_PACKETS);
-    tokio::task::spawn_local(write_stdin(fd, rx, key));
+    tokio::task::spawn_local(write_stdin(fd, rx, key, closed));
     tx
 }
 
-async fn write_stdin(fd: OwnedFd, mut rx: mpsc::Receiver<StdinMsg>, key: ContainerKey) {
+async fn write_stdin(
+    fd: OwnedFd,
+    mut rx: mpsc::Receiver<StdinMsg>,
+    key: ContainerKey,
+    closed: Option<StdinClosed>,
+) {
     let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)
         .map(OFlag::from_bits_truncate)
         .unwrap_or(OFlag::empty());
@@ -366,7 +389,13 @@ async fn write_stdin(fd: OwnedFd, mut rx: mpsc::Receiver<StdinMsg>, key: Contain
     while let Some(msg) = rx.recv().await {
         let data = match msg {
             StdinMsg::Data(d) => d,
-            StdinMsg::Close => return,
+            StdinMsg::Close => {
+                drop(fd);
+                if let Some(closed) = closed {
+                    closed();
+                }
+                return;
+            }
         };
         let mut rest = &data[..];
         while !rest.is_empty() {

@@ -525,7 +525,7 @@ impl Monitor {
             None => (None, pipe_sources(stdout_r, stderr_r)),
         };
         let created_at = std::time::SystemTime::now();
-        let exit_source = self.hold_created(HoldCreated {
+        let (exit_source, stdin_closed) = self.hold_created(HoldCreated {
             req,
             key,
             pid,
@@ -546,6 +546,8 @@ impl Monitor {
         {
             self.state.borrow_mut().drain_waiters.remove(&key);
             sys::process::kill_tree(pid, Signal::SIGKILL);
+            // No watcher will release it: the sweep reaps it.
+            exit_source.release(key);
             return Err(e.into());
         }
         let oom = match OomWatcher::start(pid) {
@@ -562,7 +564,7 @@ impl Monitor {
                 key,
                 pid,
                 terminal,
-                attach: Attach::new(key, stdin_target),
+                attach: Attach::with_stdin_closed(key, stdin_target, stdin_closed),
                 stdin_once,
                 _leaked: fds.leaked,
                 forced_exit_code: None,
@@ -952,7 +954,16 @@ impl Monitor {
                 warn!(%id, "cleanup command '{prog}': {e}");
             }
         }
+        self.forget(id, *key, code);
+        // Last: once released, nothing may hold it again (see
+        // `stdin_closed_hook`, which needs the child still listed).
         exit_source.release(*key);
+    }
+
+    /// Exit handling of `id`'s child `key` is over: it goes to the exited
+    /// list, and the waiters for the container's exit get `code`.
+    fn forget(&self, id: &str, key: ContainerKey, code: i32) {
+        let key = &key;
         let mut guard = self.state.borrow_mut();
         let st = &mut *guard;
         st.drain_waiters.remove(key);

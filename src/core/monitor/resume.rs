@@ -2,7 +2,7 @@
 //! new worker resumes the containers an earlier one held.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::held::{FdRole, HeldRecord};
 use super::{wait_exit, wait_exit_peeking, Child, ExitPolicy, Monitor};
-use crate::core::attach::{Attach, StdinTarget};
+use crate::core::attach::{Attach, StdinClosed, StdinTarget};
 use crate::core::oom::OomWatcher;
 use crate::core::{CoreError, CreateContainer};
 use crate::engine::{ContainerKey, Registration, SourceKind, StreamSource};
@@ -88,11 +88,15 @@ impl Monitor {
     }
 
     /// Hands a container just created to the keeper, if there is one.
-    /// Returns where its exit comes from. A failed hold only costs the
-    /// container its crash safety.
-    pub(super) fn hold_created(&self, c: HoldCreated<'_>) -> ExitSource {
+    /// Returns where its exit comes from and, for a stdin pipe the keeper
+    /// holds, what to do when a client closes it. A failed hold only costs
+    /// the container its crash safety.
+    pub(super) fn hold_created(
+        self: &Rc<Self>,
+        c: HoldCreated<'_>,
+    ) -> (ExitSource, Option<StdinClosed>) {
         let Some(link) = self.keeper.borrow().clone() else {
-            return ExitSource::OwnChild;
+            return (ExitSource::OwnChild, None);
         };
         let mut roles = Vec::with_capacity(3);
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(3);
@@ -127,7 +131,11 @@ impl Monitor {
             fds: roles,
         };
         match link.hold(c.key, c.pid, &record.encode(), &fds) {
-            Ok(()) => ExitSource::HeldChild(link),
+            Ok(()) => {
+                let outputs = c.sources.iter().map(|s| &s.fd);
+                let closed = self.stdin_closed_hook(&link, &record, outputs);
+                (ExitSource::HeldChild(link), closed)
+            }
             Err(e) => {
                 warn!(
                     id = %c.req.id,
@@ -135,9 +143,65 @@ impl Monitor {
                     "the keeper does not hold the container, so it will not survive \
                      a crash of this server: {e}"
                 );
-                ExitSource::OwnChild
+                (ExitSource::OwnChild, None)
             }
         }
+    }
+
+    /// For a container whose stdin pipe the keeper holds: the hook that
+    /// holds it again without stdin once a client closed stdin (the
+    /// keeper's copy would keep the container from ever seeing EOF). The
+    /// keeper replaces what it holds for the key, so it needs duplicates of
+    /// the output descriptors, taken now. `None`: no stdin pipe held.
+    fn stdin_closed_hook<'a>(
+        self: &Rc<Self>,
+        link: &Rc<KeeperLink>,
+        record: &HeldRecord,
+        outputs: impl Iterator<Item = &'a OwnedFd>,
+    ) -> Option<StdinClosed> {
+        record.fd_index(FdRole::Stdin)?;
+        let outputs = match outputs
+            .map(OwnedFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(fds) => fds,
+            Err(e) => {
+                warn!(
+                    id = %record.id,
+                    "cannot duplicate the output descriptors; the keeper keeps stdin \
+                     open after a client closes it: {e}"
+                );
+                return None;
+            }
+        };
+        let mut record = record.clone();
+        record.fds.retain(|r| *r != FdRole::Stdin);
+        let monitor = Rc::downgrade(self);
+        let link = Rc::clone(link);
+        Some(Box::new(move || {
+            let Some(monitor) = monitor.upgrade() else {
+                return;
+            };
+            // Exit handling is over and the keeper released it: holding
+            // again would leave it held for ever.
+            let listed = monitor
+                .state
+                .borrow()
+                .children
+                .values()
+                .flatten()
+                .any(|c| c.key == record.key);
+            if !listed {
+                return;
+            }
+            let fds: Vec<BorrowedFd<'_>> = outputs.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = link.hold(record.key, record.pid, &record.encode(), &fds) {
+                warn!(
+                    id = %record.id,
+                    "the keeper keeps the container's stdin open after a client closed it: {e}"
+                );
+            }
+        }))
     }
 
     /// Resumes containers an earlier worker held: logging, attach, exit
@@ -198,6 +262,13 @@ impl Monitor {
         let HeldRecord { id, key, pid, .. } = record.clone();
         let duplicate =
             |what| move |e| CoreError::io(format!("duplicate the pty master ({what})"), e);
+        let outputs = record
+            .fds
+            .iter()
+            .zip(&held.fds)
+            .filter(|(role, _)| **role != FdRole::Stdin)
+            .map(|(_, fd)| fd);
+        let stdin_closed = self.stdin_closed_hook(link, &record, outputs);
         let mut terminal = None;
         let mut stdin_target = StdinTarget::None;
         let mut sources = Vec::with_capacity(2);
@@ -273,7 +344,7 @@ impl Monitor {
                 key,
                 pid,
                 terminal,
-                attach: Attach::new(key, stdin_target),
+                attach: Attach::with_stdin_closed(key, stdin_target, stdin_closed),
                 stdin_once: record.stdin_once,
                 // leakFds were the earlier worker's; they closed with it.
                 _leaked: Vec::new(),
