@@ -39,7 +39,7 @@ fn gone(pid: u32) -> bool {
 fn worker(server: &Server) -> u32 {
     let mut found = None;
     let running = wait_until(Duration::from_secs(5), || {
-        found = server.worker_pid();
+        found = server.current_worker_pid();
         found.is_some()
     });
     assert!(
@@ -279,7 +279,7 @@ fn worker_killed_container_keeps_logging() {
             gaps(&values) + values[0]
         );
         // Still the same keeper, with the new worker serving.
-        assert_eq!(server.worker_pid(), Some(new));
+        assert_eq!(server.current_worker_pid(), Some(new));
         server.runtime_cmd(&["delete", "-f", &id]);
     });
 }

@@ -322,7 +322,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 impl Server {
     /// The keeper's worker: the keeper's (`self.pid`'s) live child named
     /// `conmonrs`, if there is one now.
-    pub fn worker_pid(&self) -> Option<u32> {
+    pub fn current_worker_pid(&self) -> Option<u32> {
         children_of(self.pid)
             .into_iter()
             .find(|&child| process_name(child).as_deref() == Some("conmonrs") && !is_zombie(child))
@@ -333,7 +333,7 @@ impl Server {
     pub fn new_worker_pid(&self, old: u32) -> u32 {
         let mut found = None;
         let appeared = wait_until(Duration::from_secs(5), || {
-            found = self.worker_pid().filter(|&pid| pid != old);
+            found = self.current_worker_pid().filter(|&pid| pid != old);
             found.is_some()
         });
         assert!(
