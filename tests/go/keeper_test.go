@@ -182,8 +182,20 @@ func (e *env) attachRound(cl *client.ConmonClient, round int) error {
 		return fmt.Errorf("AttachContainer did not return within %v after stdin EOF", startTimeout)
 	}
 
-	if got := waitForFile(e.t, c.exitPath, startTimeout); string(got) != "0" {
-		return fmt.Errorf("cat exit file %q, want 0", got)
+	// A kill between the echo and the stdin EOF loses the session (and with
+	// it the EOF for cat): an error to retry, not a failure.
+	var exit []byte
+
+	if !waitFor(startTimeout, func() bool {
+		exit, _ = os.ReadFile(c.exitPath)
+
+		return len(exit) > 0
+	}) {
+		return fmt.Errorf("cat did not exit within %v of the stdin EOF", startTimeout)
+	}
+
+	if string(exit) != "0" {
+		return fmt.Errorf("cat exit file %q, want 0", exit)
 	}
 
 	return nil
