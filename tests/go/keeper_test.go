@@ -1,11 +1,15 @@
 package conmontest
 
-// The Go client v1.0.1 against a server whose worker is killed every few
+// The Go client v1.0.1 (and, through the symlink in tests/go-legacy, the
+// legacy client v0.7.3) against a server whose worker is killed every few
 // seconds (issue 16, the keeper). Opt-in: it runs only with
 // RINGMON_TEST_KEEPER_KILLS=1, against a ringmon build with the keeper, e.g.
 //
 //	cd tests/go && RINGMON_TEST_KEEPER_KILLS=1 RUNTIME_BINARY=/usr/sbin/runc \
 //	    go test -count=1 -run TestKeeperKillLoop -v ./...
+//
+// or the whole Go step: RINGMON_TEST_KEEPER_KILLS=1 GO_TEST_RUN=TestKeeperKillLoop
+// RINGMON_GO_ONLY=1 bash tools/test.sh.
 //
 // RINGMON_TEST_KEEPER_ROUNDS sets the number of rounds (default 15), each one
 // createContainer + runtime start, execSyncContainer and a full attach
