@@ -459,7 +459,7 @@ fn cancelled_exec_is_killed_and_reaped() {
     assert!(gone, "the abandoned exec still runs");
     // ...and the server reaped it: no zombie children.
     let zombies = wait_until(Duration::from_secs(5), || {
-        zombie_children(ctr.server.pid) == 0
+        zombie_children(ctr.server.serving_pid()) == 0
     });
     assert!(zombies, "server has zombie children");
 }
@@ -486,7 +486,7 @@ fn zombie_children(pid: u32) -> usize {
 fn no_memory_growth_over_100_execs() {
     for_each_runtime(|rt| {
         let ctr = Running::start(rt);
-        let pid = ctr.server.pid;
+        let pid = ctr.server.serving_pid();
         run_local(async {
             let c = ctr.server.client().await;
             let round = |i: usize| {

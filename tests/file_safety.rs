@@ -68,7 +68,9 @@ fn exit_files_never_write_through_symlinks() {
     symlink(&precious, &at_path).unwrap();
     // Symlinks at the temporary names a predictable scheme would use.
     for name in ["exit", "exit2"] {
-        let tmp = dir.path().join(format!(".{name}.{}.tmp", server.pid));
+        let tmp = dir
+            .path()
+            .join(format!(".{name}.{}.tmp", server.serving_pid()));
         symlink(&precious, &tmp).unwrap();
     }
     // A directory reached through a symlink nobody trustworthy made.
@@ -115,13 +117,14 @@ fn traced_threads(pid: u32, all: bool) -> bool {
 /// with `args`, follows the server; returns the trace.
 fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
     let trace = dir.join("trace");
+    let serving = server.serving_pid();
     let mut strace = Command::new("strace")
         .arg("-qq")
         .args(args)
         .arg("-o")
         .arg(&trace)
         .arg("-p")
-        .arg(server.pid.to_string())
+        .arg(serving.to_string())
         .stderr(Stdio::null())
         .spawn()
         .expect("strace");
@@ -129,7 +132,7 @@ fn trace_true_container(server: &Server, dir: &Path, args: &[&str]) -> String {
     // one), it prints nothing: wait for the kernel to show it as the tracer.
     let follow_threads = args.contains(&"-f");
     let attached = wait_until(Duration::from_secs(20), || {
-        traced_threads(server.pid, follow_threads)
+        traced_threads(serving, follow_threads)
     });
     assert!(attached, "strace did not attach to the server within 20 s");
     run_true_container(server, dir, |_| {});

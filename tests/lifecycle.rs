@@ -306,7 +306,7 @@ fn no_zombies_after_many_containers() {
         server.runtime_cmd(&["delete", "-f", &id]);
     }
     let zombies = || -> Vec<String> {
-        fs::read_dir(format!("/proc/{}/task", server.pid))
+        fs::read_dir(format!("/proc/{}/task", server.serving_pid()))
             .unwrap()
             .flatten()
             .map(|t| fs::read_to_string(t.path().join("children")).unwrap_or_default())

@@ -345,7 +345,9 @@ fn journald_driver_sends_each_line_with_priority_5() {
         let req = request(dir.path(), &id, &bundle, vec![journald_driver(1)]);
         let pid = run_local_value(async { server.client().await.create_container(&req).await });
         server.start_container(&id);
-        let first = journal::wait_for(kind, server.pid, since, JOURNAL_WAIT, |e| e.len() >= 2);
+        let first = journal::wait_for(kind, server.serving_pid(), since, JOURNAL_WAIT, |e| {
+            e.len() >= 2
+        });
         let mut got: Vec<Vec<u8>> = first.iter().map(|e| e.message.clone()).collect();
         got.sort();
         assert_eq!(
@@ -362,7 +364,9 @@ fn journald_driver_sends_each_line_with_priority_5() {
         });
         release(pid);
         assert_eq!(wait_for_file(&dir.path().join("exit"), EXIT_WAIT), b"0");
-        let all = journal::wait_for(kind, server.pid, since, JOURNAL_WAIT, |e| e.len() >= 4);
+        let all = journal::wait_for(kind, server.serving_pid(), since, JOURNAL_WAIT, |e| {
+            e.len() >= 4
+        });
         // Exactly one entry per line, the line end kept, a partial tail as
         // it is (no closing line end as in CRI), nothing else.
         assert_eq!(all.len(), 4, "{all:?}");
@@ -503,7 +507,7 @@ fn several_drivers_get_every_chunk_byte_identical() {
 
         // journald: the same pieces, byte for byte, in the same order.
         let want: Vec<&[u8]> = segments.iter().map(|(_, c)| c.as_slice()).collect();
-        let journal = journal::wait_for(kind, server.pid, since, JOURNAL_WAIT, |e| {
+        let journal = journal::wait_for(kind, server.serving_pid(), since, JOURNAL_WAIT, |e| {
             e.len() >= want.len()
         });
         let got: Vec<&[u8]> = journal.iter().map(|e| e.message.as_slice()).collect();

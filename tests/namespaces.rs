@@ -233,7 +233,7 @@ fn ipc_net_pid_uts_are_new_and_held_by_the_pause_process() {
         guard.pause_pid()
     });
     // The pause process was handed to the server (its subreaper).
-    assert_eq!(parent_pid(pause_pid), server.pid);
+    assert_eq!(parent_pid(pause_pid), server.serving_pid());
     for (kind, name) in ORDER {
         let pinned = ns_inode(guard.pin(name));
         assert_eq!(

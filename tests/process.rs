@@ -78,7 +78,7 @@ fn long_run_dir_and_legacy_cgroup_manager_flag() {
 fn inherited_fds_are_closed_and_comm_is_conmonrs() {
     let rt = &runtimes()[0];
     let server = Server::start(rt);
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid)).unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.serving_pid())).unwrap();
     assert_eq!(comm.trim(), "conmonrs");
 }
 
@@ -91,7 +91,7 @@ fn engine_workers_start_with_the_containers() {
     let dir = TempDir::new("lean");
     let server = Server::start_with(rt, &["--engine-workers", "4"]);
     let threads = || -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{}/task", server.pid))
+        std::fs::read_dir(format!("/proc/{}/task", server.serving_pid()))
             .unwrap()
             .map(|task| {
                 let comm = task.unwrap().path().join("comm");

@@ -294,6 +294,23 @@ impl Server {
             .find(|&child| process_name(child).as_deref() == Some("conmonrs") && !is_zombie(child))
     }
 
+    /// The process that serves (runs the RPC handlers, spawns the runtime,
+    /// writes logs and exit files, logs to the journal): the keeper's worker,
+    /// waited for up to 5 s, or the pidfile's process itself when it is no
+    /// keeper (`--no-keeper`, or a build without one).
+    pub fn serving_pid(&self) -> u32 {
+        if process_name(self.pid).as_deref() != Some("conmonrs-keeper") {
+            return self.pid;
+        }
+        let mut found = None;
+        let running = wait_until(Duration::from_secs(5), || {
+            found = self.worker_pid();
+            found.is_some()
+        });
+        assert!(running, "keeper {} runs no worker", self.pid);
+        found.unwrap()
+    }
+
     /// Waits (up to 5 s) for a worker whose pid differs from `old` (the
     /// keeper started a new one) and returns its pid.
     pub fn new_worker_pid(&self, old: u32) -> u32 {
