@@ -13,7 +13,8 @@ package conmontest
 //
 // RINGMON_TEST_KEEPER_ROUNDS sets the number of rounds (default 15), each one
 // createContainer + runtime start, execSyncContainer and a full attach
-// (stdin in, output back, stdin EOF ends it). The client dials per call,
+// (stdin in, output back, stdin EOF ends it); each worker is killed 3 s after
+// it appeared. The client dials per call,
 // so a call in flight during a kill fails (its connection is reset) and the
 // same call made again must succeed: each step may fail once, never twice.
 
@@ -236,20 +237,36 @@ func TestKeeperKillLoop(t *testing.T) {
 	stop := make(chan struct{})
 	killerDone := make(chan struct{})
 
+	// Each worker is killed keeperKillPeriod after it appeared, so every
+	// worker serves that long: the keeper's restart back-off (up to 5 s
+	// while workers die within 10 s of their start) only adds waiting
+	// between workers, during which calls queue on the listener.
 	go func() {
 		defer close(killerDone)
+
+		var (
+			current int
+			seen    time.Time
+		)
 
 		for {
 			select {
 			case <-stop:
 				return
-			case <-time.After(keeperKillPeriod):
+			case <-time.After(50 * time.Millisecond):
 			}
 
-			if w := workerOf(keeper); w != 0 && syscall.Kill(w, syscall.SIGKILL) == nil {
+			w := workerOf(keeper)
+			if w != current {
+				current, seen = w, time.Now()
+			}
+
+			if w != 0 && time.Since(seen) >= keeperKillPeriod && syscall.Kill(w, syscall.SIGKILL) == nil {
 				mu.Lock()
 				kills++
 				mu.Unlock()
+
+				current = 0
 			}
 		}
 	}()
