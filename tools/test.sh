@@ -35,7 +35,7 @@
 #                          (default target/release/ringmon); for quick reruns
 #   RINGMON_TEST_KEEPER_KILLS=1  also run TestKeeperKillLoop in tests/go and
 #                          tests/go-legacy (the Go clients while the worker is
-#                          killed every 3 s; rounds: RINGMON_TEST_KEEPER_ROUNDS)
+#                          killed 3 s after it starts; rounds: RINGMON_TEST_KEEPER_ROUNDS)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
