@@ -33,6 +33,9 @@
 #   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy go-stream", dirs under tests/)
 #   RINGMON_GO_ONLY=1      only run the Go suites, against $RINGMON_BINARY if set
 #                          (default target/release/ringmon); for quick reruns
+#   RINGMON_TEST_KEEPER_KILLS=1  also run TestKeeperKillLoop in tests/go and
+#                          tests/go-legacy (the Go clients while the worker is
+#                          killed 3 s after it starts; rounds: RINGMON_TEST_KEEPER_ROUNDS)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

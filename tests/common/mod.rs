@@ -328,17 +328,19 @@ impl Server {
             .find(|&child| process_name(child).as_deref() == Some("conmonrs") && !is_zombie(child))
     }
 
-    /// Waits (up to 5 s) for a worker whose pid differs from `old` (the
-    /// keeper started a new one) and returns its pid.
+    /// Waits for a worker whose pid differs from `old` (the keeper started a
+    /// new one) and returns its pid. The bound is 5 s for the start plus the
+    /// keeper's restart back-off, which reaches 5 s when workers keep dying
+    /// within 10 s of their start (as in a test that kills them in a row).
     pub fn new_worker_pid(&self, old: u32) -> u32 {
         let mut found = None;
-        let appeared = wait_until(Duration::from_secs(5), || {
+        let appeared = wait_until(Duration::from_secs(10), || {
             found = self.current_worker_pid().filter(|&pid| pid != old);
             found.is_some()
         });
         assert!(
             appeared,
-            "no new worker under keeper {} within 5 s (old worker {old}, children {:?})",
+            "no new worker under keeper {} within 10 s (old worker {old}, children {:?})",
             self.pid,
             children_of(self.pid)
         );

@@ -1,0 +1,1 @@
+../go/keeper_test.go
