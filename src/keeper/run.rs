@@ -20,8 +20,10 @@ use crate::sys::process::{self, Exit, SignalReader};
 use crate::sys::socket;
 
 /// A worker that keeps dying sooner than this after its start is restarted
-/// with a growing delay.
-const QUICK_DEATH: Duration = Duration::from_secs(10);
+/// with a growing delay (a build that cannot start must not spin the
+/// keeper). One that served longer is restarted at once, however often it
+/// is killed: the containers wait on full pipes meanwhile.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// The delay after the second quick death in a row; it doubles after each
 /// further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -302,11 +304,15 @@ impl Keeper {
                     );
                     return;
                 }
+                // A second hold of a key replaces the first (the worker
+                // re-holds without stdin once a client closed it), closing
+                // the old descriptors; an exit already known is kept.
+                let exit = self.held.get(&key).and_then(|h| h.exit);
                 self.held.insert(
                     key,
                     Held {
                         pid,
-                        exit: None,
+                        exit,
                         record,
                         fds,
                     },

@@ -421,6 +421,17 @@ func journalField(raw json.RawMessage) ([]byte, bool) {
 	return nil, false
 }
 
+// servingPID is the process that sends the server's journal entries: the
+// keeper's worker when pid (the pidfile's, which the client knows) is a
+// keeper, else pid itself (--no-keeper).
+func servingPID(pid uint32) uint32 {
+	if worker := workerOf(int(pid)); worker != 0 {
+		return uint32(worker)
+	}
+
+	return pid
+}
+
 // journalObjects returns the entries (as raw JSON objects) that conmonrs
 // processes sent, optionally only those of pid and not before since.
 func journalObjects(t *testing.T, kind journalKind, pid uint32, since time.Time) []map[string]json.RawMessage {
@@ -432,7 +443,7 @@ func journalObjects(t *testing.T, kind journalKind, pid uint32, since time.Time)
 		args := []string{"-o", "json", "--all", "--no-pager", "_COMM=conmonrs",
 			fmt.Sprintf("--since=@%d", since.Unix())}
 		if pid != 0 {
-			args = append(args, fmt.Sprintf("_PID=%d", pid))
+			args = append(args, fmt.Sprintf("_PID=%d", servingPID(pid)))
 		}
 
 		out, err := exec.Command("journalctl", args...).Output()
@@ -461,7 +472,7 @@ func journalObjects(t *testing.T, kind journalKind, pid uint32, since time.Time)
 			continue
 		}
 
-		if p, _ := journalField(o["_PID"]); pid != 0 && string(p) != strconv.FormatUint(uint64(pid), 10) {
+		if p, _ := journalField(o["_PID"]); pid != 0 && string(p) != strconv.FormatUint(uint64(servingPID(pid)), 10) {
 			continue
 		}
 
