@@ -1371,13 +1371,22 @@ pub async fn wait_exit(pid: u32) -> io::Result<sys::process::Exit> {
     }
 }
 
+/// How often [`wait_exit_peeking`] tries to hand an exit to the keeper
+/// before it reaps anyway, and how long it waits between tries.
+const EXIT_REPORT_TRIES: u32 = 5;
+const EXIT_REPORT_RETRY: Duration = Duration::from_millis(200);
+
 /// [`wait_exit`] for a child the keeper holds: the exit is seen without
 /// reaping (the zombie stays), handed to `report`, and only then reaped, so
 /// that it cannot be lost if this process dies in between (the keeper
-/// inherits the zombie and reaps it).
+/// inherits the zombie and reaps it). `report` says whether the keeper got
+/// it; while it did not, the zombie is kept and the report retried, since
+/// reaping would leave the exit nowhere but in this process. After
+/// [`EXIT_REPORT_TRIES`] the exit is reaped anyway: a keeper that stays
+/// unreachable that long is gone or wedged, and exit handling must go on.
 async fn wait_exit_peeking(
     pid: u32,
-    report: impl FnOnce(sys::process::Exit),
+    report: impl Fn(sys::process::Exit) -> bool,
 ) -> io::Result<sys::process::Exit> {
     let peeked = match sys::process::pidfd_open(pid) {
         Ok(fd) => {
@@ -1401,7 +1410,16 @@ async fn wait_exit_peeking(
             tokio::time::sleep(Duration::from_millis(50)).await;
         },
     };
-    report(peeked);
+    for attempt in 1..=EXIT_REPORT_TRIES {
+        if report(peeked) {
+            break;
+        }
+        if attempt < EXIT_REPORT_TRIES {
+            tokio::time::sleep(EXIT_REPORT_RETRY).await;
+        } else {
+            warn!(pid, "the keeper did not take the exit; reaping it anyway");
+        }
+    }
     Ok(sys::process::try_reap(pid)?.unwrap_or(peeked))
 }
 

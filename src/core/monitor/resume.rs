@@ -41,9 +41,11 @@ impl ExitSource {
         match self {
             ExitSource::OwnChild => wait_exit(pid).await,
             ExitSource::HeldChild(link) => {
-                wait_exit_peeking(pid, |exit| {
-                    if let Err(e) = link.exited(key, exit) {
+                wait_exit_peeking(pid, |exit| match link.exited(key, exit) {
+                    Ok(()) => true,
+                    Err(e) => {
                         warn!(key, pid, "cannot report the exit to the keeper: {e}");
+                        false
                     }
                 })
                 .await
