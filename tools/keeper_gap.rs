@@ -15,10 +15,10 @@
 //!   until one answers (each attempt over a new connection, as CRI-O dials
 //!   per call; the keeper's listener queues the connection meanwhile).
 //!
-//! Each worker serves `--worker-age-ms` (default 10.5 s) before it is killed:
-//! the keeper restarts a worker at once unless workers keep dying within 10 s
+//! Each worker serves `--worker-age-ms` (default 2 s) before it is killed:
+//! the keeper restarts a worker at once unless workers keep dying within 1 s
 //! of their start (a crash loop), when it backs off; shorter ages measure
-//! that back-off instead. 20 kills take about 3.5 minutes.
+//! that back-off instead. 20 kills take about a minute.
 //! The table gives median and max of each gap, and the keeper's RSS at the
 //! end. The container is a busybox shell loop (`usleep 1000`), so "every
 //! millisecond" is at least a millisecond: the log gap includes up to one
@@ -45,7 +45,7 @@ use ringmon::client::Client;
         target/release/ringmon-keeper-gap\n  \
         target/release/ringmon-keeper-gap --runtime /usr/bin/crun --kills 20\n  \
         target/release/ringmon-keeper-gap --binary /usr/local/bin/ringmon --kills 50\n  \
-        target/release/ringmon-keeper-gap --worker-age-ms 1000   # the crash-loop back-off"
+        target/release/ringmon-keeper-gap --worker-age-ms 200   # the crash-loop back-off"
 )]
 struct Args {
     /// The ringmon binary (default: `ringmon` beside this program).
@@ -58,10 +58,10 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     kills: usize,
     /// Least time a worker serves before it is killed. The keeper restarts
-    /// a worker at once unless workers keep dying within 10 s of their
-    /// start; then it backs off (100 ms doubling up to 5 s). Below 10000
+    /// a worker at once unless workers keep dying within 1 s of their
+    /// start; then it backs off (100 ms doubling up to 5 s). Below 1000
     /// this measures that back-off, not the resumption.
-    #[arg(long, default_value_t = 10_500)]
+    #[arg(long, default_value_t = 2_000)]
     worker_age_ms: u64,
     /// Bound on each wait (new worker, log growth, version answer).
     #[arg(long, default_value_t = 20)]
