@@ -534,22 +534,15 @@ impl Monitor {
             sources: &sources,
             stdin: &stdin_target,
         });
-        let (drained_tx, drained_rx) = oneshot::channel();
-        self.state
-            .borrow_mut()
-            .drain_waiters
-            .insert(key, drained_tx);
-        let counters = Arc::new(crate::engine::counters::ContainerCounters::default());
-        if let Err(e) = self
-            .engine
-            .register_counted(Registration { key, sources, logs }, counters.clone())
-        {
-            self.state.borrow_mut().drain_waiters.remove(&key);
-            sys::process::kill_tree(pid, Signal::SIGKILL);
-            // No watcher will release it: the sweep reaps it.
-            exit_source.release(key);
-            return Err(e.into());
-        }
+        let (drained_rx, counters) = match self.register_output(key, sources, logs) {
+            Ok(registered) => registered,
+            Err(e) => {
+                sys::process::kill_tree(pid, Signal::SIGKILL);
+                // No watcher will release it: the sweep reaps it.
+                exit_source.release(key);
+                return Err(e.into());
+            }
+        };
         let oom = match OomWatcher::start(pid) {
             Ok(w) => w,
             Err(e) => {
@@ -599,6 +592,38 @@ impl Monitor {
         st.watchers.push(watcher);
         info!(id = %req.id, pid, "container created");
         Ok(pid)
+    }
+
+    /// Hands a container's output to the engine, with a waiter for its
+    /// drain and the counters the engine keeps for it.
+    fn register_output(
+        &self,
+        key: ContainerKey,
+        sources: Vec<StreamSource>,
+        logs: Vec<LogWriter>,
+    ) -> Result<
+        (
+            oneshot::Receiver<DrainedLogs>,
+            Arc<crate::engine::counters::ContainerCounters>,
+        ),
+        crate::engine::EngineError,
+    > {
+        let (drained_tx, drained_rx) = oneshot::channel();
+        self.state
+            .borrow_mut()
+            .drain_waiters
+            .insert(key, drained_tx);
+        let counters = Arc::new(crate::engine::counters::ContainerCounters::default());
+        match self
+            .engine
+            .register_counted(Registration { key, sources, logs }, counters.clone())
+        {
+            Ok(()) => Ok((drained_rx, counters)),
+            Err(e) => {
+                self.state.borrow_mut().drain_waiters.remove(&key);
+                Err(e)
+            }
+        }
     }
 
     /// A new engine key (containers and exec sessions).

@@ -15,7 +15,7 @@ use super::{wait_exit, wait_exit_peeking, Child, ExitPolicy, Monitor};
 use crate::core::attach::{Attach, StdinClosed, StdinTarget};
 use crate::core::oom::OomWatcher;
 use crate::core::{CoreError, CreateContainer};
-use crate::engine::{ContainerKey, Registration, SourceKind, StreamSource};
+use crate::engine::{ContainerKey, SourceKind, StreamSource};
 use crate::keeper::{HeldContainer, KeeperLink};
 use crate::log::{LogWriter, StreamKind};
 use crate::sys::process::Exit;
@@ -317,21 +317,19 @@ impl Monitor {
                 Err(e) => warn!(%id, "resumed container's output is not logged there: {e}"),
             }
         }
-        let (drained_tx, drained_rx) = oneshot::channel();
-        self.state
-            .borrow_mut()
-            .drain_waiters
-            .insert(key, drained_tx);
-        let counters = Arc::new(crate::engine::counters::ContainerCounters::default());
-        if let Err(e) = self
-            .engine
-            .register_counted(Registration { key, sources, logs }, counters.clone())
-        {
-            // Its exit is still handled (exit files), without waiting for
-            // a drain that cannot come (the waiter's drop ends that wait).
-            self.state.borrow_mut().drain_waiters.remove(&key);
-            warn!(%id, "the resumed container's output is not read: {e}");
-        }
+        let (drained_rx, counters) = match self.register_output(key, sources, logs) {
+            Ok(registered) => registered,
+            Err(e) => {
+                // Its exit is still handled (exit files), without waiting
+                // for a drain that cannot come (a dropped sender ends that
+                // wait at once).
+                warn!(%id, "the resumed container's output is not read: {e}");
+                (
+                    oneshot::channel().1,
+                    Arc::new(crate::engine::counters::ContainerCounters::default()),
+                )
+            }
+        };
         let oom = match held.exit {
             Some(_) => None,
             None => OomWatcher::start(pid).unwrap_or_else(|e| {
