@@ -33,10 +33,12 @@
 #   RINGMON_GO_SUITES      Go modules to run (default "go go-legacy go-stream", dirs under tests/)
 #   RINGMON_GO_ONLY=1      only run the Go suites, against $RINGMON_BINARY if set
 #                          (default target/release/ringmon); for quick reruns
-#   RINGMON_TEST_KEEPER_KILLS=1  also run TestKeeperKillLoop in tests/go and
-#                          tests/go-legacy (the Go clients while the worker is
-#                          killed 3 s after it starts; rounds: RINGMON_TEST_KEEPER_ROUNDS)
+#   RINGMON_TEST_KEEPER_KILLS  1 (default): the Go suites also run TestKeeperKillLoop
+#                          (tests/go and tests/go-legacy: the Go client's create, exec
+#                          sync and attach rounds while the worker is killed 1.5 s
+#                          after each start, at least 10 kills); 0 skips it
 set -euo pipefail
+export RINGMON_TEST_KEEPER_KILLS="${RINGMON_TEST_KEEPER_KILLS:-1}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
