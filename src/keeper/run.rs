@@ -68,6 +68,10 @@ struct Keeper {
     quick_deaths: u32,
     /// When the next worker is due (while no worker runs).
     restart_at: Option<Instant>,
+    /// SIGTERM or SIGINT that came while no worker ran but containers were
+    /// held: the next worker is started at once and gets it (only a worker
+    /// can stop the containers' monitoring cleanly).
+    pending_signal: Option<i32>,
     /// One packet's payload, reused.
     buffer: Vec<u8>,
 }
@@ -101,6 +105,7 @@ pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
         stopping: false,
         quick_deaths: 0,
         restart_at: None,
+        pending_signal: None,
         buffer: vec![0; MAX_PACKET_BYTES],
     };
     if let Err(e) = keeper.start_worker() {
@@ -177,6 +182,10 @@ impl Keeper {
             if let Err(e) = self.start_worker() {
                 error!("keeper: start the server process: {e}");
                 self.schedule_restart(false);
+            } else if let Some(signal) = self.pending_signal.take() {
+                // The new worker keeps it blocked until its handler is
+                // installed: it is not killed by it, it shuts down.
+                self.forward(signal);
             }
         }
         None
@@ -410,15 +419,36 @@ impl Keeper {
     /// SIGTERM or SIGINT: passed to the worker, whose exit then ends the
     /// keeper. `Some(0)`: no worker runs; the keeper ends now.
     fn terminate(&mut self, signal: i32) -> Option<i32> {
-        let Some(worker) = &self.worker else {
+        if self.worker.is_some() {
+            self.forward(signal);
+            return None;
+        }
+        if self.held.is_empty() {
             info!(signal, "keeper: stopping (no server process runs)");
             return Some(0);
+        }
+        // A restart is being delayed: start the worker now and let it shut
+        // down the containers' monitoring (exit files, logs) properly.
+        info!(
+            signal,
+            held = self.held.len(),
+            "keeper: starting a server process now to stop it"
+        );
+        self.pending_signal = Some(signal);
+        self.restart_at = Some(Instant::now());
+        None
+    }
+
+    /// Passes `signal` to the running worker; its exit then ends the
+    /// keeper.
+    fn forward(&mut self, signal: i32) {
+        let Some(worker) = &self.worker else {
+            return;
         };
         self.stopping = true;
         if let Err(e) = process::send_signal(worker.pid, signal) {
             warn!(pid = worker.pid, "keeper: forward signal {signal}: {e}");
         }
-        None
     }
 }
 
