@@ -80,13 +80,17 @@ fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     // A worker the keeper started: no fork, the keeper's listener.
     if let Some((link, handover)) = KeeperLink::from_env().context("take over from the keeper")? {
         ringmon::keeper::start::become_worker().context("set up the server process")?;
+        let held_nothing = handover.held.is_empty();
         let worker = Worker {
             link: Rc::clone(&link),
             handover,
         };
         let result = serve(config, socket_path, fd_socket_path, Some(worker));
-        if result.is_err() {
-            // Not a crash: a new worker would fail the same way.
+        if result.is_err() && held_nothing {
+            // Nothing to lose: the keeper stops with us rather than
+            // restarting a worker that would fail the same way. With
+            // containers held, the error exit (no Stopping) makes the
+            // keeper retry with its back-off instead of dropping them.
             link.stopping();
         }
         return result;
