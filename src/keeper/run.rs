@@ -181,7 +181,7 @@ impl Keeper {
             self.restart_at = None;
             if let Err(e) = self.start_worker() {
                 error!("keeper: start the server process: {e}");
-                self.schedule_restart(false);
+                self.start_failed();
             } else if let Some(signal) = self.pending_signal.take() {
                 // The new worker keeps it blocked until its handler is
                 // installed: it is not killed by it, it shuts down.
@@ -401,6 +401,12 @@ impl Keeper {
         None
     }
 
+    /// A worker could not even be spawned: that counts as a quick death,
+    /// so the retries back off instead of spinning.
+    fn start_failed(&mut self) {
+        self.schedule_restart(true);
+    }
+
     /// Sets when the next worker starts: at once the first time, then with
     /// a doubling delay while workers keep dying soon after their start.
     fn schedule_restart(&mut self, quick: bool) {
@@ -465,6 +471,37 @@ fn restart_delay(quick_deaths: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keeper with no worker and nothing held; its listener is a
+    /// placeholder descriptor.
+    fn idle_keeper() -> Keeper {
+        let (listener, _) = socket::seqpacket_pair().unwrap();
+        Keeper {
+            listener,
+            argv: Vec::new(),
+            held: BTreeMap::new(),
+            worker: None,
+            stopping: false,
+            quick_deaths: 0,
+            restart_at: None,
+            pending_signal: None,
+            buffer: vec![0; MAX_PACKET_BYTES],
+        }
+    }
+
+    #[test]
+    fn failed_spawns_back_off() {
+        let mut keeper = idle_keeper();
+        keeper.start_failed();
+        keeper.start_failed();
+        keeper.start_failed();
+        assert_eq!(keeper.quick_deaths, 3);
+        let delay = keeper
+            .restart_at
+            .unwrap()
+            .saturating_duration_since(Instant::now());
+        assert!(delay > FIRST_BACKOFF, "{delay:?}");
+    }
 
     #[test]
     fn restarts_are_immediate_first_then_double_up_to_the_cap() {
