@@ -342,6 +342,10 @@ impl Keeper {
     /// Reaps every exited child. `Some(code)`: the worker shut down
     /// cleanly and the keeper is done.
     fn reap(&mut self) -> Option<i32> {
+        // A Hold the worker sent just before the container exited may still
+        // be unread: without it the exit below would be for an unknown pid,
+        // reaped and lost.
+        self.read_link();
         loop {
             let (pid, exit) = match process::reap_any() {
                 Ok(Some(reaped)) => reaped,
