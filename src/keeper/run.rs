@@ -44,6 +44,10 @@ const SIGINT: i32 = libc::SIGINT;
 struct Held {
     pid: u32,
     exit: Option<Exit>,
+    /// Whether the current worker knows `exit`: false for an exit the
+    /// keeper reaped and could not send yet (retried when the link has
+    /// room; a handover carries it anyway).
+    exit_reported: bool,
     record: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -134,11 +138,16 @@ impl Keeper {
             }
             None => PollTimeout::NONE,
         };
-        let (signal_ready, link_ready) = {
+        let link_events = if self.has_unreported_exits() {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        let (signal_ready, link_ready, link_writable) = {
             let link = self.worker.as_ref().and_then(|w| w.link.as_ref());
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if let Some(link) = link {
-                fds.push(PollFd::new(link.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(link.as_fd(), link_events));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -150,10 +159,17 @@ impl Keeper {
                 }
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+            let writable = fds
+                .get(1)
+                .and_then(|fd| fd.revents())
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT));
+            (ready(&fds[0]), fds.get(1).is_some_and(ready), writable)
         };
         if link_ready {
             self.read_link();
+        }
+        if link_writable {
+            self.report_exits();
         }
         if signal_ready {
             loop {
@@ -247,6 +263,10 @@ impl Keeper {
             .map_err(|e| KeeperError::io("send the end of the handover", e))?;
         socket::set_send_timeout(link.as_fd(), SEND_TIMEOUT)
             .map_err(|e| KeeperError::io("set the link's send timeout", e))?;
+        // Every Resume carried its exit.
+        for held in self.held.values_mut() {
+            held.exit_reported = true;
+        }
         Ok(())
     }
 
@@ -316,12 +336,16 @@ impl Keeper {
                 // A second hold of a key replaces the first (the worker
                 // re-holds without stdin once a client closed it), closing
                 // the old descriptors; an exit already known is kept.
-                let exit = self.held.get(&key).and_then(|h| h.exit);
+                let (exit, exit_reported) = self
+                    .held
+                    .get(&key)
+                    .map_or((None, true), |h| (h.exit, h.exit_reported));
                 self.held.insert(
                     key,
                     Held {
                         pid,
                         exit,
+                        exit_reported,
                         record,
                         fds,
                     },
@@ -330,6 +354,8 @@ impl Keeper {
             ToKeeper::Exited { key, exit } => {
                 if let Some(held) = self.held.get_mut(&key) {
                     held.exit.get_or_insert(exit);
+                    // The worker has it (it sent it).
+                    held.exit_reported = true;
                 }
             }
             ToKeeper::Release { key } => {
@@ -369,14 +395,53 @@ impl Keeper {
                 continue;
             };
             held.exit = Some(exit);
-            let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
-                // The next handover carries it.
+            held.exit_reported = false;
+            self.report_exits();
+        }
+    }
+
+    fn has_unreported_exits(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| w.link.is_some())
+            && self
+                .held
+                .values()
+                .any(|h| h.exit.is_some() && !h.exit_reported)
+    }
+
+    /// Sends the worker a Reaped for each exit it does not know yet,
+    /// without waiting: what does not fit now is sent when the link has
+    /// room (the loop polls for it), or carried by the next handover.
+    fn report_exits(&mut self) {
+        let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
+            return;
+        };
+        let mut broken = false;
+        for held in self.held.values_mut() {
+            let Some(exit) = held.exit.filter(|_| !held.exit_reported) else {
                 continue;
             };
-            let message = ToWorker::Reaped { pid, exit };
-            if let Err(e) = socket::send_with_fds_blocking(link.as_fd(), &message.encode(), &[]) {
-                warn!(pid, "keeper: tell the server process about an exit: {e}");
+            let message = ToWorker::Reaped {
+                pid: held.pid,
+                exit,
+            };
+            match socket::send_packet(link, &message.encode()) {
+                Ok(true) => held.exit_reported = true,
+                Ok(false) => return,
+                Err(e) => {
+                    warn!(
+                        pid = held.pid,
+                        "keeper: tell the server process about an exit: {e}"
+                    );
+                    broken = true;
+                    break;
+                }
             }
+        }
+        if broken {
+            // The worker is gone (its exit comes as SIGCHLD): what it sent
+            // last is still read; the next handover carries the exits.
+            self.read_link();
+            self.close_link();
         }
     }
 
@@ -491,6 +556,40 @@ mod tests {
             pending_signal: None,
             buffer: vec![0; MAX_PACKET_BYTES],
         }
+    }
+
+    #[test]
+    fn reaped_exits_are_kept_until_the_link_takes_them() {
+        let mut keeper = idle_keeper();
+        let (ours, theirs) = socket::seqpacket_pair().unwrap();
+        keeper.worker = Some(Worker {
+            pid: 0,
+            link: Some(ours),
+            started: Instant::now(),
+        });
+        keeper.held.insert(
+            7,
+            Held {
+                pid: 70,
+                exit: Some(Exit::Code(3)),
+                exit_reported: false,
+                record: Vec::new(),
+                fds: Vec::new(),
+            },
+        );
+        // Fill the link so that the send cannot go through.
+        let filler = ToWorker::HandoverDone.encode();
+        let link = keeper.worker.as_ref().unwrap().link.as_ref().unwrap();
+        while socket::send_packet(link, &filler).unwrap() {}
+        keeper.report_exits();
+        assert!(keeper.has_unreported_exits());
+        // The worker reads: there is room again.
+        while socket::recv_with_fds(&theirs, MAX_PACKET_BYTES)
+            .unwrap()
+            .is_some()
+        {}
+        keeper.report_exits();
+        assert!(!keeper.has_unreported_exits());
     }
 
     #[test]
