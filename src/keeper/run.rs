@@ -292,7 +292,8 @@ impl Keeper {
                 return;
             }
             if packet.len > self.buffer.len() || packet.fds_truncated {
-                warn!(
+                // Possibly a Hold: that container is not held.
+                error!(
                     len = packet.len,
                     fds_truncated = packet.fds_truncated,
                     "keeper: ignored a packet over the link's bounds"
@@ -317,7 +318,7 @@ impl Keeper {
         match message {
             ToKeeper::Hold { key, pid, record } => {
                 if fds.len() > MAX_FDS_PER_CONTAINER || record.len() > MAX_RECORD_BYTES {
-                    warn!(
+                    error!(
                         key,
                         fds = fds.len(),
                         record = record.len(),
@@ -326,7 +327,7 @@ impl Keeper {
                     return;
                 }
                 if self.held.len() >= MAX_HELD_CONTAINERS && !self.held.contains_key(&key) {
-                    warn!(
+                    error!(
                         key,
                         limit = MAX_HELD_CONTAINERS,
                         "keeper: not holding a container: already holding the most"

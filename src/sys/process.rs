@@ -474,6 +474,9 @@ pub fn spawn_current_exe(
     // SAFETY: the hook only calls fcntl, sigprocmask and prctl (async-
     // signal-safe), allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(hook) };
+    // The caller may have raised its descriptor limit: the new process
+    // starts with the original one, which it hands on to what it starts.
+    crate::sys::limits::restore_nofile_in_child(&mut cmd);
     let child = cmd.spawn()?;
     Ok(child.id())
 }
