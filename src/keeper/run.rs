@@ -594,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_signal_without_a_worker_starts_one_only_for_held_containers() {
+        let mut keeper = idle_keeper();
+        assert_eq!(keeper.terminate(SIGTERM), Some(0));
+        keeper.held.insert(
+            7,
+            Held {
+                pid: 70,
+                exit: None,
+                exit_reported: true,
+                record: Vec::new(),
+                fds: Vec::new(),
+            },
+        );
+        keeper.restart_at = Some(Instant::now() + MAX_BACKOFF);
+        assert_eq!(keeper.terminate(SIGINT), None);
+        assert_eq!(keeper.pending_signal, Some(SIGINT));
+        assert!(keeper.restart_at.unwrap() <= Instant::now());
+    }
+
+    #[test]
     fn failed_spawns_back_off() {
         let mut keeper = idle_keeper();
         keeper.start_failed();
