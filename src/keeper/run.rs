@@ -195,20 +195,31 @@ impl Keeper {
         }
         if self.worker.is_none() && self.restart_at.is_some_and(|at| Instant::now() >= at) {
             self.restart_at = None;
-            if let Err(e) = self.start_worker() {
-                error!("keeper: start the server process: {e}");
-                self.start_failed();
-            } else if let Some(signal) = self.pending_signal.take() {
-                // The new worker keeps it blocked until its handler is
-                // installed: it is not killed by it, it shuts down.
-                self.forward(signal);
+            match self.start_worker() {
+                Err(e) => {
+                    error!("keeper: start the server process: {e}");
+                    self.start_failed();
+                }
+                Ok(true) => {
+                    if let Some(signal) = self.pending_signal.take() {
+                        // The new worker keeps it blocked until its handler
+                        // is installed: it is not killed by it, it shuts
+                        // down.
+                        self.forward(signal);
+                    }
+                }
+                // Killed for a failed handover: the signal waits for the
+                // next one (stopping now would drop the containers).
+                Ok(false) => {}
             }
         }
         None
     }
 
-    /// Starts a worker on a new link and hands it what is held.
-    fn start_worker(&mut self) -> Result<(), KeeperError> {
+    /// Starts a worker on a new link and hands it what is held. `Ok(false)`:
+    /// the handover failed and the worker was killed (its exit restarts
+    /// one).
+    fn start_worker(&mut self) -> Result<bool, KeeperError> {
         let (ours, theirs) =
             socket::seqpacket_pair().map_err(|e| KeeperError::io("keeper link socketpair", e))?;
         let env = [
@@ -237,8 +248,9 @@ impl Keeper {
                 "keeper: handover to the server process failed, killing it: {e}"
             );
             let _ = process::send_signal(pid, libc::SIGKILL);
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends every held container, then HandoverDone, to the new worker.
