@@ -80,13 +80,17 @@ fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     // A worker the keeper started: no fork, the keeper's listener.
     if let Some((link, handover)) = KeeperLink::from_env().context("take over from the keeper")? {
         ringmon::keeper::start::become_worker().context("set up the server process")?;
+        let held_nothing = handover.held.is_empty();
         let worker = Worker {
             link: Rc::clone(&link),
             handover,
         };
         let result = serve(config, socket_path, fd_socket_path, Some(worker));
-        if result.is_err() {
-            // Not a crash: a new worker would fail the same way.
+        if result.is_err() && held_nothing {
+            // Nothing to lose: the keeper stops with us rather than
+            // restarting a worker that would fail the same way. With
+            // containers held, the error exit (no Stopping) makes the
+            // keeper retry with its back-off instead of dropping them.
             link.stopping();
         }
         return result;
@@ -147,6 +151,17 @@ fn serve(
         .enable_all()
         .build()
         .context("start control runtime")?;
+    // The handlers exist before anything else runs (the engine, the
+    // resume): a worker the keeper started has had SIGTERM and SIGINT
+    // blocked since its spawn, and one sent meanwhile is delivered to
+    // these once they are unblocked, instead of killing the worker.
+    let termination = {
+        let _context = runtime.enter();
+        TerminationSignals::new().context("install the SIGTERM and SIGINT handlers")?
+    };
+    if worker.is_some() {
+        process::unblock_termination_signals().context("unblock SIGTERM and SIGINT")?;
+    }
     let local = tokio::task::LocalSet::new();
     let (link, inherited) = match worker {
         Some(Worker { link, handover }) => (Some(link), Some(handover)),
@@ -232,7 +247,7 @@ fn serve(
         // pod's server may sit idle for days.
         ringmon::sys::process::return_free_heap();
 
-        wait_for_termination().await?;
+        termination.wait().await;
         if let Some(link) = &link {
             link.stopping();
         }
@@ -258,15 +273,29 @@ fn serve(
 /// How long shutdown waits for the last spans to be exported.
 const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn wait_for_termination() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The server's SIGTERM and SIGINT streams: either ends it.
+struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    /// Installs the handlers; must run inside the runtime's context.
+    fn new() -> std::io::Result<TerminationSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(TerminationSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Waits for the first of the two.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn remove_if_present(path: &Path) -> anyhow::Result<()> {

@@ -86,6 +86,11 @@ impl KeeperLink {
         if link_value.is_none() && listener_value.is_none() {
             return Ok(None);
         }
+        // The handover brings every held container's descriptors; the
+        // original limit is remembered for what this worker starts.
+        if let Err(e) = crate::sys::limits::raise_nofile_limit() {
+            warn!("raise the soft RLIMIT_NOFILE: {e}");
+        }
         // Nothing this worker starts (runtimes, pause, exec'd tools) must
         // see them.
         crate::sys::process::remove_env_var(LINK_FD_ENV);
@@ -153,6 +158,18 @@ impl KeeperLink {
                     exit,
                     record,
                 } => {
+                    if packet.fds_truncated {
+                        // Some of its descriptors are missing: it cannot be
+                        // resumed. It is not released either: the keeper
+                        // keeps it for a next worker.
+                        error!(
+                            key,
+                            pid,
+                            fds = packet.fds.len(),
+                            "keeper link: container handed over without all its descriptors, not resumed"
+                        );
+                        continue;
+                    }
                     if held.len() >= MAX_HELD_CONTAINERS {
                         return Err(KeeperError::TooLarge {
                             what: "the number of handed-over containers",

@@ -59,6 +59,8 @@ pub enum ProtoError {
     },
     #[error("exit kind {0} is neither a code (0) nor a signal (1)")]
     ExitKind(u8),
+    #[error("exit signal number {0} is outside 1..={max}", max = MAX_SIGNAL)]
+    SignalNumber(i32),
     #[error("exit presence byte {0} is neither absent (0) nor present (1)")]
     ExitPresence(u8),
     #[error("record of {len} bytes exceeds {limit}")]
@@ -73,6 +75,9 @@ const TAG_STOPPING: u8 = 4;
 const TAG_RESUME: u8 = 1;
 const TAG_HANDOVER_DONE: u8 = 2;
 const TAG_REAPED: u8 = 3;
+
+/// The largest signal number Linux has (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
 
 const EXIT_CODE: u8 = 0;
 const EXIT_SIGNAL: u8 = 1;
@@ -128,7 +133,9 @@ impl<'a> Fields<'a> {
         let value = i32::from_le_bytes(self.take());
         match kind {
             EXIT_CODE => Ok(Exit::Code(value)),
-            EXIT_SIGNAL => Ok(Exit::Signal(value)),
+            // Exit::code adds 128: only a real signal number may pass.
+            EXIT_SIGNAL if (1..=MAX_SIGNAL).contains(&value) => Ok(Exit::Signal(value)),
+            EXIT_SIGNAL => Err(ProtoError::SignalNumber(value)),
             other => Err(ProtoError::ExitKind(other)),
         }
     }
@@ -367,7 +374,7 @@ mod tests {
             },
             ToWorker::Reaped {
                 pid: 77,
-                exit: Exit::Signal(i32::MIN),
+                exit: Exit::Signal(MAX_SIGNAL),
             },
         ]
     }
@@ -502,6 +509,30 @@ mod tests {
         .encode();
         resume[RESUME_HEADER - 1] = 2;
         assert_eq!(ToWorker::decode(&resume), Err(ProtoError::ExitPresence(2)));
+    }
+
+    #[test]
+    fn signal_numbers_outside_linux_range_are_refused() {
+        for signal in [0, -1, MAX_SIGNAL + 1, i32::MIN, i32::MAX] {
+            let reaped = ToWorker::Reaped {
+                pid: 1,
+                exit: Exit::Signal(signal),
+            }
+            .encode();
+            assert_eq!(
+                ToWorker::decode(&reaped),
+                Err(ProtoError::SignalNumber(signal))
+            );
+            let exited = ToKeeper::Exited {
+                key: 1,
+                exit: Exit::Signal(signal),
+            }
+            .encode();
+            assert_eq!(
+                ToKeeper::decode(&exited),
+                Err(ProtoError::SignalNumber(signal))
+            );
+        }
     }
 
     #[test]

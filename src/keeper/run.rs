@@ -44,6 +44,10 @@ const SIGINT: i32 = libc::SIGINT;
 struct Held {
     pid: u32,
     exit: Option<Exit>,
+    /// Whether the current worker knows `exit`: false for an exit the
+    /// keeper reaped and could not send yet (retried when the link has
+    /// room; a handover carries it anyway).
+    exit_reported: bool,
     record: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -68,6 +72,10 @@ struct Keeper {
     quick_deaths: u32,
     /// When the next worker is due (while no worker runs).
     restart_at: Option<Instant>,
+    /// SIGTERM or SIGINT that came while no worker ran but containers were
+    /// held: the next worker is started at once and gets it (only a worker
+    /// can stop the containers' monitoring cleanly).
+    pending_signal: Option<i32>,
     /// One packet's payload, reused.
     buffer: Vec<u8>,
 }
@@ -101,6 +109,7 @@ pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
         stopping: false,
         quick_deaths: 0,
         restart_at: None,
+        pending_signal: None,
         buffer: vec![0; MAX_PACKET_BYTES],
     };
     if let Err(e) = keeper.start_worker() {
@@ -129,11 +138,16 @@ impl Keeper {
             }
             None => PollTimeout::NONE,
         };
-        let (signal_ready, link_ready) = {
+        let link_events = if self.has_unreported_exits() {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        let (signal_ready, link_ready, link_writable) = {
             let link = self.worker.as_ref().and_then(|w| w.link.as_ref());
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if let Some(link) = link {
-                fds.push(PollFd::new(link.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(link.as_fd(), link_events));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -145,10 +159,17 @@ impl Keeper {
                 }
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+            let writable = fds
+                .get(1)
+                .and_then(|fd| fd.revents())
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT));
+            (ready(&fds[0]), fds.get(1).is_some_and(ready), writable)
         };
         if link_ready {
             self.read_link();
+        }
+        if link_writable {
+            self.report_exits();
         }
         if signal_ready {
             loop {
@@ -174,16 +195,31 @@ impl Keeper {
         }
         if self.worker.is_none() && self.restart_at.is_some_and(|at| Instant::now() >= at) {
             self.restart_at = None;
-            if let Err(e) = self.start_worker() {
-                error!("keeper: start the server process: {e}");
-                self.schedule_restart(false);
+            match self.start_worker() {
+                Err(e) => {
+                    error!("keeper: start the server process: {e}");
+                    self.start_failed();
+                }
+                Ok(true) => {
+                    if let Some(signal) = self.pending_signal.take() {
+                        // The new worker keeps it blocked until its handler
+                        // is installed: it is not killed by it, it shuts
+                        // down.
+                        self.forward(signal);
+                    }
+                }
+                // Killed for a failed handover: the signal waits for the
+                // next one (stopping now would drop the containers).
+                Ok(false) => {}
             }
         }
         None
     }
 
-    /// Starts a worker on a new link and hands it what is held.
-    fn start_worker(&mut self) -> Result<(), KeeperError> {
+    /// Starts a worker on a new link and hands it what is held. `Ok(false)`:
+    /// the handover failed and the worker was killed (its exit restarts
+    /// one).
+    fn start_worker(&mut self) -> Result<bool, KeeperError> {
         let (ours, theirs) =
             socket::seqpacket_pair().map_err(|e| KeeperError::io("keeper link socketpair", e))?;
         let env = [
@@ -212,8 +248,9 @@ impl Keeper {
                 "keeper: handover to the server process failed, killing it: {e}"
             );
             let _ = process::send_signal(pid, libc::SIGKILL);
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends every held container, then HandoverDone, to the new worker.
@@ -238,6 +275,10 @@ impl Keeper {
             .map_err(|e| KeeperError::io("send the end of the handover", e))?;
         socket::set_send_timeout(link.as_fd(), SEND_TIMEOUT)
             .map_err(|e| KeeperError::io("set the link's send timeout", e))?;
+        // Every Resume carried its exit.
+        for held in self.held.values_mut() {
+            held.exit_reported = true;
+        }
         Ok(())
     }
 
@@ -263,7 +304,8 @@ impl Keeper {
                 return;
             }
             if packet.len > self.buffer.len() || packet.fds_truncated {
-                warn!(
+                // Possibly a Hold: that container is not held.
+                error!(
                     len = packet.len,
                     fds_truncated = packet.fds_truncated,
                     "keeper: ignored a packet over the link's bounds"
@@ -288,7 +330,7 @@ impl Keeper {
         match message {
             ToKeeper::Hold { key, pid, record } => {
                 if fds.len() > MAX_FDS_PER_CONTAINER || record.len() > MAX_RECORD_BYTES {
-                    warn!(
+                    error!(
                         key,
                         fds = fds.len(),
                         record = record.len(),
@@ -297,7 +339,7 @@ impl Keeper {
                     return;
                 }
                 if self.held.len() >= MAX_HELD_CONTAINERS && !self.held.contains_key(&key) {
-                    warn!(
+                    error!(
                         key,
                         limit = MAX_HELD_CONTAINERS,
                         "keeper: not holding a container: already holding the most"
@@ -307,12 +349,16 @@ impl Keeper {
                 // A second hold of a key replaces the first (the worker
                 // re-holds without stdin once a client closed it), closing
                 // the old descriptors; an exit already known is kept.
-                let exit = self.held.get(&key).and_then(|h| h.exit);
+                let (exit, exit_reported) = self
+                    .held
+                    .get(&key)
+                    .map_or((None, true), |h| (h.exit, h.exit_reported));
                 self.held.insert(
                     key,
                     Held {
                         pid,
                         exit,
+                        exit_reported,
                         record,
                         fds,
                     },
@@ -321,6 +367,8 @@ impl Keeper {
             ToKeeper::Exited { key, exit } => {
                 if let Some(held) = self.held.get_mut(&key) {
                     held.exit.get_or_insert(exit);
+                    // The worker has it (it sent it).
+                    held.exit_reported = true;
                 }
             }
             ToKeeper::Release { key } => {
@@ -333,6 +381,10 @@ impl Keeper {
     /// Reaps every exited child. `Some(code)`: the worker shut down
     /// cleanly and the keeper is done.
     fn reap(&mut self) -> Option<i32> {
+        // A Hold the worker sent just before the container exited may still
+        // be unread: without it the exit below would be for an unknown pid,
+        // reaped and lost.
+        self.read_link();
         loop {
             let (pid, exit) = match process::reap_any() {
                 Ok(Some(reaped)) => reaped,
@@ -356,14 +408,53 @@ impl Keeper {
                 continue;
             };
             held.exit = Some(exit);
-            let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
-                // The next handover carries it.
+            held.exit_reported = false;
+            self.report_exits();
+        }
+    }
+
+    fn has_unreported_exits(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| w.link.is_some())
+            && self
+                .held
+                .values()
+                .any(|h| h.exit.is_some() && !h.exit_reported)
+    }
+
+    /// Sends the worker a Reaped for each exit it does not know yet,
+    /// without waiting: what does not fit now is sent when the link has
+    /// room (the loop polls for it), or carried by the next handover.
+    fn report_exits(&mut self) {
+        let Some(link) = self.worker.as_ref().and_then(|w| w.link.as_ref()) else {
+            return;
+        };
+        let mut broken = false;
+        for held in self.held.values_mut() {
+            let Some(exit) = held.exit.filter(|_| !held.exit_reported) else {
                 continue;
             };
-            let message = ToWorker::Reaped { pid, exit };
-            if let Err(e) = socket::send_with_fds_blocking(link.as_fd(), &message.encode(), &[]) {
-                warn!(pid, "keeper: tell the server process about an exit: {e}");
+            let message = ToWorker::Reaped {
+                pid: held.pid,
+                exit,
+            };
+            match socket::send_packet(link, &message.encode()) {
+                Ok(true) => held.exit_reported = true,
+                Ok(false) => return,
+                Err(e) => {
+                    warn!(
+                        pid = held.pid,
+                        "keeper: tell the server process about an exit: {e}"
+                    );
+                    broken = true;
+                    break;
+                }
             }
+        }
+        if broken {
+            // The worker is gone (its exit comes as SIGCHLD): what it sent
+            // last is still read; the next handover carries the exits.
+            self.read_link();
+            self.close_link();
         }
     }
 
@@ -392,6 +483,12 @@ impl Keeper {
         None
     }
 
+    /// A worker could not even be spawned: that counts as a quick death,
+    /// so the retries back off instead of spinning.
+    fn start_failed(&mut self) {
+        self.schedule_restart(true);
+    }
+
     /// Sets when the next worker starts: at once the first time, then with
     /// a doubling delay while workers keep dying soon after their start.
     fn schedule_restart(&mut self, quick: bool) {
@@ -410,15 +507,36 @@ impl Keeper {
     /// SIGTERM or SIGINT: passed to the worker, whose exit then ends the
     /// keeper. `Some(0)`: no worker runs; the keeper ends now.
     fn terminate(&mut self, signal: i32) -> Option<i32> {
-        let Some(worker) = &self.worker else {
+        if self.worker.is_some() {
+            self.forward(signal);
+            return None;
+        }
+        if self.held.is_empty() {
             info!(signal, "keeper: stopping (no server process runs)");
             return Some(0);
+        }
+        // A restart is being delayed: start the worker now and let it shut
+        // down the containers' monitoring (exit files, logs) properly.
+        info!(
+            signal,
+            held = self.held.len(),
+            "keeper: starting a server process now to stop it"
+        );
+        self.pending_signal = Some(signal);
+        self.restart_at = Some(Instant::now());
+        None
+    }
+
+    /// Passes `signal` to the running worker; its exit then ends the
+    /// keeper.
+    fn forward(&mut self, signal: i32) {
+        let Some(worker) = &self.worker else {
+            return;
         };
         self.stopping = true;
         if let Err(e) = process::send_signal(worker.pid, signal) {
             warn!(pid = worker.pid, "keeper: forward signal {signal}: {e}");
         }
-        None
     }
 }
 
@@ -435,6 +553,91 @@ fn restart_delay(quick_deaths: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keeper with no worker and nothing held; its listener is a
+    /// placeholder descriptor.
+    fn idle_keeper() -> Keeper {
+        let (listener, _) = socket::seqpacket_pair().unwrap();
+        Keeper {
+            listener,
+            argv: Vec::new(),
+            held: BTreeMap::new(),
+            worker: None,
+            stopping: false,
+            quick_deaths: 0,
+            restart_at: None,
+            pending_signal: None,
+            buffer: vec![0; MAX_PACKET_BYTES],
+        }
+    }
+
+    #[test]
+    fn reaped_exits_are_kept_until_the_link_takes_them() {
+        let mut keeper = idle_keeper();
+        let (ours, theirs) = socket::seqpacket_pair().unwrap();
+        keeper.worker = Some(Worker {
+            pid: 0,
+            link: Some(ours),
+            started: Instant::now(),
+        });
+        keeper.held.insert(
+            7,
+            Held {
+                pid: 70,
+                exit: Some(Exit::Code(3)),
+                exit_reported: false,
+                record: Vec::new(),
+                fds: Vec::new(),
+            },
+        );
+        // Fill the link so that the send cannot go through.
+        let filler = ToWorker::HandoverDone.encode();
+        let link = keeper.worker.as_ref().unwrap().link.as_ref().unwrap();
+        while socket::send_packet(link, &filler).unwrap() {}
+        keeper.report_exits();
+        assert!(keeper.has_unreported_exits());
+        // The worker reads: there is room again.
+        while socket::recv_with_fds(&theirs, MAX_PACKET_BYTES)
+            .unwrap()
+            .is_some()
+        {}
+        keeper.report_exits();
+        assert!(!keeper.has_unreported_exits());
+    }
+
+    #[test]
+    fn a_stop_signal_without_a_worker_starts_one_only_for_held_containers() {
+        let mut keeper = idle_keeper();
+        assert_eq!(keeper.terminate(SIGTERM), Some(0));
+        keeper.held.insert(
+            7,
+            Held {
+                pid: 70,
+                exit: None,
+                exit_reported: true,
+                record: Vec::new(),
+                fds: Vec::new(),
+            },
+        );
+        keeper.restart_at = Some(Instant::now() + MAX_BACKOFF);
+        assert_eq!(keeper.terminate(SIGINT), None);
+        assert_eq!(keeper.pending_signal, Some(SIGINT));
+        assert!(keeper.restart_at.unwrap() <= Instant::now());
+    }
+
+    #[test]
+    fn failed_spawns_back_off() {
+        let mut keeper = idle_keeper();
+        keeper.start_failed();
+        keeper.start_failed();
+        keeper.start_failed();
+        assert_eq!(keeper.quick_deaths, 3);
+        let delay = keeper
+            .restart_at
+            .unwrap()
+            .saturating_duration_since(Instant::now());
+        assert!(delay > FIRST_BACKOFF, "{delay:?}");
+    }
 
     #[test]
     fn restarts_are_immediate_first_then_double_up_to_the_cap() {

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use tracing::error;
+use tracing::{error, warn};
 
 use super::KEEPER_PROCESS_NAME;
 use crate::cli::ServerConfig;
@@ -22,6 +22,12 @@ pub const WORKER_PROCESS_NAME: &std::ffi::CStr = c"conmonrs";
 pub fn become_keeper(config: &ServerConfig, socket_path: &Path, argv: Vec<OsString>) -> i32 {
     let _ = process::set_process_name(KEEPER_PROCESS_NAME);
     crate::server_log::init(config.log_driver, config.log_level);
+    // It holds every container's descriptors. Workers get the original
+    // soft limit back (spawn_current_exe), so that what they start still
+    // gets the client's limit.
+    if let Err(e) = crate::sys::limits::raise_nofile_limit() {
+        warn!("keeper: raise the soft RLIMIT_NOFILE: {e}");
+    }
     let listener = match crate::sys::socket::bind_stream(socket_path) {
         Ok(l) => OwnedFd::from(l),
         Err(e) => {

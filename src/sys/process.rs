@@ -327,7 +327,8 @@ fn page_size() -> usize {
 /// Signals delivered through a descriptor instead of a handler: they are
 /// blocked for the (single-threaded) process and read one by one with
 /// [`SignalReader::pending`]. Children inherit the blocked mask, so a process
-/// started with [`spawn_current_exe`] unblocks everything before exec.
+/// started with [`spawn_current_exe`] unblocks everything but SIGTERM and
+/// SIGINT before exec.
 pub struct SignalReader {
     fd: nix::sys::signalfd::SignalFd,
 }
@@ -405,12 +406,23 @@ pub fn parent_pid() -> u32 {
     nix::unistd::getppid().as_raw() as u32
 }
 
+/// Unblocks SIGTERM and SIGINT in this thread, which a process started
+/// with [`spawn_current_exe`] begins with blocked. To be called once the
+/// process handles them: one sent meanwhile is delivered now.
+pub fn unblock_termination_signals() -> io::Result<()> {
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_unblock().map_err(io::Error::from)
+}
+
 /// Starts this binary again (`/proc/self/exe`) with `argv` (argv[0]
 /// first), the environment plus `env`, and `inherit` passed on under the
 /// same numbers (their close-on-exec flag is cleared in the child only; all
-/// our other descriptors stay close-on-exec). In the child every signal is
-/// unblocked (our mask would be inherited) and SIGKILL is its parent-death
-/// signal. Returns the child's pid; the caller reaps it (the returned
+/// our other descriptors stay close-on-exec). In the child every signal but
+/// SIGTERM and SIGINT is unblocked (our mask would be inherited; those two
+/// stay blocked until it calls [`unblock_termination_signals`]) and SIGKILL
+/// is its parent-death signal. Returns the child's pid; the caller reaps it (the returned
 /// process is not waited for on drop).
 pub fn spawn_current_exe(
     argv: &[std::ffi::OsString],
@@ -436,12 +448,19 @@ pub fn spawn_current_exe(
                 return Err(io::Error::last_os_error());
             }
         }
-        // SAFETY: sigemptyset and sigprocmask only touch the local set and
-        // this thread's mask; both are async-signal-safe.
+        // Everything the keeper blocked for its signalfd is unblocked but
+        // SIGTERM and SIGINT: until the new process has its own handler
+        // for them (it then calls unblock_termination_signals), their
+        // default action would kill it, and with it every container the
+        // keeper holds. A pending one is delivered once it unblocks.
+        // SAFETY: sigemptyset, sigaddset and sigprocmask only touch the
+        // local set and this thread's mask; all are async-signal-safe.
         unsafe {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
+            let mut termination: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut termination);
+            libc::sigaddset(&mut termination, libc::SIGTERM);
+            libc::sigaddset(&mut termination, libc::SIGINT);
+            if libc::sigprocmask(libc::SIG_SETMASK, &termination, std::ptr::null_mut()) < 0 {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -455,6 +474,9 @@ pub fn spawn_current_exe(
     // SAFETY: the hook only calls fcntl, sigprocmask and prctl (async-
     // signal-safe), allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(hook) };
+    // The caller may have raised its descriptor limit: the new process
+    // starts with the original one, which it hands on to what it starts.
+    crate::sys::limits::restore_nofile_in_child(&mut cmd);
     let child = cmd.spawn()?;
     Ok(child.id())
 }
