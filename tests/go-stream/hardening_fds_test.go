@@ -100,12 +100,12 @@ func TestStreamingIdleConnectionsAreBounded(t *testing.T) {
 	e := newEnv(t)
 	cl := e.startServer()
 	addr := streamingAddr(t, cl)
-	before := fdCount(t, cl.PID())
+	before := fdCount(t, servingPID(cl.PID()))
 
 	conns := idleConnections(t, addr, idle)
 	time.Sleep(500 * time.Millisecond)
 
-	if n := fdCount(t, cl.PID()); n > maxFds {
+	if n := fdCount(t, servingPID(cl.PID())); n > maxFds {
 		t.Errorf("%d idle connections: the daemon holds %d fds (%d before), want at most %d", len(conns), n, before, maxFds)
 	}
 
@@ -146,7 +146,8 @@ func TestStreamingAcceptEmfileBacksOff(t *testing.T) {
 	e := newEnv(t)
 	cl := e.startServer()
 	addr := streamingAddr(t, cl)
-	pid := int(cl.PID())
+	// The process that accepts: the keeper's worker.
+	pid := int(servingPID(cl.PID()))
 
 	var orig unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &orig); err != nil {
@@ -154,7 +155,7 @@ func TestStreamingAcceptEmfileBacksOff(t *testing.T) {
 	}
 
 	// Room for 4 more descriptors: the 5th connection hits EMFILE.
-	tight := unix.Rlimit{Cur: uint64(fdCount(t, cl.PID()) + 4), Max: orig.Max}
+	tight := unix.Rlimit{Cur: uint64(fdCount(t, uint32(pid)) + 4), Max: orig.Max}
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &tight, nil); err != nil {
 		t.Fatalf("prlimit: %v", err)
 	}
@@ -240,7 +241,7 @@ func TestDaemonRaisesNofileButNotForContainers(t *testing.T) {
 	}
 
 	var daemon unix.Rlimit
-	if err := unix.Prlimit(int(cl.PID()), unix.RLIMIT_NOFILE, nil, &daemon); err != nil {
+	if err := unix.Prlimit(int(servingPID(cl.PID())), unix.RLIMIT_NOFILE, nil, &daemon); err != nil {
 		t.Fatalf("prlimit: %v", err)
 	}
 

@@ -179,6 +179,46 @@ func processesMentioning(s string) map[int]string {
 	return found
 }
 
+// servingPID is the process that serves for the server pid the client
+// knows: with the keeper (the default), the keeper's live child named
+// conmonrs; else (--no-keeper) pid itself.
+func servingPID(pid uint32) uint32 {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return pid
+	}
+
+	for _, entry := range entries {
+		child, err := strconv.Atoi(entry.Name())
+		if err != nil {
+			continue
+		}
+
+		raw, err := os.ReadFile(filepath.Join("/proc", entry.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+
+		s := string(raw)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+
+		if open < 0 || end < open {
+			continue
+		}
+
+		fields := strings.Fields(s[end+1:])
+		if len(fields) < 2 || fields[0] == "Z" || s[open+1:end] != "conmonrs" {
+			continue
+		}
+
+		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == int(pid) {
+			return uint32(child)
+		}
+	}
+
+	return pid
+}
+
 // isZombie reports whether pid exists but has already exited (state Z).
 func isZombie(pid int) bool {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
