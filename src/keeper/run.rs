@@ -101,17 +101,7 @@ pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    let mut keeper = Keeper {
-        listener,
-        argv: worker_argv,
-        held: BTreeMap::new(),
-        worker: None,
-        stopping: false,
-        quick_deaths: 0,
-        restart_at: None,
-        pending_signal: None,
-        buffer: vec![0; MAX_PACKET_BYTES],
-    };
+    let mut keeper = Keeper::new(listener, worker_argv);
     if let Err(e) = keeper.start_worker() {
         error!("keeper: start the server process: {e}");
         return 1;
@@ -127,6 +117,21 @@ pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
 }
 
 impl Keeper {
+    /// A keeper holding nothing, with no worker yet.
+    fn new(listener: OwnedFd, argv: Vec<OsString>) -> Keeper {
+        Keeper {
+            listener,
+            argv,
+            held: BTreeMap::new(),
+            worker: None,
+            stopping: false,
+            quick_deaths: 0,
+            restart_at: None,
+            pending_signal: None,
+            buffer: vec![0; MAX_PACKET_BYTES],
+        }
+    }
+
     /// Waits for one round of events and handles them. `Some(code)`: the
     /// keeper is done.
     fn turn(&mut self, signals: &mut SignalReader) -> Option<i32> {
@@ -558,17 +563,7 @@ mod tests {
     /// placeholder descriptor.
     fn idle_keeper() -> Keeper {
         let (listener, _) = socket::seqpacket_pair().unwrap();
-        Keeper {
-            listener,
-            argv: Vec::new(),
-            held: BTreeMap::new(),
-            worker: None,
-            stopping: false,
-            quick_deaths: 0,
-            restart_at: None,
-            pending_signal: None,
-            buffer: vec![0; MAX_PACKET_BYTES],
-        }
+        Keeper::new(listener, Vec::new())
     }
 
     #[test]
