@@ -65,16 +65,6 @@ fn main() {
 fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let config = cli.validate()?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    match process::set_oom_score_adj(-1000) {
-        Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
-            println!("Missing sufficient privileges to adjust OOM score");
-        }
-        Err(e) => return Err(e).context("write /proc/self/oom_score_adj"),
-    }
-    if config.io_backend == BackendChoice::Uring {
-        ringmon::engine::probe_io_uring().context("--io-backend uring: io_uring setup failed")?;
-    }
     let socket_path = config.runtime_dir.join(SOCKET_NAME);
     let fd_socket_path = config.runtime_dir.join(FD_SOCKET_NAME);
     // A worker the keeper started: no fork, the keeper's listener.
@@ -94,6 +84,18 @@ fn run(cli: Cli, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
             link.stopping();
         }
         return result;
+    }
+    // Only the process the client launched: a worker inherits the OOM
+    // score from its keeper, and the keeper's checks were already made.
+    match process::set_oom_score_adj(-1000) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+            println!("Missing sufficient privileges to adjust OOM score");
+        }
+        Err(e) => return Err(e).context("write /proc/self/oom_score_adj"),
+    }
+    if config.io_backend == BackendChoice::Uring {
+        ringmon::engine::probe_io_uring().context("--io-backend uring: io_uring setup failed")?;
     }
     remove_if_present(&socket_path)?;
     remove_if_present(&fd_socket_path)?;
