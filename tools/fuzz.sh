@@ -149,6 +149,21 @@ for target in "${TARGETS[@]}"; do
     printf '%-20s %8s %14s %10s %8s  %s\n' "$target" "$secs" "${execs:--}" "$rate" "$crashes" "$result"
 done
 if ((FAILED)); then
+    # CI keeps only this output: show why each failed target stopped.
+    for target in "${TARGETS[@]}"; do
+        rc=$(cat "$WORK/$target.rc" 2>/dev/null || echo "?")
+        if [[ "$rc" != 0 ]] || ! grep -q '^stat::number_of_executed_units' "$WORK/$target.log"; then
+            echo
+            echo "== $target: last lines of $WORK/$target.log"
+            tail -n 40 "$WORK/$target.log"
+            for artifact in "$WORK/artifacts/$target"/*; do
+                [[ -f "$artifact" ]] || continue
+                echo "-- $artifact ($(stat -c %s "$artifact") bytes, base64):"
+                head -c 4096 "$artifact" | base64 -w 0
+                echo
+            done
+        fi
+    done
     echo
     echo "crash reproducers: $WORK/artifacts/<target>/ (replay: $BIN/<target> <file>)"
 fi

@@ -421,17 +421,6 @@ func journalField(raw json.RawMessage) ([]byte, bool) {
 	return nil, false
 }
 
-// servingPID is the process that sends the server's journal entries: the
-// keeper's worker when pid (the pidfile's, which the client knows) is a
-// keeper, else pid itself (--no-keeper).
-func servingPID(pid uint32) uint32 {
-	if worker := workerOf(int(pid)); worker != 0 {
-		return uint32(worker)
-	}
-
-	return pid
-}
-
 // journalObjects returns the entries (as raw JSON objects) that conmonrs
 // processes sent, optionally only those of pid and not before since.
 func journalObjects(t *testing.T, kind journalKind, pid uint32, since time.Time) []map[string]json.RawMessage {
