@@ -519,6 +519,7 @@ impl Monitor {
                     fd: master,
                     stream: StreamKind::Stdout,
                     kind: SourceKind::Pty,
+                    journal: None,
                 }];
                 (Some(resize), src)
             }
@@ -1460,11 +1461,13 @@ fn pipe_sources(stdout_r: OwnedFd, stderr_r: OwnedFd) -> Vec<StreamSource> {
             fd: stdout_r,
             stream: StreamKind::Stdout,
             kind: SourceKind::Pipe,
+            journal: None,
         },
         StreamSource {
             fd: stderr_r,
             stream: StreamKind::Stderr,
             kind: SourceKind::Pipe,
+            journal: None,
         },
     ]
 }

@@ -122,6 +122,7 @@ pub use attach::MAX_ATTACH_CLIENTS;
 pub mod backend;
 pub mod counters;
 mod epoll;
+pub mod journal;
 pub mod pipe_size;
 mod uring;
 mod worker;
@@ -160,6 +161,9 @@ pub struct StreamSource {
     pub fd: OwnedFd,
     pub stream: StreamKind,
     pub kind: SourceKind,
+    /// A pipe whose output is journaled (exactly once across a worker
+    /// crash, see [`journal`]): spliced into this journal, never read.
+    pub journal: Option<journal::Journal>,
 }
 
 /// Everything a worker needs to serve one container.

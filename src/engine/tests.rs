@@ -133,7 +133,12 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 fn source(fd: OwnedFd, stream: StreamKind, kind: SourceKind) -> StreamSource {
-    StreamSource { fd, stream, kind }
+    StreamSource {
+        fd,
+        stream,
+        kind,
+        journal: None,
+    }
 }
 
 #[test]

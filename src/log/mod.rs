@@ -148,6 +148,32 @@ struct LogFile {
     line_open: [bool; 2],
     /// A failed write left a record cut short at the end of the file.
     torn: bool,
+    /// The file's identity and where it ends (what this writer put there),
+    /// for the journal's ledger (issue 16).
+    end: LogEnd,
+}
+
+/// Where a log file ends: its identity (to find it again after a worker
+/// restart) and its size. Recorded in the output journal's ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogEnd {
+    pub dev: u64,
+    pub ino: u64,
+    pub end: u64,
+}
+
+impl LogEnd {
+    /// `file`'s identity and current size (all zero if fstat fails: such
+    /// an end matches no file on resume, which then cuts a torn record the
+    /// old way).
+    fn of(file: &File) -> LogEnd {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().map_or(LogEnd::default(), |m| LogEnd {
+            dev: m.dev(),
+            ino: m.ino(),
+            end: m.len(),
+        })
+    }
 }
 
 impl LogWriter {
@@ -197,7 +223,6 @@ impl LogWriter {
             destination: Destination::File(LogFile {
                 format: spec.format,
                 path: spec.path.clone(),
-                file,
                 max_size: spec.max_size,
                 written,
                 global_max: spec.global_max,
@@ -206,6 +231,8 @@ impl LogWriter {
                 pending: Vec::with_capacity(WRITE_THRESHOLD),
                 line_open: [false; 2],
                 torn: false,
+                end: LogEnd::of(&file),
+                file,
             }),
         }
     }
@@ -216,6 +243,17 @@ impl LogWriter {
     /// [`torn_record_cut`]), and what it holds counts against `max_size`.
     /// Returns the writer and how many bytes were cut.
     pub fn open_resumed(spec: &LogSpec) -> Result<(LogWriter, u64), LogError> {
+        LogWriter::open_resumed_at(spec, &[])
+    }
+
+    /// [`LogWriter::open_resumed`] for a container whose output journal's
+    /// ledger recorded `ends`: a file listed there (same device and inode)
+    /// is cut back to its recorded end, which drops whatever the dead
+    /// worker wrote after its last commit (the journal replays those
+    /// bytes). A file that is shorter than recorded was truncated since
+    /// (`max_size`, or by hand) and is not listed: the torn last record is
+    /// cut instead.
+    pub fn open_resumed_at(spec: &LogSpec, ends: &[LogEnd]) -> Result<(LogWriter, u64), LogError> {
         if spec.format == LogFormat::Journald {
             return Ok((LogWriter::open(spec)?, 0));
         }
@@ -224,11 +262,23 @@ impl LogWriter {
             source,
         };
         let file = crate::sys::fs::open_log_file_resumed(&spec.path).map_err(open_error)?;
-        let cut = cut_torn_record(&file, &spec.path).map_err(open_error)?;
+        let now = LogEnd::of(&file);
+        let recorded = ends
+            .iter()
+            .find(|e| e.dev == now.dev && e.ino == now.ino && e.end <= now.end && now.ino != 0);
+        let cut = match recorded {
+            Some(e) if e.end < now.end => {
+                crate::sys::fs::truncate_file(&file, e.end, &spec.path).map_err(open_error)?;
+                now.end - e.end
+            }
+            Some(_) => 0,
+            None => cut_torn_record(&file, &spec.path).map_err(open_error)?,
+        };
         let kept = file.metadata().map_err(open_error)?.len();
         let mut writer = LogWriter::over_file(spec, file);
         if let Destination::File(log) = &mut writer.destination {
             log.written = kept;
+            log.end.end = kept;
         }
         Ok((writer, cut))
     }
@@ -320,6 +370,15 @@ impl LogWriter {
     pub fn duplicate_file(&self) -> Option<File> {
         match &self.destination {
             Destination::File(log) => log.file.try_clone().ok(),
+            Destination::Journal(_) => None,
+        }
+    }
+
+    /// Where the log file ends now (`None`: a journald destination). Call
+    /// after [`LogWriter::flush`] for an end that holds every record.
+    pub fn file_end(&self) -> Option<LogEnd> {
+        match &self.destination {
+            Destination::File(log) => Some(log.end),
             Destination::Journal(_) => None,
         }
     }
@@ -458,6 +517,7 @@ impl LogFile {
 
     fn reopen_truncated(&mut self) -> Result<(), LogError> {
         self.file = open_truncated(&self.path)?;
+        self.end = LogEnd::of(&self.file);
         self.written = 0;
         self.torn = false;
         Ok(())
@@ -481,13 +541,17 @@ impl LogFile {
     fn write_records(&mut self) -> std::io::Result<()> {
         if self.torn {
             self.file.write_all(b"\n")?;
+            self.end.end += 1;
             self.torn = false;
         }
         let mut written = 0;
         while written < self.pending.len() {
             match self.file.write(&self.pending[written..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    self.end.end += n as u64;
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     self.torn = written > 0 && self.pending[written - 1] != b'\n';

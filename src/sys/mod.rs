@@ -9,6 +9,7 @@ pub mod process;
 pub mod random;
 pub mod reactor;
 pub mod seccomp;
+pub mod shm;
 pub mod socket;
 pub mod stats;
 pub mod time;

@@ -334,6 +334,7 @@ impl Monitor {
                     fd: master,
                     stream: StreamKind::Stdout,
                     kind: SourceKind::Pty,
+                    journal: None,
                 }];
                 (resize, src)
             }

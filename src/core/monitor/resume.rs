@@ -284,6 +284,7 @@ impl Monitor {
                         StreamKind::Stderr
                     },
                     kind: SourceKind::Pipe,
+                    journal: None,
                 }),
                 FdRole::Pty => {
                     terminal = Some(fd.try_clone().map_err(duplicate("resize"))?);
@@ -295,6 +296,7 @@ impl Monitor {
                         fd,
                         stream: StreamKind::Stdout,
                         kind: SourceKind::Pty,
+                        journal: None,
                     });
                 }
                 FdRole::Stdin => stdin_target = StdinTarget::Pipe(fd),
