@@ -106,9 +106,6 @@ pub fn run(listener: OwnedFd, worker_argv: Vec<OsString>) -> i32 {
         error!("keeper: start the server process: {e}");
         return 1;
     }
-    // The flag parsing and set-up before the fork left heap behind; the
-    // keeper lives as long as the pod.
-    process::return_free_heap();
     loop {
         if let Some(code) = keeper.turn(&mut signals) {
             return code;
@@ -255,6 +252,7 @@ impl Keeper {
             let _ = process::send_signal(pid, libc::SIGKILL);
             return Ok(false);
         }
+        shed_memory();
         Ok(true)
     }
 
@@ -553,6 +551,18 @@ fn restart_delay(quick_deaths: u32) -> Duration {
     }
     let doublings = (quick_deaths - 2).min(16);
     (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// After a worker start (the first one follows the flag parsing and set-up;
+/// each one runs the spawn and handover code once): gives malloc's free
+/// pages back and drops the binary's clean file pages from the resident
+/// set, which is then what the keeper's loop touches. The keeper lives as
+/// long as the pod; the dropped pages stay shared with the workers.
+fn shed_memory() {
+    process::return_free_heap();
+    if let Err(e) = process::drop_clean_file_pages() {
+        tracing::debug!("keeper: drop clean file pages: {e}");
+    }
 }
 
 #[cfg(test)]
