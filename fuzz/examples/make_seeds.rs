@@ -31,6 +31,32 @@ fn main() {
     log_encoders(&corpus.join("log_encoders"));
     rpc_requests(&corpus.join("rpc_requests"));
     conmon_inputs(&corpus.join("conmon_inputs"));
+    keeper_ledger(&corpus.join("keeper_ledger"));
+}
+
+fn keeper_ledger(dir: &Path) {
+    use ringmon::engine::journal::{LedgerState, LogEnd};
+    // As `Ledger::create` leaves it: one publish, nothing committed.
+    write(dir, "fresh", &LedgerState::default().encode_page(1));
+    // After a commit of both streams with a CRI and a JSON log, in either
+    // slot.
+    let state = LedgerState {
+        committed: [4096, 17],
+        ends: vec![
+            LogEnd {
+                dev: 2049,
+                ino: 131,
+                end: 65536,
+            },
+            LogEnd {
+                dev: 2049,
+                ino: 132,
+                end: 812,
+            },
+        ],
+    };
+    write(dir, "committed-two-logs", &state.encode_page(6));
+    write(dir, "committed-two-logs-odd", &state.encode_page(7));
 }
 
 fn conmon_inputs(dir: &Path) {

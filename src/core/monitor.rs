@@ -503,7 +503,7 @@ impl Monitor {
             Some(w) => StdinTarget::Pipe(w),
             None => StdinTarget::None,
         };
-        let (terminal, sources) = match master {
+        let (terminal, mut sources) = match master {
             Some(master) => {
                 let resize = master
                     .try_clone()
@@ -532,7 +532,8 @@ impl Monitor {
             pid,
             stdin_once,
             created: created_at,
-            sources: &sources,
+            sources: &mut sources,
+            logs: &logs,
             stdin: &stdin_target,
         });
         let (drained_rx, counters) = match self.register_output(key, sources, logs) {

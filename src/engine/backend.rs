@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use super::journal::Journal;
 use super::SourceKind;
 
 /// A source registered with a backend. Unique per backend while the source
@@ -66,7 +67,20 @@ pub trait Backend {
 
     /// Takes ownership of `fd` and starts reading it. The backend closes the
     /// fd when it reports the source's `Eof` (or when it is dropped).
-    fn add_source(&mut self, fd: OwnedFd, kind: SourceKind) -> io::Result<SourceId>;
+    ///
+    /// With a `journal` (pipes only) the pipe is never read: each readiness
+    /// splices its bytes into the journal, `Data` reports them from the
+    /// journal's mapping, and only after that callback returned is the
+    /// journal reset (`Journal::consumed`), so the callback must have
+    /// handled them (logged, and committed in the ledger) by then. A journal
+    /// that cannot be reset ends the source (`Eof` with the error): it is
+    /// never spliced into again.
+    fn add_source(
+        &mut self,
+        fd: OwnedFd,
+        kind: SourceKind,
+        journal: Option<Journal>,
+    ) -> io::Result<SourceId>;
 
     /// Takes ownership of `fd` (a non-blocking socket the worker writes).
     /// Nothing is watched until `want_writable`, so this cannot fail. The fd
@@ -107,8 +121,8 @@ pub trait Backend {
     fn pause(&mut self, duration: Duration);
 
     /// Gives back memory that only busy streams needed (the pages of a read
-    /// buffer that a burst made resident). The worker calls it once its
-    /// output has been light for a while.
+    /// buffer, or of a journal, that a burst made resident). The worker
+    /// calls it once its output has been light for a while.
     fn release_idle_memory(&mut self) {}
 }
 

@@ -10,6 +10,10 @@
 //! * Every read goes into one buffer per backend: reads are synchronous, so
 //!   nothing needs a buffer of its own, and an extra container costs no read
 //!   buffer at all.
+//! * Journaled pipes (`StreamSource::journal`, see `engine::journal`) are
+//!   never read: on readiness they are spliced into their journal (same
+//!   bounds), each splice reported from the journal's mapping and the
+//!   journal reset after the report.
 //! * Sinks (attach sockets) are kept unregistered until `want_writable`,
 //!   which registers (or re-arms) them for `EPOLLOUT | EPOLLONESHOT`.
 //!   `remove_sink` deletes and closes at once: epoll has nothing in flight.
@@ -25,6 +29,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
+use super::journal::{Journal, JOURNAL_LEN};
 use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 
@@ -49,6 +54,8 @@ struct EpollSource {
     kind: SourceKind,
     /// Pipe growth was tried already (see `PipeSizer`).
     grown: bool,
+    /// Journaled pipe: spliced into this, never read.
+    journal: Option<Journal>,
 }
 
 struct EpollSink {
@@ -111,8 +118,32 @@ impl EpollBackend {
         });
     }
 
+    /// A full read (or splice): the producer outruns us; give it room, once.
+    fn grow_once(
+        pipe_sizer: &PipeSizer,
+        index: u32,
+        source: &mut EpollSource,
+        on_event: &mut dyn FnMut(BackendEvent<'_>),
+    ) {
+        if source.grown {
+            return;
+        }
+        source.grown = true;
+        if source.kind == SourceKind::Pipe {
+            if let Some(capacity) = pipe_sizer.grow(source.fd.as_fd()) {
+                on_event(BackendEvent::PipeResized {
+                    source: SourceId(index),
+                    capacity,
+                });
+            }
+        }
+    }
+
     /// Reads a ready source until `EAGAIN`, EOF or the per-wake bound.
     fn read_ready(&mut self, index: u32, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
+        if matches!(&self.sources[index as usize], Some(source) if source.journal.is_some()) {
+            return self.splice_ready(index, on_event);
+        }
         for _ in 0..MAX_READS_PER_WAKE {
             let Some(source) = &mut self.sources[index as usize] else {
                 return;
@@ -120,17 +151,8 @@ impl EpollBackend {
             match nix::unistd::read(&source.fd, &mut self.buffer) {
                 Ok(0) => return self.close(index, None, on_event),
                 Ok(len) => {
-                    if len >= FULL_DEFAULT_PIPE && !source.grown {
-                        // A full read: the producer outruns us; give it room.
-                        source.grown = true;
-                        if source.kind == SourceKind::Pipe {
-                            if let Some(capacity) = self.pipe_sizer.grow(source.fd.as_fd()) {
-                                on_event(BackendEvent::PipeResized {
-                                    source: SourceId(index),
-                                    capacity,
-                                });
-                            }
-                        }
+                    if len >= FULL_DEFAULT_PIPE {
+                        Self::grow_once(&self.pipe_sizer, index, source, on_event);
                     }
                     on_event(BackendEvent::Data {
                         source: SourceId(index),
@@ -147,6 +169,47 @@ impl EpollBackend {
                 // A pty master reads EIO once every slave fd is closed.
                 Err(Errno::EIO) => return self.close(index, None, on_event),
                 Err(errno) => return self.close(index, Some(errno.into()), on_event),
+            }
+        }
+    }
+
+    /// Splices a ready journaled pipe into its journal until `EAGAIN`, EOF
+    /// or the per-wake bound. Each splice is reported, then the journal is
+    /// reset: the next splice must find it at position 0 (see
+    /// `engine::journal`).
+    fn splice_ready(&mut self, index: u32, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
+        for _ in 0..MAX_READS_PER_WAKE {
+            let Some(source) = &mut self.sources[index as usize] else {
+                return;
+            };
+            let Some(journal) = &mut source.journal else {
+                return;
+            };
+            match journal.splice_from(source.fd.as_fd()) {
+                Ok(0) => return self.close(index, None, on_event),
+                Ok(len) => {
+                    if len >= FULL_DEFAULT_PIPE {
+                        Self::grow_once(&self.pipe_sizer, index, source, on_event);
+                    }
+                    let Some(journal) = &mut source.journal else {
+                        return;
+                    };
+                    on_event(BackendEvent::Data {
+                        source: SourceId(index),
+                        bytes: journal.bytes(len),
+                    });
+                    if let Err(err) = journal.consumed() {
+                        tracing::warn!("resetting an output journal: {err}");
+                        return self.close(index, Some(err), on_event);
+                    }
+                    if len < JOURNAL_LEN {
+                        // Most likely empty now (see `read_ready`).
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.close(index, Some(err), on_event),
             }
         }
     }
@@ -171,7 +234,12 @@ impl Backend for EpollBackend {
         "epoll"
     }
 
-    fn add_source(&mut self, fd: OwnedFd, kind: SourceKind) -> io::Result<SourceId> {
+    fn add_source(
+        &mut self,
+        fd: OwnedFd,
+        kind: SourceKind,
+        journal: Option<Journal>,
+    ) -> io::Result<SourceId> {
         crate::sys::fd::set_nonblocking(fd.as_fd())?;
         let index = allocate(
             &mut self.sources,
@@ -180,6 +248,7 @@ impl Backend for EpollBackend {
                 fd,
                 kind,
                 grown: false,
+                journal,
             },
         );
         let source = self.sources[index as usize].as_ref().expect("just added");
@@ -294,5 +363,13 @@ impl Backend for EpollBackend {
 
     fn release_idle_memory(&mut self) {
         crate::sys::process::discard_pages(&mut self.buffer);
+        // A journal's pages belong to its memory file: only a hole punch
+        // gives them back (its bytes are all handled: the journal is at
+        // position 0 between splices).
+        for source in self.sources.iter().flatten() {
+            if let Some(journal) = &source.journal {
+                journal.release_memory();
+            }
+        }
     }
 }

@@ -229,11 +229,13 @@ impl Ledger {
     }
 
     /// After logging journal bytes `0..len` of `stream`: the logs now end
-    /// at `ends` and hold them.
-    pub fn commit(&self, stream: usize, len: usize, ends: Vec<LogEnd>) {
+    /// at `ends` and hold them. Called once per logged chunk: the ends are
+    /// copied into the state's own list, which allocates only when it grows.
+    pub fn commit(&self, stream: usize, len: usize, ends: &[LogEnd]) {
         self.publish(|s| {
             s.committed[stream] = len as u64;
-            s.ends = ends;
+            s.ends.clear();
+            s.ends.extend_from_slice(ends);
         });
     }
 
@@ -338,6 +340,12 @@ impl Journal {
     pub fn stream(&self) -> usize {
         self.stream
     }
+
+    /// The container's ledger, which the routing commits this journal's
+    /// logged chunks to.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
 }
 
 impl AsFd for Journal {
@@ -394,7 +402,7 @@ mod tests {
             ino: 8,
             end: 40,
         };
-        ledger.commit(0, n, vec![end]);
+        ledger.commit(0, n, &[end]);
         assert_eq!(resume_view(&journal, &ledger), b"");
         journal.consumed().unwrap();
         assert_eq!(resume_view(&journal, &ledger), b"");

@@ -21,6 +21,11 @@
 //!   until `EAGAIN` (bounded, for fairness), then re-arm the poll; `EIO` or 0
 //!   bytes = EOF. A pipe that turns out to be non-blocking (`EAGAIN` from a
 //!   ring read) is switched to the same mode instead of spinning.
+//! * journaled pipes (`StreamSource::journal`, see `engine::journal`): never
+//!   read, by the ring or otherwise. `IORING_OP_POLL_ADD(POLLIN)` like a pty,
+//!   then `splice(2)` into the journal until `EAGAIN` (bounded, for
+//!   fairness), each splice reported from the journal's mapping and the
+//!   journal reset after the report; 0 bytes = EOF. No read buffer.
 //! * the worker's wake-up eventfd is read through the ring like a pipe.
 //! * sinks (attach sockets): `IORING_OP_POLL_ADD(POLLOUT)` on request. A sink
 //!   removed while its poll is in flight keeps its slot and fd until the
@@ -49,6 +54,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
+use super::journal::Journal;
 use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 use crate::sys::uring::{Completion, Ring, SlotId};
@@ -90,7 +96,8 @@ enum ReadMode {
     Multishot { leaving: bool },
     /// `IORING_OP_READ` does the read (blocking fds).
     RingRead,
-    /// `IORING_OP_POLL_ADD` for readability, then `read(2)` (non-blocking fds).
+    /// `IORING_OP_POLL_ADD` for readability, then `read(2)` (non-blocking
+    /// fds), or `splice(2)` into the source's journal (journaled pipes).
     PollThenRead,
 }
 
@@ -100,6 +107,8 @@ struct UringSource {
     kind: SourceKind,
     /// Pipe growth was tried already (see `PipeSizer`).
     grown: bool,
+    /// Journaled pipe: spliced into this, never read (mode `PollThenRead`).
+    journal: Option<Journal>,
 }
 
 struct UringSink {
@@ -350,6 +359,9 @@ impl UringBackend {
     /// `read(2)` a readable non-blocking source until `EAGAIN` (then re-arm
     /// the poll) or EOF, at most `MAX_READS_PER_POLL` times.
     fn read_until_drained(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
+        if source_at(&self.slot_users, slot).is_some_and(|source| source.journal.is_some()) {
+            return self.splice_until_drained(slot, on_event);
+        }
         let source_id = SourceId(slot.index() as u32);
         for _ in 0..MAX_READS_PER_POLL {
             let Some(source) = source_at(&self.slot_users, slot) else {
@@ -371,6 +383,52 @@ impl UringBackend {
                 // A pty master reads EIO once every slave fd is closed.
                 Err(Errno::EIO) => return self.close(slot, None, on_event),
                 Err(errno) => return self.close(slot, Some(errno.into()), on_event),
+            }
+        }
+        self.rearm_or_close(slot, on_event);
+    }
+
+    /// Splices a readable journaled pipe into its journal until `EAGAIN`
+    /// (then re-arms the poll) or EOF, at most `MAX_READS_PER_POLL` times.
+    /// Each splice is reported, then the journal is reset: the next splice
+    /// must find it at position 0 (see `engine::journal`).
+    fn splice_until_drained(&mut self, slot: SlotId, on_event: &mut dyn FnMut(BackendEvent<'_>)) {
+        let source_id = SourceId(slot.index() as u32);
+        for _ in 0..MAX_READS_PER_POLL {
+            let Some(SlotUser::Source(UringSource {
+                fd,
+                journal: Some(journal),
+                ..
+            })) = &mut self.slot_users[slot.index()]
+            else {
+                return;
+            };
+            match journal.splice_from(fd.as_fd()) {
+                Ok(0) => return self.close(slot, None, on_event),
+                Ok(len) => {
+                    if len >= FULL_DEFAULT_PIPE {
+                        // The pipe was full (or the journal filled).
+                        self.grow_once(slot, on_event);
+                    }
+                    let Some(SlotUser::Source(UringSource {
+                        journal: Some(journal),
+                        ..
+                    })) = &mut self.slot_users[slot.index()]
+                    else {
+                        return;
+                    };
+                    on_event(BackendEvent::Data {
+                        source: source_id,
+                        bytes: journal.bytes(len),
+                    });
+                    if let Err(err) = journal.consumed() {
+                        tracing::warn!("resetting an output journal: {err}");
+                        return self.close(slot, Some(err), on_event);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.close(slot, Some(err), on_event),
             }
         }
         self.rearm_or_close(slot, on_event);
@@ -399,8 +457,16 @@ impl Backend for UringBackend {
         "io_uring"
     }
 
-    fn add_source(&mut self, fd: OwnedFd, kind: SourceKind) -> io::Result<SourceId> {
+    fn add_source(
+        &mut self,
+        fd: OwnedFd,
+        kind: SourceKind,
+        journal: Option<Journal>,
+    ) -> io::Result<SourceId> {
         let mode = match kind {
+            // Spliced on readiness: a ring read would take the bytes out of
+            // the pipe into memory only this process has.
+            _ if journal.is_some() => ReadMode::PollThenRead,
             SourceKind::Pipe if self.ring.has_provided_buffers() => {
                 ReadMode::Multishot { leaving: false }
             }
@@ -408,8 +474,10 @@ impl Backend for UringBackend {
             SourceKind::Pty => ReadMode::PollThenRead,
         };
         // A multishot source reads into the provided buffers: it gets a
-        // buffer of its own only once it turns out busy.
+        // buffer of its own only once it turns out busy. A journaled one
+        // needs none: the journal is its buffer.
         let buffer_len = match mode {
+            _ if journal.is_some() => 0,
             ReadMode::Multishot { .. } => 0,
             ReadMode::RingRead | ReadMode::PollThenRead => SOURCE_BUFFER_LEN,
         };
@@ -420,6 +488,7 @@ impl Backend for UringBackend {
                 mode,
                 kind,
                 grown: false,
+                journal,
             }),
         );
         if let Err(err) = self.arm(slot) {
@@ -530,6 +599,21 @@ impl Backend for UringBackend {
         // such rings do not coalesce.
         if self.ring.has_deferred_taskrun() {
             super::backend::pause_until_woken(self.waker.as_fd(), duration);
+        }
+    }
+
+    fn release_idle_memory(&mut self) {
+        // A journal's pages belong to its memory file: a burst leaves them
+        // resident until a hole punch gives them back (its bytes are all
+        // handled: the journal is at position 0 between splices).
+        for user in self.slot_users.iter().flatten() {
+            if let SlotUser::Source(UringSource {
+                journal: Some(journal),
+                ..
+            }) = user
+            {
+                journal.release_memory();
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::attach::{PacketQueue, MAX_ATTACH_CLIENTS, PACKET_STDERR, PACKET_STDOUT};
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
 use super::counters::{bump, ContainerCounters, WorkerCounters};
+use super::journal::{Ledger, LogEnd, MAX_LOG_ENDS};
 use super::{
     Assignments, AttachListenerId, ContainerKey, EngineEvent, Registration, SourceKind,
     StreamSource, ATTACH_LINGER_TIMEOUT, ATTACH_QUEUE_LIMIT,
@@ -255,11 +256,13 @@ impl AttachClient {
 }
 
 /// Per source: its container, its stream and the attach packet type.
-#[derive(Clone, Copy)]
 struct SourceRoute {
     key: ContainerKey,
     stream: StreamKind,
     packet_type: u8,
+    /// A journaled pipe: its container's ledger, and the ledger's index of
+    /// the stream. Each chunk is committed there once it is logged.
+    ledger: Option<(Arc<Ledger>, usize)>,
 }
 
 /// Everything but the backend, so that the backend's event callback can
@@ -287,6 +290,8 @@ struct Routing {
     timestamps: TimestampCache,
     /// Counts backend waits (see `Container::note_output`).
     batch: u64,
+    /// The log ends a ledger commit records, reused for every chunk.
+    log_ends: Vec<LogEnd>,
     events: UnboundedSender<EngineEvent>,
     assignments: Arc<Mutex<Assignments>>,
 }
@@ -371,6 +376,7 @@ impl<B: Backend> Worker<B> {
                 attach_drops,
                 timestamps: TimestampCache::new(),
                 batch: 0,
+                log_ends: Vec::with_capacity(MAX_LOG_ENDS),
                 events,
                 assignments,
                 attach_done_packet: true,
@@ -606,7 +612,19 @@ impl<B: Backend> Worker<B> {
                     .pipe_size
                     .store(capacity as u64, Ordering::Relaxed);
             }
-            match self.backend.add_source(source.fd, source.kind) {
+            let journal = match (source.kind, source.journal) {
+                (SourceKind::Pipe, journal) => journal,
+                (SourceKind::Pty, Some(_)) => {
+                    // A pty master cannot be spliced: read it as always.
+                    tracing::warn!(key, "a journal for a pty source, ignored");
+                    None
+                }
+                (SourceKind::Pty, None) => None,
+            };
+            let ledger = journal
+                .as_ref()
+                .map(|journal| (Arc::clone(journal.ledger()), journal.stream()));
+            match self.backend.add_source(source.fd, source.kind, journal) {
                 Ok(id) => {
                     routing.sources.insert(
                         id,
@@ -614,6 +632,7 @@ impl<B: Backend> Worker<B> {
                             key,
                             stream: source.stream,
                             packet_type,
+                            ledger,
                         },
                     );
                     if let Some(container) = routing.containers.get_mut(&key) {
@@ -812,31 +831,50 @@ impl Routing {
     }
 
     fn on_data(&mut self, source: SourceId, bytes: &[u8]) {
-        let Some(&route) = self.sources.get(&source) else {
+        let Some(route) = self.sources.get(&source) else {
             return;
         };
-        self.accept_pending_clients(route.key);
-        let Some(container) = self.containers.get_mut(&route.key) else {
+        let (key, stream, packet_type) = (route.key, route.stream, route.packet_type);
+        self.accept_pending_clients(key);
+        let Some(container) = self.containers.get_mut(&key) else {
             return;
         };
-        container.note_output(route.stream, self.batch);
-        container.counters.note_chunk(route.stream, bytes);
+        container.note_output(stream, self.batch);
+        container.counters.note_chunk(stream, bytes);
         self.timestamps.refresh();
         let timestamps = &self.timestamps;
         let counters = &container.counters;
         for sink in &mut container.logs {
             let attempt = sink.attempt(bytes.len(), counters, |writer| {
                 writer
-                    .write_chunk(route.stream, bytes, timestamps)
+                    .write_chunk(stream, bytes, timestamps)
                     .and_then(|()| writer.flush())
             });
-            report_log_attempt(&self.events, route.key, attempt);
+            report_log_attempt(&self.events, key, attempt);
+        }
+        if let Some(SourceRoute {
+            ledger: Some((ledger, journal_stream)),
+            ..
+        }) = self.sources.get(&source)
+        {
+            // The chunk is handled (logged, or discarded for a failed
+            // writer, which a replay would not cure): record where the logs
+            // end now, so that a worker that resumes the container neither
+            // logs it again nor keeps a partial record written after this.
+            self.log_ends.clear();
+            self.log_ends.extend(
+                container
+                    .logs
+                    .iter()
+                    .filter_map(|sink| sink.writer.file_end()),
+            );
+            ledger.commit(*journal_stream, bytes.len(), &self.log_ends);
         }
         for &id in &container.attach_clients {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
             };
-            client.queue.push_chunk(route.packet_type, bytes);
+            client.queue.push_chunk(packet_type, bytes);
             if !client.scheduled {
                 client.scheduled = true;
                 self.scheduled.push(id);

@@ -30,6 +30,14 @@ pub enum FdRole {
     Pty,
     /// The write end of the container's stdin pipe.
     Stdin,
+    /// The memory file journaling the stdout pipe (issue 16 phase 2, see
+    /// `engine::journal`): bytes that left the pipe, perhaps not yet logged.
+    StdoutJournal,
+    /// The memory file journaling the stderr pipe.
+    StderrJournal,
+    /// The journals' ledger page: how far the logs reach and how much of
+    /// each journal they hold.
+    Ledger,
 }
 
 impl FdRole {
@@ -39,6 +47,9 @@ impl FdRole {
             FdRole::Stderr => "stderr",
             FdRole::Pty => "pty",
             FdRole::Stdin => "stdin",
+            FdRole::StdoutJournal => "stdout_journal",
+            FdRole::StderrJournal => "stderr_journal",
+            FdRole::Ledger => "ledger",
         }
     }
 
@@ -48,6 +59,9 @@ impl FdRole {
             "stderr" => FdRole::Stderr,
             "pty" => FdRole::Pty,
             "stdin" => FdRole::Stdin,
+            "stdout_journal" => FdRole::StdoutJournal,
+            "stderr_journal" => FdRole::StderrJournal,
+            "ledger" => FdRole::Ledger,
             _ => return None,
         })
     }
@@ -178,9 +192,15 @@ impl HeldRecord {
         let fds = array(&map, "fds")?
             .iter()
             .map(|v| {
-                v.as_str()
-                    .and_then(FdRole::parse)
-                    .ok_or_else(|| bad("fds", format!("{v} is not stdout, stderr, pty or stdin")))
+                v.as_str().and_then(FdRole::parse).ok_or_else(|| {
+                    bad(
+                        "fds",
+                        format!(
+                            "{v} is not stdout, stderr, pty, stdin, stdout_journal, \
+                                 stderr_journal or ledger"
+                        ),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         check_fds(&fds, terminal, stdin)?;
@@ -209,7 +229,10 @@ impl HeldRecord {
 
 /// The held descriptors must be the output of the container as created:
 /// stdout and stderr pipes, or a pty (with a terminal); plus stdin's pipe
-/// only for a container with stdin and no terminal. Each role at most once.
+/// only for a container with stdin and no terminal; plus, for pipes only,
+/// a journal per stream (its pipe held too) with the ledger they share
+/// (neither without the other: phase-1 records have none). Each role at
+/// most once.
 fn check_fds(fds: &[FdRole], terminal: bool, stdin: bool) -> Result<(), CoreError> {
     let has = |role| fds.contains(&role);
     let list = || fds.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
@@ -236,6 +259,30 @@ fn check_fds(fds: &[FdRole], terminal: bool, stdin: bool) -> Result<(), CoreErro
                 "[{}] holds a stdin pipe with terminal={terminal} stdin={stdin}",
                 list()
             ),
+        ));
+    }
+    let journals = [
+        (FdRole::StdoutJournal, FdRole::Stdout),
+        (FdRole::StderrJournal, FdRole::Stderr),
+    ];
+    for (journal, pipe) in journals {
+        if has(journal) && (terminal || !has(pipe)) {
+            return Err(bad(
+                "fds",
+                format!(
+                    "[{}] holds {} without a {} pipe (terminal={terminal})",
+                    list(),
+                    journal.as_str(),
+                    pipe.as_str()
+                ),
+            ));
+        }
+    }
+    let any_journal = journals.iter().any(|(journal, _)| has(*journal));
+    if any_journal != has(FdRole::Ledger) {
+        return Err(bad(
+            "fds",
+            format!("[{}]: journals and their ledger go together", list()),
         ));
     }
     Ok(())
@@ -399,6 +446,97 @@ mod tests {
             ..sample()
         };
         assert_eq!(HeldRecord::decode(&pty.encode()).unwrap(), pty);
+        let journaled = HeldRecord {
+            fds: vec![
+                FdRole::Stdout,
+                FdRole::Stderr,
+                FdRole::Stdin,
+                FdRole::StdoutJournal,
+                FdRole::StderrJournal,
+                FdRole::Ledger,
+            ],
+            ..sample()
+        };
+        assert!(journaled.fds.len() <= crate::keeper::MAX_FDS_PER_CONTAINER);
+        assert_eq!(HeldRecord::decode(&journaled.encode()).unwrap(), journaled);
+        let text = String::from_utf8(journaled.encode()).unwrap();
+        for name in ["\"stdout_journal\"", "\"stderr_journal\"", "\"ledger\""] {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+
+    #[test]
+    fn journals_and_ledger_are_checked() {
+        let valid = [
+            json!(["stdout", "stderr", "stdout_journal", "ledger"]),
+            json!(["stdout", "stderr", "stderr_journal", "ledger"]),
+            json!([
+                "stdout",
+                "stderr",
+                "stdin",
+                "stdout_journal",
+                "stderr_journal",
+                "ledger"
+            ]),
+            json!([
+                "ledger",
+                "stderr_journal",
+                "stdout",
+                "stdout_journal",
+                "stderr"
+            ]),
+        ];
+        for fds in valid {
+            let bytes = with(|m| {
+                m.insert("fds".into(), fds.clone());
+            });
+            let record = HeldRecord::decode(&bytes).unwrap_or_else(|e| panic!("{fds}: {e}"));
+            assert!(record.fd_index(FdRole::Ledger).is_some(), "{fds}");
+        }
+        let invalid = [
+            // A journal without the ledger, a ledger without a journal.
+            json!(["stdout", "stderr", "stdout_journal"]),
+            json!(["stdout", "stderr", "ledger"]),
+            // Twice.
+            json!([
+                "stdout",
+                "stderr",
+                "stdout_journal",
+                "stdout_journal",
+                "ledger"
+            ]),
+            json!(["stdout", "stderr", "stdout_journal", "ledger", "ledger"]),
+            // Not a journal name.
+            json!(["stdout", "stderr", "pty_journal", "ledger"]),
+        ];
+        for fds in invalid {
+            let bytes = with(|m| {
+                m.insert("fds".into(), fds.clone());
+            });
+            assert_eq!(
+                field_of(HeldRecord::decode(&bytes).unwrap_err()),
+                "fds",
+                "{fds}"
+            );
+        }
+        // A journal needs its stream's pipe, and no terminal.
+        let pty = |fds: Value| {
+            with(|m| {
+                m.insert("terminal".into(), json!(true));
+                m.insert("fds".into(), fds);
+            })
+        };
+        for fds in [
+            json!(["pty", "stdout_journal", "ledger"]),
+            json!(["pty", "stderr_journal", "stdout_journal", "ledger"]),
+        ] {
+            assert_eq!(
+                field_of(HeldRecord::decode(&pty(fds.clone())).unwrap_err()),
+                "fds",
+                "{fds}"
+            );
+        }
+        assert!(HeldRecord::decode(&pty(json!(["pty"]))).is_ok());
     }
 
     #[test]

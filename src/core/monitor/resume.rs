@@ -15,9 +15,10 @@ use super::{wait_exit, wait_exit_peeking, Child, ExitPolicy, Monitor};
 use crate::core::attach::{Attach, StdinClosed, StdinTarget};
 use crate::core::oom::OomWatcher;
 use crate::core::{CoreError, CreateContainer};
+use crate::engine::journal::{Journal, Ledger, LedgerState, JOURNALED_STREAMS};
 use crate::engine::{ContainerKey, SourceKind, StreamSource};
-use crate::keeper::{HeldContainer, KeeperLink};
-use crate::log::{LogWriter, StreamKind};
+use crate::keeper::{HeldContainer, KeeperLink, MAX_FDS_PER_CONTAINER};
+use crate::log::{LogEnd, LogWriter, StreamKind, TimestampCache};
 use crate::sys::process::Exit;
 
 /// Where a watched container's exit comes from.
@@ -76,9 +77,149 @@ pub(super) struct HoldCreated<'a> {
     pub pid: u32,
     pub stdin_once: bool,
     pub created: SystemTime,
-    /// Its output, about to be registered with the engine.
-    pub sources: &'a [StreamSource],
+    /// Its output, about to be registered with the engine: its pipes get
+    /// their journals here when the container is held.
+    pub sources: &'a mut [StreamSource],
+    /// Its logs, just opened (their ends start the ledger).
+    pub logs: &'a [LogWriter],
     pub stdin: &'a StdinTarget,
+}
+
+/// The held output journals of a resumed container and what its ledger
+/// said when the worker that wrote it died.
+struct Journaled {
+    ledger: Arc<Ledger>,
+    state: LedgerState,
+    journals: Vec<Journal>,
+}
+
+fn journal_role(stream: usize) -> FdRole {
+    if stream == 0 {
+        FdRole::StdoutJournal
+    } else {
+        FdRole::StderrJournal
+    }
+}
+
+fn stream_kind(stream: usize) -> StreamKind {
+    if stream == 0 {
+        StreamKind::Stdout
+    } else {
+        StreamKind::Stderr
+    }
+}
+
+fn log_ends(logs: &[LogWriter]) -> Vec<LogEnd> {
+    logs.iter().filter_map(LogWriter::file_end).collect()
+}
+
+/// Gives each output pipe of a container about to be held a journal, all
+/// sharing one ledger (see `engine::journal`), so that what leaves a pipe
+/// reaches the logs exactly once even if this worker is killed. `None`
+/// (and no journal anywhere) when a memory file cannot be made: the
+/// container is held without (phase 1: a kill may lose a chunk).
+fn journal_pipes(
+    id: &str,
+    sources: &mut [StreamSource],
+    logs: &[LogWriter],
+) -> Option<Arc<Ledger>> {
+    let made = (|| -> io::Result<_> {
+        let ledger = Arc::new(Ledger::create()?);
+        let mut journals = Vec::with_capacity(sources.len());
+        for (index, source) in sources.iter().enumerate() {
+            if source.kind != SourceKind::Pipe {
+                continue;
+            }
+            let stream = match source.stream {
+                StreamKind::Stdout => 0,
+                StreamKind::Stderr => 1,
+            };
+            journals.push((index, Journal::create(Arc::clone(&ledger), stream)?));
+        }
+        Ok((ledger, journals))
+    })();
+    let (ledger, journals) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            warn!(
+                %id,
+                "cannot make the output journal; a crash of this server may lose \
+                 a chunk of the container's output: {e}"
+            );
+            return None;
+        }
+    };
+    if journals.is_empty() {
+        return None;
+    }
+    // A kill before the first commit cuts the logs back to here.
+    ledger.set_ends(log_ends(logs));
+    for (index, journal) in journals {
+        sources[index].journal = Some(journal);
+    }
+    Some(ledger)
+}
+
+/// Opens the journals an earlier worker kept: the ledger in `ledger_fd`,
+/// the journals (stdout, stderr) in `journal_fds`.
+fn open_journals(
+    ledger_fd: OwnedFd,
+    journal_fds: [Option<OwnedFd>; JOURNALED_STREAMS],
+) -> io::Result<Journaled> {
+    let (ledger, state) = Ledger::open(ledger_fd)?;
+    let ledger = Arc::new(ledger);
+    let mut journals = Vec::with_capacity(JOURNALED_STREAMS);
+    for (stream, fd) in journal_fds.into_iter().enumerate() {
+        if let Some(fd) = fd {
+            journals.push(Journal::open(fd, Arc::clone(&ledger), stream)?);
+        }
+    }
+    Ok(Journaled {
+        ledger,
+        state,
+        journals,
+    })
+}
+
+/// Logs again what left a journaled pipe but, by the ledger, never
+/// reached the logs (already cut back to the ledger's ends), then empties
+/// the journals. Each stream's replay is a round of the journal protocol:
+/// logged, committed with the logs' new ends, then consumed, so a kill in
+/// the middle of it leaves a state the next resume handles the same way.
+fn replay_journals(id: &str, journaled: &mut Journaled, logs: &mut [LogWriter]) -> io::Result<()> {
+    let ts = TimestampCache::new();
+    for journal in &mut journaled.journals {
+        let stream = journal.stream();
+        let pending = journal.pending(&journaled.state)?;
+        if !pending.is_empty() {
+            let kind = stream_kind(stream);
+            for log in logs.iter_mut() {
+                if let Err(e) = log
+                    .write_chunk(kind, pending, &ts)
+                    .and_then(|()| log.flush())
+                {
+                    warn!(%id, stream = kind.as_str(), "replayed output not logged there: {e}");
+                }
+            }
+            info!(
+                %id,
+                stream = kind.as_str(),
+                bytes = pending.len(),
+                "logged the output a killed worker had taken but not logged"
+            );
+            let logged = journaled.state.committed[stream] as usize + pending.len();
+            journaled.ledger.commit(stream, logged, log_ends(logs));
+        }
+        journal.consumed()?;
+    }
+    journaled.ledger.set_ends(log_ends(logs));
+    Ok(())
+}
+
+/// Removes the descriptor of `role` from `fds`.
+fn take_fd(fds: &mut Vec<(FdRole, OwnedFd)>, role: FdRole) -> Option<OwnedFd> {
+    let index = fds.iter().position(|(r, _)| *r == role)?;
+    Some(fds.remove(index).1)
 }
 
 impl Monitor {
@@ -89,10 +230,11 @@ impl Monitor {
         *self.keeper.borrow_mut() = Some(link);
     }
 
-    /// Hands a container just created to the keeper, if there is one.
-    /// Returns where its exit comes from and, for a stdin pipe the keeper
-    /// holds, what to do when a client closes it. A failed hold only costs
-    /// the container its crash safety.
+    /// Hands a container just created to the keeper, if there is one, with
+    /// journals for its output pipes (put into `c.sources`). Returns where
+    /// its exit comes from and, for a stdin pipe the keeper holds, what to
+    /// do when a client closes it. A failed hold only costs the container
+    /// its crash safety.
     pub(super) fn hold_created(
         self: &Rc<Self>,
         c: HoldCreated<'_>,
@@ -100,9 +242,14 @@ impl Monitor {
         let Some(link) = self.keeper.borrow().clone() else {
             return (ExitSource::OwnChild, None);
         };
-        let mut roles = Vec::with_capacity(3);
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(3);
-        for source in c.sources {
+        let ledger = if c.req.terminal {
+            None
+        } else {
+            journal_pipes(&c.req.id, c.sources, c.logs)
+        };
+        let mut roles = Vec::with_capacity(MAX_FDS_PER_CONTAINER);
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(MAX_FDS_PER_CONTAINER);
+        for source in c.sources.iter() {
             roles.push(match (source.kind, source.stream) {
                 (SourceKind::Pty, _) => FdRole::Pty,
                 (SourceKind::Pipe, StreamKind::Stdout) => FdRole::Stdout,
@@ -113,6 +260,14 @@ impl Monitor {
         if let StdinTarget::Pipe(stdin) = c.stdin {
             roles.push(FdRole::Stdin);
             fds.push(stdin.as_fd());
+        }
+        for journal in c.sources.iter().filter_map(|s| s.journal.as_ref()) {
+            roles.push(journal_role(journal.stream()));
+            fds.push(journal.as_fd());
+        }
+        if let Some(ledger) = &ledger {
+            roles.push(FdRole::Ledger);
+            fds.push(ledger.as_fd());
         }
         let record = HeldRecord {
             id: c.req.id.clone(),
@@ -134,7 +289,12 @@ impl Monitor {
         };
         match link.hold(c.key, c.pid, &record.encode(), &fds) {
             Ok(()) => {
-                let outputs = c.sources.iter().map(|s| &s.fd);
+                let outputs = record
+                    .fds
+                    .iter()
+                    .zip(fds)
+                    .filter(|(role, _)| **role != FdRole::Stdin)
+                    .map(|(_, fd)| fd);
                 let closed = self.stdin_closed_hook(&link, &record, outputs);
                 (ExitSource::HeldChild(link), closed)
             }
@@ -145,6 +305,10 @@ impl Monitor {
                     "the keeper does not hold the container, so it will not survive \
                      a crash of this server: {e}"
                 );
+                // Nobody would read a journal after a crash: read the pipes.
+                for source in c.sources.iter_mut() {
+                    source.journal = None;
+                }
                 (ExitSource::OwnChild, None)
             }
         }
@@ -159,11 +323,11 @@ impl Monitor {
         self: &Rc<Self>,
         link: &Rc<KeeperLink>,
         record: &HeldRecord,
-        outputs: impl Iterator<Item = &'a OwnedFd>,
+        outputs: impl Iterator<Item = BorrowedFd<'a>>,
     ) -> Option<StdinClosed> {
         record.fd_index(FdRole::Stdin)?;
         let outputs = match outputs
-            .map(OwnedFd::try_clone)
+            .map(|fd| fd.try_clone_to_owned())
             .collect::<io::Result<Vec<_>>>()
         {
             Ok(fds) => fds,
@@ -204,6 +368,32 @@ impl Monitor {
                 );
             }
         }))
+    }
+
+    /// A resumed container whose journals cannot be used: the keeper holds
+    /// it again without them (`fds`: what it keeps, in the order of
+    /// `record` once the journals are out of it), so that a later resume
+    /// does not cut the logs back to this stale ledger's ends.
+    fn hold_without_journals(
+        &self,
+        link: &KeeperLink,
+        record: &mut HeldRecord,
+        fds: &[(FdRole, OwnedFd)],
+    ) {
+        record.fds.retain(|role| {
+            !matches!(
+                role,
+                FdRole::StdoutJournal | FdRole::StderrJournal | FdRole::Ledger
+            )
+        });
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|(_, fd)| fd.as_fd()).collect();
+        if let Err(e) = link.hold(record.key, record.pid, &record.encode(), &fds) {
+            warn!(
+                id = %record.id,
+                "the keeper still holds the container's stale output journal; a later \
+                 resume may cut its logs back: {e}"
+            );
+        }
     }
 
     /// Resumes containers an earlier worker held: logging, attach, exit
@@ -262,30 +452,96 @@ impl Monitor {
             ));
         }
         let HeldRecord { id, key, pid, .. } = record.clone();
+        let mut record = record;
+        let mut held_fds: Vec<(FdRole, OwnedFd)> =
+            record.fds.iter().copied().zip(held.fds).collect();
+        let ledger_fd = take_fd(&mut held_fds, FdRole::Ledger);
+        let journal_fds = [
+            take_fd(&mut held_fds, FdRole::StdoutJournal),
+            take_fd(&mut held_fds, FdRole::StderrJournal),
+        ];
+        let mut journaled = match ledger_fd.map(|fd| open_journals(fd, journal_fds)) {
+            None => None,
+            Some(Ok(journaled)) => Some(journaled),
+            Some(Err(e)) => {
+                warn!(
+                    %id,
+                    "cannot read the output journal; output the killed worker had not \
+                     logged is lost: {e}"
+                );
+                self.hold_without_journals(link, &mut record, &held_fds);
+                None
+            }
+        };
+        let ends = journaled.as_ref().map_or(&[][..], |j| &j.state.ends[..]);
+        let mut logs = Vec::with_capacity(record.logs.len());
+        for spec in &record.logs {
+            match LogWriter::open_resumed_at(spec, ends) {
+                Ok((writer, cut)) => {
+                    if cut > 0 {
+                        info!(
+                            %id,
+                            path = %spec.path.display(),
+                            cut,
+                            journaled = journaled.is_some(),
+                            "cut a resumed log back to its last logged record"
+                        );
+                    }
+                    logs.push(writer);
+                }
+                Err(e) => warn!(%id, "resumed container's output is not logged there: {e}"),
+            }
+        }
+        // Before the engine reads the pipes again: what they gave first
+        // comes first in the logs.
+        if let Some(j) = &mut journaled {
+            if let Err(e) = replay_journals(&id, j, &mut logs) {
+                warn!(%id, "cannot replay the output journal: {e}");
+                journaled = None;
+                self.hold_without_journals(link, &mut record, &held_fds);
+            }
+        }
         let duplicate =
             |what| move |e| CoreError::io(format!("duplicate the pty master ({what})"), e);
-        let outputs = record
+        // In the order of the record (what the keeper holds).
+        let outputs: Vec<BorrowedFd<'_>> = record
             .fds
             .iter()
-            .zip(&held.fds)
-            .filter(|(role, _)| **role != FdRole::Stdin)
-            .map(|(_, fd)| fd);
-        let stdin_closed = self.stdin_closed_hook(link, &record, outputs);
+            .filter_map(|role| match role {
+                FdRole::Stdin => None,
+                FdRole::Ledger => journaled.as_ref().map(|j| j.ledger.as_fd()),
+                FdRole::StdoutJournal | FdRole::StderrJournal => journaled
+                    .as_ref()?
+                    .journals
+                    .iter()
+                    .find(|journal| journal_role(journal.stream()) == *role)
+                    .map(|journal| journal.as_fd()),
+                other => held_fds
+                    .iter()
+                    .find(|(r, _)| r == other)
+                    .map(|(_, fd)| fd.as_fd()),
+            })
+            .collect();
+        let stdin_closed = self.stdin_closed_hook(link, &record, outputs.into_iter());
+        let mut journals = journaled.map_or_else(Vec::new, |j| j.journals);
         let mut terminal = None;
         let mut stdin_target = StdinTarget::None;
         let mut sources = Vec::with_capacity(2);
-        for (role, fd) in record.fds.iter().zip(held.fds) {
+        for (role, fd) in held_fds {
             match role {
-                FdRole::Stdout | FdRole::Stderr => sources.push(StreamSource {
-                    fd,
-                    stream: if *role == FdRole::Stdout {
-                        StreamKind::Stdout
-                    } else {
-                        StreamKind::Stderr
-                    },
-                    kind: SourceKind::Pipe,
-                    journal: None,
-                }),
+                FdRole::Stdout | FdRole::Stderr => {
+                    let stream = if role == FdRole::Stdout { 0 } else { 1 };
+                    let journal = journals
+                        .iter()
+                        .position(|j| j.stream() == stream)
+                        .map(|index| journals.swap_remove(index));
+                    sources.push(StreamSource {
+                        fd,
+                        stream: stream_kind(stream),
+                        kind: SourceKind::Pipe,
+                        journal,
+                    });
+                }
                 FdRole::Pty => {
                     terminal = Some(fd.try_clone().map_err(duplicate("resize"))?);
                     if record.stdin {
@@ -300,23 +556,8 @@ impl Monitor {
                     });
                 }
                 FdRole::Stdin => stdin_target = StdinTarget::Pipe(fd),
-            }
-        }
-        let mut logs = Vec::with_capacity(record.logs.len());
-        for spec in &record.logs {
-            match LogWriter::open_resumed(spec) {
-                Ok((writer, cut)) => {
-                    if cut > 0 {
-                        info!(
-                            %id,
-                            path = %spec.path.display(),
-                            cut,
-                            "cut the torn last record off a resumed log"
-                        );
-                    }
-                    logs.push(writer);
-                }
-                Err(e) => warn!(%id, "resumed container's output is not logged there: {e}"),
+                // Taken out above.
+                FdRole::StdoutJournal | FdRole::StderrJournal | FdRole::Ledger => {}
             }
         }
         let (drained_rx, counters) = match self.register_output(key, sources, logs) {
