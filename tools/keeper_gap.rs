@@ -23,6 +23,13 @@
 //! end. The container is a busybox shell loop (`usleep 1000`), so "every
 //! millisecond" is at least a millisecond: the log gap includes up to one
 //! line period. Run it on a quiet machine; it measures wall time.
+//!
+//! With `--burst-mib N` it measures loss instead: one container writes N MiB
+//! of numbered lines as fast as busybox can (`seq -w | sed`), the worker is
+//! killed `--kills` times at even steps of the log's growth, and once the
+//! container exited the CRI log is read back record by record and compared
+//! with what the container wrote: bytes lost, lines duplicated or out of
+//! order, malformed records.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -66,6 +73,182 @@ struct Args {
     /// Bound on each wait (new worker, log growth, version answer).
     #[arg(long, default_value_t = 20)]
     timeout_secs: u64,
+    /// Measure loss instead of gaps: a burst of this many MiB of numbered
+    /// lines with the kills spread over it (the log is checked line by line
+    /// afterwards; it takes about 2.3 times the burst on disk).
+    #[arg(long)]
+    burst_mib: Option<u64>,
+}
+
+/// Padding after each burst line's number.
+const BURST_PAD: &str = "abcdefghijklmnopqrstuvw";
+
+/// What a burst's log held, compared with what the container wrote.
+#[derive(Default)]
+struct BurstReport {
+    written_lines: u64,
+    written_bytes: u64,
+    logged_bytes: u64,
+    lines: u64,
+    missing_lines: u64,
+    duplicate_or_reordered: u64,
+    malformed: u64,
+    kills: usize,
+    seconds: f64,
+}
+
+/// Reads a CRI log's stdout lines (P records joined) and checks them
+/// against `1..=lines`, each `{n:0width$} {BURST_PAD}`.
+fn check_burst_log(
+    log: &Path,
+    lines: u64,
+    width: usize,
+    report: &mut BurstReport,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    let file = fs::File::open(log).map_err(|e| format!("open {}: {e}", log.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut record = Vec::new();
+    let mut line = Vec::new();
+    let mut expected = 1u64;
+    let mut check_line = |line: &[u8], report: &mut BurstReport| {
+        report.logged_bytes += line.len() as u64 + 1;
+        let number = (line.len() == width + 1 + BURST_PAD.len()
+            && line[width] == b' '
+            && &line[width + 1..] == BURST_PAD.as_bytes())
+        .then(|| {
+            std::str::from_utf8(&line[..width])
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        })
+        .flatten();
+        match number {
+            None => report.malformed += 1,
+            Some(n) if n < expected => report.duplicate_or_reordered += 1,
+            Some(n) => {
+                report.missing_lines += n - expected;
+                report.lines += 1;
+                expected = n + 1;
+            }
+        }
+    };
+    loop {
+        record.clear();
+        let n = reader
+            .read_until(b'\n', &mut record)
+            .map_err(|e| format!("read {}: {e}", log.display()))?;
+        if n == 0 {
+            break;
+        }
+        if record.last() != Some(&b'\n') {
+            report.malformed += 1;
+            break;
+        }
+        let mut fields = record[..record.len() - 1].splitn(4, |&b| b == b' ');
+        let (Some(_ts), Some(stream), Some(tag), Some(content)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            report.malformed += 1;
+            continue;
+        };
+        if stream != b"stdout" {
+            continue;
+        }
+        line.extend_from_slice(content);
+        if tag == b"F" {
+            check_line(&line, report);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        check_line(&line, report);
+    }
+    report.missing_lines += (lines + 1).saturating_sub(expected);
+    Ok(())
+}
+
+/// The loss over `--kills` kills spread across a `--burst-mib` burst.
+fn burst(
+    args: &Args,
+    keeper: u32,
+    base: &Path,
+    socket: &Path,
+    root: &Path,
+    id: &str,
+    mib: u64,
+) -> Result<BurstReport, String> {
+    let limit = Duration::from_secs(args.timeout_secs);
+    wait_for(limit, Duration::from_millis(1), || worker_of(keeper))
+        .ok_or_else(|| format!("keeper {keeper} started no worker (is this a keeper build?)"))?;
+    version_answer_time(socket, limit).ok_or("the server does not answer version")?;
+    // About 32 bytes a line; `seq -w` pads every number to the width of
+    // the last one.
+    let lines = ((mib << 20) / 32).max(1);
+    let width = lines.to_string().len();
+    let script = format!("/bin/busybox seq -w 1 {lines} | /bin/busybox sed 's/$/ {BURST_PAD}/'");
+    let bundle = ringmon::fixture::make_bundle(base, &["/bin/sh", "-c", &script], false);
+    let log = base.join("ctr.log");
+    let req = ringmon::fixture::cri_request(id, &bundle, &base.join("exit"), &log);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new()
+        .block_on(&rt, async {
+            Client::connect(socket)
+                .await?
+                .create_container(&req)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| format!("createContainer: {e}"))?;
+    let started = Instant::now();
+    if !runtime_cmd(&args.runtime, root, &["start", id]).success() {
+        return Err(format!("runtime start {id} failed"));
+    }
+    let mut report = BurstReport {
+        written_lines: lines,
+        written_bytes: lines * (width as u64 + 1 + BURST_PAD.len() as u64 + 1),
+        ..BurstReport::default()
+    };
+    // The CRI log is about 2.3 times the output (a timestamp, the stream
+    // and the tag per line); kill at even steps of a little less.
+    let log_total = report.written_bytes * 11 / 5;
+    let step = log_total / (args.kills as u64 + 1);
+    let exit = base.join("exit");
+    for n in 1..=args.kills as u64 {
+        let reached = wait_for(Duration::from_secs(600), Duration::from_millis(2), || {
+            (log_size(&log) >= n * step || exit.exists()).then_some(())
+        });
+        if reached.is_none() || exit.exists() {
+            break;
+        }
+        let worker = worker_of(keeper).ok_or("no worker to kill")?;
+        kill(Pid::from_raw(worker as i32), Signal::SIGKILL)
+            .map_err(|e| format!("kill -9 {worker}: {e}"))?;
+        report.kills += 1;
+        wait_for(limit, Duration::from_micros(50), || {
+            gone(worker).then_some(())
+        })
+        .ok_or_else(|| format!("worker {worker} did not die"))?;
+        wait_for(limit, Duration::from_millis(1), || {
+            worker_of(keeper).filter(|&w| w != worker)
+        })
+        .ok_or_else(|| format!("kill {n}: no new worker"))?;
+        eprintln!("kill {n:>3} at {} MiB of log", log_size(&log) >> 20);
+    }
+    wait_for(Duration::from_secs(900), Duration::from_millis(10), || {
+        exit.exists().then_some(())
+    })
+    .ok_or("the burst container did not exit")?;
+    report.seconds = started.elapsed().as_secs_f64();
+    let code = fs::read_to_string(&exit).unwrap_or_default();
+    if code.trim() != "0" {
+        return Err(format!("the burst container exited with {code:?}"));
+    }
+    check_burst_log(&log, lines, width, &mut report)?;
+    Ok(report)
 }
 
 /// The keeper's worker: its child whose process name is `conmonrs`.
@@ -310,6 +493,42 @@ fn main() {
         base: base.clone(),
         limit,
     };
+    if let Some(mib) = args.burst_mib {
+        let report = burst(&args, keeper, &base, &socket, &root, &id, mib);
+        let rss = vm_rss_kib(keeper);
+        drop(cleanup);
+        let report = report.unwrap_or_else(|e| {
+            eprintln!("ringmon-keeper-gap: {e}");
+            std::process::exit(1)
+        });
+        println!(
+            "runtime: {}   burst: {mib} MiB   kills: {}   binary: {}   {:.1} s",
+            args.runtime.display(),
+            report.kills,
+            binary.display(),
+            report.seconds
+        );
+        println!(
+            "written by the container: {} bytes, {} lines",
+            report.written_bytes, report.written_lines
+        );
+        println!(
+            "logged:                   {} bytes, {} lines",
+            report.logged_bytes, report.lines
+        );
+        println!(
+            "lost lines: {}   duplicated or reordered lines: {}   malformed lines: {}",
+            report.missing_lines, report.duplicate_or_reordered, report.malformed
+        );
+        if let Some(rss) = rss {
+            println!("keeper RSS after the kills: {rss} KiB");
+        }
+        let exact = report.missing_lines == 0
+            && report.duplicate_or_reordered == 0
+            && report.malformed == 0
+            && report.logged_bytes == report.written_bytes;
+        std::process::exit(if exact { 0 } else { 1 });
+    }
     let measured = measure(&args, keeper, &base, &socket, &root, &id);
     let rss = vm_rss_kib(keeper);
     runtime_cmd(&args.runtime, &root, &["kill", &id, "KILL"]);
