@@ -208,7 +208,7 @@ fn replay_journals(id: &str, journaled: &mut Journaled, logs: &mut [LogWriter]) 
                 "logged the output a killed worker had taken but not logged"
             );
             let logged = journaled.state.committed[stream] as usize + pending.len();
-            journaled.ledger.commit(stream, logged, log_ends(logs));
+            journaled.ledger.commit(stream, logged, &log_ends(logs));
         }
         journal.consumed()?;
     }
