@@ -1217,6 +1217,29 @@ fn journaled_pipes_are_logged_exactly_and_the_ledger_ends_with_the_log(backend: 
     engine.shutdown();
 }
 
+/// A journaled pipe whose splices come back full is grown like a read one.
+fn journaled_busy_pipes_grow(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    let (sources, _held) = journaled_sources(stdout_read, stderr_read);
+    engine
+        .register(Registration {
+            key: 1,
+            sources,
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let mut busy = std::fs::File::from(stdout_write);
+    // Blocks until the worker splices: the first splices come back full.
+    busy.write_all(&vec![b'x'; 4 << 20]).unwrap();
+    let want = pipe_size::BUSY_PIPE_CAPACITY.min(crate::sys::fd::pipe_max_size().unwrap());
+    let grown = crate::sys::fd::pipe_capacity(busy.as_fd()).unwrap();
+    assert_eq!(grown, want, "busy journaled pipe capacity");
+    drop((busy, stderr_write));
+    assert_eq!(next_drained(&mut events, Duration::from_secs(30)), 1);
+}
+
 /// Where a simulated kill stops a worker, counted in journaled chunks.
 #[derive(Clone, Copy, Debug)]
 enum Kill {
@@ -1507,6 +1530,7 @@ macro_rules! per_backend {
 per_backend!(
     journaled_pipes_are_logged_exactly_and_the_ledger_ends_with_the_log,
     a_killed_worker_leaves_what_a_resume_needs_to_log_every_byte_once,
+    journaled_busy_pipes_grow,
     busy_pipes_grow_and_idle_pipes_do_not,
     paced_light_output_is_logged_exactly,
     a_command_ends_the_batch_pause,
