@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -1120,6 +1121,388 @@ fn a_container_writing_both_streams_is_read_at_once(backend: BackendChoice) {
     assert_eq!(next_drained(&mut events, PROMPT), 1);
 }
 
+/// What a keeper holds of a journaled container: second descriptors of its
+/// ledger, of each stream's journal and of each pipe's read end (index:
+/// the ledger's stream index, 0 stdout, 1 stderr).
+struct Held {
+    ledger: OwnedFd,
+    journals: Vec<OwnedFd>,
+    pipes: Vec<OwnedFd>,
+}
+
+fn dup(fd: impl AsFd) -> OwnedFd {
+    fd.as_fd().try_clone_to_owned().unwrap()
+}
+
+/// Journaled sources (one ledger) for the read ends of a stdout and a
+/// stderr pipe, and what a keeper holds of them.
+fn journaled_sources(stdout: OwnedFd, stderr: OwnedFd) -> (Vec<StreamSource>, Held) {
+    let ledger = Arc::new(journal::Ledger::create().unwrap());
+    let mut held = Held {
+        ledger: dup(&*ledger),
+        journals: Vec::new(),
+        pipes: Vec::new(),
+    };
+    let mut sources = Vec::new();
+    let streams = [(stdout, StreamKind::Stdout), (stderr, StreamKind::Stderr)];
+    for (index, (fd, stream)) in streams.into_iter().enumerate() {
+        let journal = journal::Journal::create(Arc::clone(&ledger), index).unwrap();
+        held.journals.push(dup(&journal));
+        held.pipes.push(dup(&fd));
+        sources.push(StreamSource {
+            fd,
+            stream,
+            kind: SourceKind::Pipe,
+            journal: Some(journal),
+        });
+    }
+    (sources, held)
+}
+
+/// The (dev, ino, size) of the file at `path`, as a ledger records it.
+fn log_end_of(path: &std::path::Path) -> journal::LogEnd {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).unwrap();
+    journal::LogEnd {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        end: meta.len(),
+    }
+}
+
+/// Journaled pipes are spliced, logged byte-exact, and once drained the
+/// ledger commits nothing pending and records where the log ends (its
+/// closing records included).
+fn journaled_pipes_are_logged_exactly_and_the_ledger_ends_with_the_log(backend: BackendChoice) {
+    let dir = TempDir::new("engine", "journaled");
+    let (engine, mut events) = start(backend, 1);
+    let stdout_data = random_output(11, 3 << 20);
+    let stderr_data = random_output(12, 1 << 20);
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    let (sources, held) = journaled_sources(stdout_read, stderr_read);
+    let log = dir.path("journaled.log");
+    engine
+        .register(Registration {
+            key: 3,
+            sources,
+            logs: vec![cri_writer(log.clone())],
+        })
+        .unwrap();
+    let feeders = [
+        feed(stdout_write, stdout_data.clone(), 13),
+        feed(stderr_write, stderr_data.clone(), 14),
+    ];
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+    assert_eq!(next_drained(&mut events, Duration::from_secs(30)), 3);
+    let (stdout, stderr) = parse_cri(&fs::read(&log).unwrap());
+    assert!(stdout == logged(&stdout_data), "stdout differs");
+    assert!(stderr == logged(&stderr_data), "stderr differs");
+
+    let (ledger, state) = journal::Ledger::open(held.ledger).unwrap();
+    assert_eq!(state.committed, [0, 0]);
+    assert_eq!(state.ends, vec![log_end_of(&log)]);
+    let ledger = Arc::new(ledger);
+    for (index, fd) in held.journals.into_iter().enumerate() {
+        let journal = journal::Journal::open(fd, Arc::clone(&ledger), index).unwrap();
+        assert_eq!(journal.pending(&state).unwrap(), b"", "stream {index}");
+        // The output went through the journal: its last chunk is still there.
+        assert!(
+            journal.bytes(4096).iter().any(|&byte| byte != 0),
+            "journal {index} was never written"
+        );
+    }
+    engine.shutdown();
+}
+
+/// A journaled pipe whose splices come back full is grown like a read one.
+fn journaled_busy_pipes_grow(backend: BackendChoice) {
+    let (engine, mut events) = start(backend, 1);
+    let (stdout_read, stdout_write) = pipe();
+    let (stderr_read, stderr_write) = pipe();
+    let (sources, _held) = journaled_sources(stdout_read, stderr_read);
+    engine
+        .register(Registration {
+            key: 1,
+            sources,
+            logs: Vec::new(),
+        })
+        .unwrap();
+    let mut busy = std::fs::File::from(stdout_write);
+    // Blocks until the worker splices: the first splices come back full.
+    busy.write_all(&vec![b'x'; 4 << 20]).unwrap();
+    let want = pipe_size::BUSY_PIPE_CAPACITY.min(crate::sys::fd::pipe_max_size().unwrap());
+    let grown = crate::sys::fd::pipe_capacity(busy.as_fd()).unwrap();
+    assert_eq!(grown, want, "busy journaled pipe capacity");
+    drop((busy, stderr_write));
+    assert_eq!(next_drained(&mut events, Duration::from_secs(30)), 1);
+}
+
+/// Where a simulated kill stops a worker, counted in journaled chunks.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// The chunk was spliced, not logged. The test then appends a record
+    /// to the log, as a kill in the middle of logging it would leave.
+    BeforeLogging(usize),
+    /// The chunk was logged and committed; the journal was not reset.
+    BeforeReset(usize),
+}
+
+/// A backend whose worker is frozen at `kill`, as SIGKILL would stop it:
+/// nothing after that point runs (no unwinding, no flush) until the test
+/// releases it, and then the worker thread unwinds without returning to
+/// the worker's code.
+struct Killed<B> {
+    inner: B,
+    kill: Kill,
+    chunks: usize,
+    killed: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+fn freeze(killed: &mpsc::Sender<()>, release: &mpsc::Receiver<()>) -> ! {
+    let _ = killed.send(());
+    let _ = release.recv();
+    std::panic::resume_unwind(Box::new("the simulated kill is over"));
+}
+
+impl<B: backend::Backend> backend::Backend for Killed<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn add_source(
+        &mut self,
+        fd: OwnedFd,
+        kind: SourceKind,
+        journal: Option<journal::Journal>,
+    ) -> std::io::Result<backend::SourceId> {
+        self.inner.add_source(fd, kind, journal)
+    }
+
+    fn add_sink(&mut self, fd: OwnedFd) -> backend::SinkId {
+        self.inner.add_sink(fd)
+    }
+
+    fn sink_fd(&self, sink: backend::SinkId) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.sink_fd(sink)
+    }
+
+    fn want_writable(&mut self, sink: backend::SinkId) -> std::io::Result<()> {
+        self.inner.want_writable(sink)
+    }
+
+    fn remove_sink(&mut self, sink: backend::SinkId) {
+        self.inner.remove_sink(sink)
+    }
+
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: &mut dyn FnMut(backend::BackendEvent<'_>),
+    ) -> std::io::Result<()> {
+        let Killed {
+            inner,
+            kill,
+            chunks,
+            killed,
+            release,
+        } = self;
+        inner.wait(timeout, &mut |event| {
+            if !matches!(event, backend::BackendEvent::Data { .. }) {
+                return on_event(event);
+            }
+            *chunks += 1;
+            match *kill {
+                Kill::BeforeLogging(at) if at == *chunks => freeze(killed, release),
+                Kill::BeforeReset(at) if at == *chunks => {
+                    on_event(event);
+                    freeze(killed, release)
+                }
+                _ => on_event(event),
+            }
+        })
+    }
+
+    fn pause(&mut self, duration: Duration) {
+        self.inner.pause(duration)
+    }
+}
+
+/// Runs a worker on `inner`, frozen at `kill`, serving `registration`.
+/// Returns the command sender (which keeps the worker alive), a receiver
+/// told when the kill happened, a sender that ends the frozen worker, and
+/// its thread.
+#[allow(clippy::type_complexity)]
+fn run_killable_worker(
+    backend: BackendChoice,
+    kill: Kill,
+    registration: Registration,
+) -> (
+    mpsc::Sender<worker::Command>,
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+    JoinHandle<()>,
+) {
+    fn run<B: backend::Backend>(
+        inner: B,
+        kill: Kill,
+        commands: mpsc::Receiver<worker::Command>,
+        killed: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+    ) {
+        let (events, _) = unbounded_channel();
+        let killed = Killed {
+            inner,
+            kill,
+            chunks: 0,
+            killed,
+            release,
+        };
+        worker::Worker::new(
+            0,
+            killed,
+            commands,
+            events,
+            Arc::new(Mutex::new(Assignments::new(1))),
+            Arc::default(),
+        )
+        .run();
+    }
+    let waker = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap());
+    let (commands_tx, commands_rx) = mpsc::channel();
+    let (killed_tx, killed_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    commands_tx
+        .send(worker::Command::Register(registration, Arc::default()))
+        .unwrap();
+    waker.write(1).unwrap();
+    let thread = std::thread::spawn(move || {
+        let sizer = pipe_size::PipeSizer::with_target(0);
+        match backend {
+            BackendChoice::Epoll => {
+                let inner = crate::engine::epoll::EpollBackend::new(waker, sizer).unwrap();
+                run(inner, kill, commands_rx, killed_tx, release_rx)
+            }
+            _ => {
+                let inner = crate::engine::uring::UringBackend::new(waker, sizer).unwrap();
+                run(inner, kill, commands_rx, killed_tx, release_rx)
+            }
+        }
+    });
+    (commands_tx, killed_rx, release_tx, thread)
+}
+
+/// What a worker that resumes a journaled container does with what the
+/// keeper held: cut the log back to the ledger's ends, log what the
+/// journals hold beyond their commits, and serve the pipes journaled again.
+fn resume_journaled(held: Held, spec: &LogSpec) -> (Vec<StreamSource>, LogWriter) {
+    let (ledger, state) = journal::Ledger::open(held.ledger).unwrap();
+    let ledger = Arc::new(ledger);
+    let (mut writer, _cut) = LogWriter::open_resumed_at(spec, &state.ends).unwrap();
+    let mut timestamps = crate::log::TimestampCache::new();
+    timestamps.refresh();
+    let mut sources = Vec::new();
+    let held_streams = held.journals.into_iter().zip(held.pipes).enumerate();
+    for (index, (journal_fd, fd)) in held_streams {
+        let stream = [StreamKind::Stdout, StreamKind::Stderr][index];
+        let mut journal = journal::Journal::open(journal_fd, Arc::clone(&ledger), index).unwrap();
+        let pending = journal.pending(&state).unwrap().to_vec();
+        if !pending.is_empty() {
+            writer.write_chunk(stream, &pending, &timestamps).unwrap();
+            writer.flush().unwrap();
+        }
+        journal.consumed().unwrap();
+        sources.push(StreamSource {
+            fd,
+            stream,
+            kind: SourceKind::Pipe,
+            journal: Some(journal),
+        });
+    }
+    ledger.set_ends(writer.file_end().into_iter().collect());
+    (sources, writer)
+}
+
+/// The exactly-once property: a worker killed at any point of a journaled
+/// round leaves the journal, the ledger and the log such that a resume
+/// logs every byte exactly once.
+fn a_killed_worker_leaves_what_a_resume_needs_to_log_every_byte_once(backend: BackendChoice) {
+    let kills = [
+        Kill::BeforeLogging(1),
+        Kill::BeforeReset(1),
+        Kill::BeforeLogging(6),
+        Kill::BeforeReset(9),
+    ];
+    for (round, kill) in kills.into_iter().enumerate() {
+        let dir = TempDir::new("engine", "killed");
+        let stdout_data = random_output(20 + round as u64, 1 << 20);
+        let stderr_data = random_output(30 + round as u64, 1 << 20);
+        let (stdout_read, stdout_write) = pipe();
+        let (stderr_read, stderr_write) = pipe();
+        let (sources, held) = journaled_sources(stdout_read, stderr_read);
+        let spec = LogSpec::new(LogFormat::Cri, dir.path("killed.log"), 0);
+        let registration = Registration {
+            key: 1,
+            sources,
+            logs: vec![LogWriter::open(&spec).unwrap()],
+        };
+        let (_commands, killed, release, frozen) = run_killable_worker(backend, kill, registration);
+        let feeders = [
+            feed(stdout_write, stdout_data.clone(), 21),
+            feed(stderr_write, stderr_data.clone(), 22),
+        ];
+        killed
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{kill:?}: the worker never got there"));
+        if let Kill::BeforeLogging(_) = kill {
+            let mut log = fs::OpenOptions::new()
+                .append(true)
+                .open(&spec.path)
+                .unwrap();
+            log.write_all(b"2026-12-07T22:00:00.000000000Z stdout F not committed\n")
+                .unwrap();
+        }
+
+        let (sources, writer) = resume_journaled(held, &spec);
+        let (engine, mut events) = start(backend, 1);
+        engine
+            .register(Registration {
+                key: 1,
+                sources,
+                logs: vec![writer],
+            })
+            .unwrap();
+        for feeder in feeders {
+            feeder.join().unwrap();
+        }
+        assert_eq!(next_drained(&mut events, Duration::from_secs(30)), 1);
+        let (stdout, stderr) = parse_cri(&fs::read(&spec.path).unwrap());
+        // A resumed writer does not know that the dead one left a line
+        // open, so a stream that had no byte left to log after the kill
+        // is not closed with a line end at its EOF.
+        for (name, got, data) in [
+            ("stdout", stdout, &stdout_data),
+            ("stderr", stderr, &stderr_data),
+        ] {
+            assert!(
+                got == logged(data) || got == *data,
+                "{kill:?}: {name} differs ({} bytes logged, {} written)",
+                got.len(),
+                data.len()
+            );
+        }
+        engine.shutdown();
+        drop(release);
+        assert!(
+            frozen.join().is_err(),
+            "the frozen worker ends by unwinding"
+        );
+    }
+}
+
 /// Every engine test above runs once per backend: `per_backend!(tests...)`
 /// makes a module per backend with one `#[test]` per name.
 macro_rules! per_backend {
@@ -1145,6 +1528,9 @@ macro_rules! per_backend {
 }
 
 per_backend!(
+    journaled_pipes_are_logged_exactly_and_the_ledger_ends_with_the_log,
+    a_killed_worker_leaves_what_a_resume_needs_to_log_every_byte_once,
+    journaled_busy_pipes_grow,
     busy_pipes_grow_and_idle_pipes_do_not,
     paced_light_output_is_logged_exactly,
     a_command_ends_the_batch_pause,

@@ -596,6 +596,8 @@ impl<B: Backend> Worker<B> {
 
     fn add_sources(&mut self, key: ContainerKey, sources: Vec<StreamSource>) {
         let routing = &mut self.routing;
+        // The container's ledgers (one, shared by its journals).
+        let mut ledgers: Vec<Arc<Ledger>> = Vec::new();
         for source in sources {
             let packet_type = match (source.kind, source.stream) {
                 (SourceKind::Pty, _) | (SourceKind::Pipe, StreamKind::Stdout) => PACKET_STDOUT,
@@ -624,6 +626,11 @@ impl<B: Backend> Worker<B> {
             let ledger = journal
                 .as_ref()
                 .map(|journal| (Arc::clone(journal.ledger()), journal.stream()));
+            if let Some((ledger, _)) = &ledger {
+                if !ledgers.iter().any(|known| Arc::ptr_eq(known, ledger)) {
+                    ledgers.push(Arc::clone(ledger));
+                }
+            }
             match self.backend.add_source(source.fd, source.kind, journal) {
                 Ok(id) => {
                     routing.sources.insert(
@@ -643,6 +650,20 @@ impl<B: Backend> Worker<B> {
                     // The fd is closed; the container must still drain.
                     tracing::error!(key, stream = source.stream.as_str(), "engine source: {err}");
                 }
+            }
+        }
+        // Where the logs start out, so that a kill before the first commit
+        // still finds them in the ledger: a record written and not
+        // committed then is cut on resume, not logged twice.
+        if let Some(container) = routing.containers.get(&key) {
+            for ledger in &ledgers {
+                ledger.set_ends(
+                    container
+                        .logs
+                        .iter()
+                        .filter_map(|sink| sink.writer.file_end())
+                        .collect(),
+                );
             }
         }
     }
@@ -898,11 +919,30 @@ impl Routing {
             self.timestamps.refresh();
             let timestamps = &self.timestamps;
             let counters = &container.counters;
+            let journaled = route.ledger.is_some();
             for sink in &mut container.logs {
                 let attempt = sink.attempt(0, counters, |writer| {
-                    writer.end_stream(route.stream, timestamps)
+                    writer.end_stream(route.stream, timestamps)?;
+                    // A journaled stream's ends are recorded below, and must
+                    // hold the record that closes an open line: a resume
+                    // cuts each log back to its recorded end.
+                    if journaled {
+                        writer.flush()
+                    } else {
+                        Ok(())
+                    }
                 });
                 report_log_attempt(&self.events, route.key, attempt);
+            }
+            if let Some((ledger, _)) = &route.ledger {
+                // Both journals are between rounds (at position 0).
+                ledger.set_ends(
+                    container
+                        .logs
+                        .iter()
+                        .filter_map(|sink| sink.writer.file_end())
+                        .collect(),
+                );
             }
         }
         self.finish_if_drained(route.key);
