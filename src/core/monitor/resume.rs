@@ -113,6 +113,11 @@ fn log_ends(logs: &[LogWriter]) -> Vec<LogEnd> {
     logs.iter().filter_map(LogWriter::file_end).collect()
 }
 
+/// Journal bytes `0..len` of `stream` are in `logs` now.
+fn commit_logged(ledger: &Ledger, stream: usize, len: usize, logs: &[LogWriter]) {
+    ledger.commit(stream, len, &log_ends(logs));
+}
+
 /// Gives each output pipe of a container about to be held a journal, all
 /// sharing one ledger (see `engine::journal`), so that what leaves a pipe
 /// reaches the logs exactly once even if this worker is killed. `None`
@@ -208,7 +213,7 @@ fn replay_journals(id: &str, journaled: &mut Journaled, logs: &mut [LogWriter]) 
                 "logged the output a killed worker had taken but not logged"
             );
             let logged = journaled.state.committed[stream] as usize + pending.len();
-            journaled.ledger.commit(stream, logged, &log_ends(logs));
+            commit_logged(&journaled.ledger, stream, logged, logs);
         }
         journal.consumed()?;
     }
@@ -623,5 +628,100 @@ impl Monitor {
         st.watchers.push(watcher);
         info!(%id, pid, "container resumed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogFormat, LogSpec};
+    use crate::test_support::TempDir;
+
+    /// The stdout and stderr content of a CRI log.
+    fn cri_streams(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut streams = (Vec::new(), Vec::new());
+        for record in log.split_inclusive(|b| *b == b'\n') {
+            let fields: Vec<&[u8]> = record.splitn(4, |b| *b == b' ').collect();
+            let content = match fields[2] {
+                b"F" => fields[3],
+                _ => &fields[3][..fields[3].len() - 1],
+            };
+            match fields[1] {
+                b"stdout" => streams.0.extend_from_slice(content),
+                _ => streams.1.extend_from_slice(content),
+            }
+        }
+        streams
+    }
+
+    fn copy(fd: &impl AsFd) -> OwnedFd {
+        fd.as_fd().try_clone_to_owned().unwrap()
+    }
+
+    /// One worker logs a whole stdout round, a stderr round it commits but
+    /// does not reset, and half of a stdout round it never commits, then
+    /// dies: the next worker's resume cuts the log and logs every byte the
+    /// pipes gave exactly once, and a resume right after it has nothing to
+    /// cut or replay.
+    #[test]
+    fn a_resume_logs_what_a_killed_worker_took_exactly_once() {
+        let dir = TempDir::new("resume", "journal");
+        let spec = LogSpec::new(LogFormat::Cri, dir.path("ctr.log"), 0);
+        let ledger = Arc::new(Ledger::create().unwrap());
+        let mut out = Journal::create(Arc::clone(&ledger), 0).unwrap();
+        let mut err = Journal::create(Arc::clone(&ledger), 1).unwrap();
+        let mut logs = vec![LogWriter::open(&spec).unwrap()];
+        ledger.set_ends(log_ends(&logs));
+        let ts = TimestampCache::new();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+
+        nix::unistd::write(&out_w, b"one\n").unwrap();
+        let n = out.splice_from(out_r.as_fd()).unwrap();
+        logs[0]
+            .write_chunk(StreamKind::Stdout, out.bytes(n), &ts)
+            .unwrap();
+        logs[0].flush().unwrap();
+        commit_logged(&ledger, 0, n, &logs);
+        out.consumed().unwrap();
+
+        nix::unistd::write(&err_w, b"err\n").unwrap();
+        let n = err.splice_from(err_r.as_fd()).unwrap();
+        logs[0]
+            .write_chunk(StreamKind::Stderr, err.bytes(n), &ts)
+            .unwrap();
+        logs[0].flush().unwrap();
+        commit_logged(&ledger, 1, n, &logs);
+
+        nix::unistd::write(&out_w, b"two\nthree\n").unwrap();
+        let n = out.splice_from(out_r.as_fd()).unwrap();
+        logs[0]
+            .write_chunk(StreamKind::Stdout, &out.bytes(n)[..5], &ts)
+            .unwrap();
+        logs[0].flush().unwrap();
+        drop(logs);
+
+        let resume = || {
+            let journaled =
+                open_journals(copy(&*ledger), [Some(copy(&out)), Some(copy(&err))]).unwrap();
+            let (writer, cut) = LogWriter::open_resumed_at(&spec, &journaled.state.ends).unwrap();
+            (journaled, vec![writer], cut)
+        };
+        let (mut journaled, mut logs, cut) = resume();
+        assert!(cut > 0, "the uncommitted half round is cut");
+        replay_journals("c", &mut journaled, &mut logs).unwrap();
+        drop(logs);
+        let log = std::fs::read(&spec.path).unwrap();
+        assert_eq!(
+            cri_streams(&log),
+            (b"one\ntwo\nthree\n".to_vec(), b"err\n".to_vec())
+        );
+
+        let (journaled, _, cut) = resume();
+        assert_eq!(cut, 0);
+        assert_eq!(journaled.state.committed, [0, 0]);
+        for journal in &journaled.journals {
+            assert_eq!(journal.pending(&journaled.state).unwrap(), b"");
+        }
     }
 }
