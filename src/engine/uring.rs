@@ -425,6 +425,12 @@ impl UringBackend {
                         tracing::warn!("resetting an output journal: {err}");
                         return self.close(slot, Some(err), on_event);
                     }
+                    if len < super::journal::JOURNAL_LEN {
+                        // It moved all the pipe held: another splice would
+                        // only say EAGAIN. Output written meanwhile makes
+                        // the re-armed poll complete at once.
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
