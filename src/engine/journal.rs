@@ -219,7 +219,7 @@ impl Ledger {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (state, seq) = &mut *guard;
         change(state);
-        let next = *seq + 1;
+        let next = seq.wrapping_add(1);
         let slot = SLOTS_AT + (next % 2) as usize * SLOT_WORDS;
         for (i, w) in state.slot_words().iter().enumerate() {
             self.store(slot + i, *w);
@@ -247,6 +247,14 @@ impl Ledger {
     /// `stream`'s journal is back at position 0.
     fn reset(&self, stream: usize) {
         self.publish(|s| s.committed[stream] = 0);
+    }
+
+    /// Makes the page unreadable as a ledger (its magic word zeroed): for a
+    /// worker that gives up on the journal and logs the pipes directly, so
+    /// that a later resume that still finds this page does not cut the logs
+    /// back to its old ends.
+    pub fn invalidate(&self) {
+        self.atomic(0).store(0, Ordering::Release);
     }
 
     /// What the live slot says now.

@@ -1053,6 +1053,25 @@ impl Routing {
                 Err(err) => errors.push(err.to_string()),
             }
         }
+        // A journaled container's ledger must name the new files at once: a
+        // resume cuts back only the files it names, so a round written to a
+        // new file and lost before its commit would otherwise stay and be
+        // logged again. Commands run between rounds: the logs hold exactly
+        // what the ledger committed.
+        let ledger = self
+            .sources
+            .values()
+            .find(|route| route.key == key)
+            .and_then(|route| route.ledger.as_ref());
+        if let Some((ledger, _)) = ledger {
+            ledger.set_ends(
+                container
+                    .logs
+                    .iter()
+                    .filter_map(|sink| sink.writer.file_end())
+                    .collect(),
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {

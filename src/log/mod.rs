@@ -266,14 +266,15 @@ impl LogWriter {
         let recorded = ends
             .iter()
             .find(|e| e.dev == now.dev && e.ino == now.ino && e.end <= now.end && now.ino != 0);
-        let cut = match recorded {
-            Some(e) if e.end < now.end => {
-                crate::sys::fs::truncate_file(&file, e.end, &spec.path).map_err(open_error)?;
-                now.end - e.end
-            }
-            Some(_) => 0,
-            None => cut_torn_record(&file, &spec.path).map_err(open_error)?,
-        };
+        let mut cut = 0;
+        if let Some(e) = recorded.filter(|e| e.end < now.end) {
+            crate::sys::fs::truncate_file(&file, e.end, &spec.path).map_err(open_error)?;
+            cut = now.end - e.end;
+        }
+        // Committed ends fall on record boundaries, except after a write
+        // that failed part-way (ENOSPC) and was committed as handled: that
+        // half record must go too, or the next record would be glued to it.
+        cut += cut_torn_record(&file, &spec.path).map_err(open_error)?;
         let kept = file.metadata().map_err(open_error)?.len();
         let mut writer = LogWriter::over_file(spec, file);
         if let Destination::File(log) = &mut writer.destination {

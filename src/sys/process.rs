@@ -316,7 +316,8 @@ pub struct MappingRange {
 }
 
 /// From `/proc/PID/smaps` text: the mappings that are private, not
-/// writable, backed by a file (a path) and have `Anonymous: 0 kB`. Pure.
+/// writable, backed by a file (a path) and have `Anonymous: 0 kB` and
+/// `Swap: 0 kB` (a mapping's block ends with `VmFlags:`). Pure.
 pub fn clean_file_mappings(smaps: &str) -> Vec<MappingRange> {
     let mut found = Vec::new();
     let mut current: Option<MappingRange> = None;
@@ -340,9 +341,16 @@ pub fn clean_file_mappings(smaps: &str) -> Vec<MappingRange> {
             if clean_perms && path.starts_with('/') && end > start {
                 current = Some(MappingRange { start, end });
             }
-        } else if first == "Anonymous:" {
+        } else if first == "Anonymous:" || first == "Swap:" {
+            // A copy-on-write page in memory counts as Anonymous; one that
+            // was swapped out only as Swap. Either rules the mapping out.
             let kib = fields.next().and_then(|v| v.parse::<u64>().ok());
-            if let (Some(range), Some(0)) = (current.take(), kib) {
+            if kib != Some(0) {
+                current = None;
+            }
+        } else if first == "VmFlags:" {
+            // The last field of a mapping's block.
+            if let Some(range) = current.take() {
                 found.push(range);
             }
         }
@@ -576,18 +584,33 @@ mod tests {
 5600-5700 r--p 00000000 fd:01 42 /usr/bin/ringmon
 Size:                 4 kB
 Anonymous:            0 kB
+Swap:                 0 kB
+VmFlags: rd mr mw me
 5700-5900 r-xp 00100000 fd:01 42 /usr/bin/ringmon
 Anonymous:            0 kB
+Swap:                 0 kB
+VmFlags: rd ex mr mw me
 5900-5a00 r--p 00300000 fd:01 42 /usr/bin/ringmon
 Anonymous:            8 kB
+Swap:                 0 kB
+VmFlags: rd mr mw me
+5980-59c0 r--p 00380000 fd:01 42 /usr/bin/ringmon
+Anonymous:            0 kB
+Swap:                 4 kB
+VmFlags: rd mr mw me
 5a00-5b00 rw-p 00400000 fd:01 42 /usr/bin/ringmon
 Anonymous:            0 kB
+Swap:                 0 kB
+VmFlags: rd wr mr mw me
 5b00-5c00 r-xs 00000000 fd:01 43 /dev/shm/x
 Anonymous:            0 kB
+VmFlags: rd ex sh mr mw me
 5c00-5d00 r--p 00000000 00:00 0 [vvar]
 Anonymous:            0 kB
+VmFlags: rd mr
 5d00-5e00 r--p 00000000 00:00 0
 Anonymous:            0 kB
+VmFlags: rd mr
 ";
         assert_eq!(
             clean_file_mappings(smaps),

@@ -9,10 +9,21 @@ use std::ptr::NonNull;
 
 /// Creates an anonymous memory file named `name` (shown in /proc/PID/fd),
 /// close-on-exec, `len` bytes long (sparse: no page is allocated until it is
-/// written).
+/// written), sealed against shrinking and growing: a page of a mapping of
+/// it can never end up past its end (SIGBUS), whoever else holds it.
 pub fn memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let create = |flags: libc::c_uint| {
+        // SAFETY: `name` is a valid NUL-terminated string; the flags are
+        // valid memfd_create flags.
+        unsafe { libc::memfd_create(name.as_ptr(), flags) }
+    };
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // Not executable: a system with vm.memfd_noexec = 2 refuses memfds
+    // without it. Kernels before 6.3 do not know the flag (EINVAL).
+    let mut raw = create(flags | libc::MFD_NOEXEC_SEAL);
+    if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        raw = create(flags);
+    }
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -22,6 +33,11 @@ pub fn memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
         libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
@@ -213,6 +229,14 @@ mod tests {
         punch_hole(file.as_fd(), 64 * 1024).unwrap();
         assert_eq!(&map.bytes()[..6], &[0u8; 6]);
         assert_eq!(file_len(file.as_fd()).unwrap(), 64 * 1024);
+    }
+
+    #[test]
+    fn the_file_cannot_change_size() {
+        let file = memfd(c"test-sealed", 8192).unwrap();
+        assert!(nix::unistd::ftruncate(&file, 4096).is_err());
+        assert!(nix::unistd::ftruncate(&file, 16384).is_err());
+        assert_eq!(file_len(file.as_fd()).unwrap(), 8192);
     }
 
     #[test]

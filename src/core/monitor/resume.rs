@@ -502,6 +502,7 @@ impl Monitor {
         if let Some(j) = &mut journaled {
             if let Err(e) = replay_journals(&id, j, &mut logs) {
                 warn!(%id, "cannot replay the output journal: {e}");
+                j.ledger.invalidate();
                 journaled = None;
                 self.hold_without_journals(link, &mut record, &held_fds);
             }
