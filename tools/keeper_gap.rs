@@ -190,19 +190,7 @@ fn burst(
     let bundle = ringmon::fixture::make_bundle(base, &["/bin/sh", "-c", &script], false);
     let log = base.join("ctr.log");
     let req = ringmon::fixture::cri_request(id, &bundle, &base.join("exit"), &log);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new()
-        .block_on(&rt, async {
-            Client::connect(socket)
-                .await?
-                .create_container(&req)
-                .await
-                .map(|_| ())
-        })
-        .map_err(|e| format!("createContainer: {e}"))?;
+    create_container(socket, &req)?;
     let started = Instant::now();
     if !runtime_cmd(&args.runtime, root, &["start", id]).success() {
         return Err(format!("runtime start {id} failed"));
@@ -337,6 +325,23 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// `createContainer` over a new connection.
+fn create_container(socket: &Path, req: &ringmon::client::CreateRequest) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new()
+        .block_on(&rt, async {
+            Client::connect(socket)
+                .await?
+                .create_container(req)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| format!("createContainer: {e}"))
+}
+
 fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> std::process::ExitStatus {
     Command::new(runtime)
         .arg("--root")
@@ -373,19 +378,7 @@ fn measure(
     );
     let log = base.join("ctr.log");
     let req = ringmon::fixture::cri_request(id, &bundle, &base.join("exit"), &log);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new()
-        .block_on(&rt, async {
-            Client::connect(socket)
-                .await?
-                .create_container(&req)
-                .await
-                .map(|_| ())
-        })
-        .map_err(|e| format!("createContainer: {e}"))?;
+    create_container(socket, &req)?;
     if !runtime_cmd(&args.runtime, root, &["start", id]).success() {
         return Err(format!("runtime start {id} failed"));
     }

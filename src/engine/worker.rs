@@ -657,13 +657,7 @@ impl<B: Backend> Worker<B> {
         // committed then is cut on resume, not logged twice.
         if let Some(container) = routing.containers.get(&key) {
             for ledger in &ledgers {
-                ledger.set_ends(
-                    container
-                        .logs
-                        .iter()
-                        .filter_map(|sink| sink.writer.file_end())
-                        .collect(),
-                );
+                record_log_ends(ledger, &container.logs);
             }
         }
     }
@@ -936,13 +930,7 @@ impl Routing {
             }
             if let Some((ledger, _)) = &route.ledger {
                 // Both journals are between rounds (at position 0).
-                ledger.set_ends(
-                    container
-                        .logs
-                        .iter()
-                        .filter_map(|sink| sink.writer.file_end())
-                        .collect(),
-                );
+                record_log_ends(ledger, &container.logs);
             }
         }
         self.finish_if_drained(route.key);
@@ -1064,13 +1052,7 @@ impl Routing {
             .find(|route| route.key == key)
             .and_then(|route| route.ledger.as_ref());
         if let Some((ledger, _)) = ledger {
-            ledger.set_ends(
-                container
-                    .logs
-                    .iter()
-                    .filter_map(|sink| sink.writer.file_end())
-                    .collect(),
-            );
+            record_log_ends(ledger, &container.logs);
         }
         if errors.is_empty() {
             Ok(())
@@ -1280,6 +1262,16 @@ impl Routing {
             self.close_client(id, Release::HangUp, backend);
         }
     }
+}
+
+/// Writes where `logs` end now into a journaled container's ledger, outside
+/// a round (nothing logged and not committed).
+fn record_log_ends(ledger: &Ledger, logs: &[LogSink]) {
+    ledger.set_ends(
+        logs.iter()
+            .filter_map(|sink| sink.writer.file_end())
+            .collect(),
+    );
 }
 
 /// Reports a log writer's failure or recovery to the control thread.
