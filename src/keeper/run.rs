@@ -78,7 +78,14 @@ struct Keeper {
     pending_signal: Option<i32>,
     /// One packet's payload, reused.
     buffer: Vec<u8>,
+    /// When to shed memory again (see [`shed_memory`]): set by activity
+    /// (a message, a signal), so that code pages a container's exit or a
+    /// release touched leave the resident set once things are quiet.
+    shed_at: Option<Instant>,
 }
+
+/// Quiet time after activity before the keeper sheds memory again.
+const SHED_AFTER: Duration = Duration::from_secs(5);
 
 /// Becomes the keeper: starts a worker (this binary, `worker_argv`, with the
 /// link and `listener` inherited), holds what workers hand it, reaps
@@ -126,13 +133,14 @@ impl Keeper {
             restart_at: None,
             pending_signal: None,
             buffer: vec![0; MAX_PACKET_BYTES],
+            shed_at: None,
         }
     }
 
     /// Waits for one round of events and handles them. `Some(code)`: the
     /// keeper is done.
     fn turn(&mut self, signals: &mut SignalReader) -> Option<i32> {
-        let timeout = match self.restart_at {
+        let timeout = match [self.restart_at, self.shed_at].into_iter().flatten().min() {
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
@@ -167,6 +175,13 @@ impl Keeper {
                 .is_some_and(|r| r.contains(PollFlags::POLLOUT));
             (ready(&fds[0]), fds.get(1).is_some_and(ready), writable)
         };
+        if (link_ready || signal_ready) && self.shed_at.is_none() {
+            self.shed_at = Some(Instant::now() + SHED_AFTER);
+        }
+        if self.shed_at.is_some_and(|at| Instant::now() >= at) {
+            self.shed_at = None;
+            shed_memory();
+        }
         if link_ready {
             self.read_link();
         }
