@@ -183,40 +183,48 @@ func processesMentioning(s string) map[int]string {
 // knows: with the keeper (the default), the keeper's live child named
 // conmonrs; else (--no-keeper) pid itself.
 func servingPID(pid uint32) uint32 {
+	if worker := workerOf(int(pid)); worker != 0 {
+		return uint32(worker)
+	}
+
+	return pid
+}
+
+// workerOf is the keeper's child named conmonrs (0 if there is none now).
+func workerOf(keeper int) int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return pid
+		return 0
 	}
 
 	for _, entry := range entries {
-		child, err := strconv.Atoi(entry.Name())
+		pid, err := strconv.Atoi(entry.Name())
 		if err != nil {
 			continue
 		}
 
-		raw, err := os.ReadFile(filepath.Join("/proc", entry.Name(), "stat"))
+		stat, err := os.ReadFile(filepath.Join("/proc", entry.Name(), "stat"))
 		if err != nil {
 			continue
 		}
 
-		s := string(raw)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-
+		text := string(stat)
+		open, end := strings.IndexByte(text, '('), strings.LastIndexByte(text, ')')
 		if open < 0 || end < open {
 			continue
 		}
 
-		fields := strings.Fields(s[end+1:])
-		if len(fields) < 2 || fields[0] == "Z" || s[open+1:end] != "conmonrs" {
+		fields := strings.Fields(text[end+1:])
+		if len(fields) < 2 || fields[0] == "Z" {
 			continue
 		}
 
-		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == int(pid) {
-			return uint32(child)
+		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == keeper && text[open+1:end] == "conmonrs" {
+			return pid
 		}
 	}
 
-	return pid
+	return 0
 }
 
 // isZombie reports whether pid exists but has already exited (state Z).

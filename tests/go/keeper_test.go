@@ -42,43 +42,6 @@ const keeperMinKills = 10
 // keeperMaxRounds bounds the loop whatever the kills.
 const keeperMaxRounds = 500
 
-// workerOf is the keeper's child named conmonrs (0 if there is none now).
-func workerOf(keeper int) int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-
-	for _, entry := range entries {
-		pid, err := strconv.Atoi(entry.Name())
-		if err != nil {
-			continue
-		}
-
-		stat, err := os.ReadFile(filepath.Join("/proc", entry.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-
-		text := string(stat)
-		open, end := strings.IndexByte(text, '('), strings.LastIndexByte(text, ')')
-		if open < 0 || end < open {
-			continue
-		}
-
-		fields := strings.Fields(text[end+1:])
-		if len(fields) < 2 || fields[0] == "Z" {
-			continue
-		}
-
-		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == keeper && text[open+1:end] == "conmonrs" {
-			return pid
-		}
-	}
-
-	return 0
-}
-
 // retryOnce runs step, and again if it failed; a third failure fails the
 // test. Two tries may fail for one kill: the call the kill cut, and the
 // next one, which the client still makes on the dead connection when the
