@@ -29,7 +29,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
-use super::journal::{Journal, JOURNAL_LEN};
+use super::journal::{Journal, SpliceRound, JOURNAL_LEN};
 use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 
@@ -185,31 +185,26 @@ impl EpollBackend {
             let Some(journal) = &mut source.journal else {
                 return;
             };
-            match journal.splice_from(source.fd.as_fd()) {
-                Ok(0) => return self.close(index, None, on_event),
-                Ok(len) => {
+            let round = journal.splice_round(source.fd.as_fd(), |bytes| {
+                on_event(BackendEvent::Data {
+                    source: SourceId(index),
+                    bytes,
+                })
+            });
+            match round {
+                SpliceRound::Moved(len) => {
                     if len >= FULL_DEFAULT_PIPE {
                         Self::grow_once(&self.pipe_sizer, index, source, on_event);
-                    }
-                    let Some(journal) = &mut source.journal else {
-                        return;
-                    };
-                    on_event(BackendEvent::Data {
-                        source: SourceId(index),
-                        bytes: journal.bytes(len),
-                    });
-                    if let Err(err) = journal.consumed() {
-                        tracing::warn!("resetting an output journal: {err}");
-                        return self.close(index, Some(err), on_event);
                     }
                     if len < JOURNAL_LEN {
                         // Most likely empty now (see `read_ready`).
                         return;
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.close(index, Some(err), on_event),
+                SpliceRound::Empty => return,
+                SpliceRound::Interrupted => {}
+                SpliceRound::Eof => return self.close(index, None, on_event),
+                SpliceRound::Failed(err) => return self.close(index, Some(err), on_event),
             }
         }
     }

@@ -273,6 +273,22 @@ impl AsFd for Ledger {
     }
 }
 
+/// What one [`Journal::splice_round`] did.
+#[derive(Debug)]
+pub enum SpliceRound {
+    /// This many bytes left the pipe, were reported, and the journal is
+    /// reset. Fewer than [`JOURNAL_LEN`]: the pipe held no more.
+    Moved(usize),
+    /// The pipe is empty (`EAGAIN`).
+    Empty,
+    /// A signal cut the splice; nothing moved.
+    Interrupted,
+    /// No writer is left and the pipe is empty.
+    Eof,
+    /// The splice or the reset failed: the source is done.
+    Failed(io::Error),
+}
+
 /// One journaled stream of a container: its memory file, mapped shared.
 pub struct Journal {
     fd: OwnedFd,
@@ -337,6 +353,34 @@ impl Journal {
         shm::seek_to(self.fd.as_fd(), 0)?;
         self.ledger.reset(self.stream);
         Ok(())
+    }
+
+    /// One round of the protocol for a backend: splices what `pipe` holds,
+    /// hands the bytes to `report` (which logs them and commits them in the
+    /// ledger), then resets the journal.
+    pub fn splice_round(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        report: impl FnOnce(&[u8]),
+    ) -> SpliceRound {
+        match self.splice_from(pipe) {
+            Ok(0) => SpliceRound::Eof,
+            Ok(len) => {
+                report(self.bytes(len));
+                match self.consumed() {
+                    Ok(()) => SpliceRound::Moved(len),
+                    Err(err) => {
+                        // Never splice again into a journal that was not
+                        // reset: its bytes would count twice.
+                        tracing::warn!("resetting an output journal: {err}");
+                        SpliceRound::Failed(err)
+                    }
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => SpliceRound::Empty,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => SpliceRound::Interrupted,
+            Err(err) => SpliceRound::Failed(err),
+        }
     }
 
     /// Gives the journal's pages back (idle output).

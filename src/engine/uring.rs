@@ -54,7 +54,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::EventFd;
 
 use super::backend::{Backend, BackendEvent, SinkId, SourceId};
-use super::journal::Journal;
+use super::journal::{Journal, SpliceRound, JOURNAL_LEN};
 use super::pipe_size::{PipeSizer, FULL_DEFAULT_PIPE};
 use super::SourceKind;
 use crate::sys::uring::{Completion, Ring, SlotId};
@@ -403,38 +403,29 @@ impl UringBackend {
             else {
                 return;
             };
-            match journal.splice_from(fd.as_fd()) {
-                Ok(0) => return self.close(slot, None, on_event),
-                Ok(len) => {
+            let round = journal.splice_round(fd.as_fd(), |bytes| {
+                on_event(BackendEvent::Data {
+                    source: source_id,
+                    bytes,
+                })
+            });
+            match round {
+                SpliceRound::Moved(len) => {
                     if len >= FULL_DEFAULT_PIPE {
                         // The pipe was full (or the journal filled).
                         self.grow_once(slot, on_event);
                     }
-                    let Some(SlotUser::Source(UringSource {
-                        journal: Some(journal),
-                        ..
-                    })) = &mut self.slot_users[slot.index()]
-                    else {
-                        return;
-                    };
-                    on_event(BackendEvent::Data {
-                        source: source_id,
-                        bytes: journal.bytes(len),
-                    });
-                    if let Err(err) = journal.consumed() {
-                        tracing::warn!("resetting an output journal: {err}");
-                        return self.close(slot, Some(err), on_event);
-                    }
-                    if len < super::journal::JOURNAL_LEN {
+                    if len < JOURNAL_LEN {
                         // It moved all the pipe held: another splice would
                         // only say EAGAIN. Output written meanwhile makes
                         // the re-armed poll complete at once.
                         break;
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.close(slot, Some(err), on_event),
+                SpliceRound::Empty => break,
+                SpliceRound::Interrupted => {}
+                SpliceRound::Eof => return self.close(slot, None, on_event),
+                SpliceRound::Failed(err) => return self.close(slot, Some(err), on_event),
             }
         }
         self.rearm_or_close(slot, on_event);
